@@ -1,0 +1,168 @@
+"""The one configuration object of a run, built from the CLI and an optional TOML file.
+
+It is passed explicitly to every step and written to ``OUTPUT_DIR/logs/`` so that a run can be
+reproduced with ``--config-file``. Defaults are the paper's; the cost knobs (``width``,
+``downsample``, ``epochs``) make tests and demos cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from vaefusion.errors import UsageError
+
+ALL_METHODS: tuple[str, ...] = ("vae", "pca-early", "pca-late", "pca-shared")
+MISSING_POLICIES: tuple[str, ...] = ("skip", "keep", "error")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+#: Fields that hold paths (serialized as strings, restored as Path).
+_PATH_FIELDS = {"bids_dir", "output_dir", "work_dir", "bids_filter_file", "use_plugin",
+                "config_file", "model"}
+
+
+@dataclass
+class Config:
+    """Every setting of one vaefusion run."""
+
+    # BIDS-Apps positional arguments
+    bids_dir: Path | None = None
+    output_dir: Path | None = None
+    analysis_level: str = "participant"
+    # selection
+    participant_label: list[str] = field(default_factory=list)
+    session_label: list[str] = field(default_factory=list)
+    bids_filters: dict[str, Any] = field(default_factory=dict)
+    bids_filter_file: Path | None = None
+    derivatives: dict[str, str] = field(default_factory=dict)
+    skip_bids_validation: bool = False
+    missing_modality: str = "skip"
+    # labels
+    label_column: str = "diagnosis"
+    positive_label: str = "SZ"
+    negative_label: str = "HC"
+    # execution
+    work_dir: Path | None = None
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    mem_gb: float | None = None
+    use_plugin: Path | None = None
+    config_file: Path | None = None
+    device: str = "auto"
+    bf16: bool = False
+    stop_on_first_crash: bool = False
+    verbose: int = 0
+    # method (defaults: the paper's)
+    latent_dims: list[int] = field(default_factory=lambda: [128])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    folds: int = 10
+    val_fraction: float = 0.1
+    epochs: int = 100
+    patience: int = 10
+    batch_subjects: int = 1
+    lr: float = 1e-4
+    beta: float = 1.0
+    width: float = 1.0
+    downsample: int = 1
+    augment: bool = False
+    model: Path | None = None
+    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+
+    def validate(self) -> None:
+        """Raise :class:`UsageError` (exit 64) for values no run can use."""
+        if self.folds < 2:
+            raise UsageError(f"--folds {self.folds} is too small; use at least 2.")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise UsageError("val_fraction must be between 0 and 0.5.")
+        if self.epochs < 1:
+            raise UsageError(f"--epochs {self.epochs} must be at least 1.")
+        if self.patience < 1:
+            raise UsageError(f"--patience {self.patience} must be at least 1.")
+        if self.batch_subjects < 1:
+            raise UsageError(f"--batch-subjects {self.batch_subjects} must be at least 1.")
+        if self.lr <= 0 or self.beta < 0:
+            raise UsageError("--lr must be positive and --beta non-negative.")
+        if not 0 < self.width <= 8:
+            raise UsageError(f"--width {self.width} must be in (0, 8].")
+        if self.downsample < 1:
+            raise UsageError(f"--downsample {self.downsample} must be an integer >= 1.")
+        if not self.latent_dims or any(d < 1 for d in self.latent_dims):
+            raise UsageError("--latent-dim needs one or more positive integers.")
+        if not self.seeds:
+            raise UsageError("--seed needs one or more integers.")
+        bad = [m for m in self.methods if m not in ALL_METHODS]
+        if bad or not self.methods:
+            raise UsageError(
+                f"--methods got {' '.join(bad) or 'nothing'}; choose from {' '.join(ALL_METHODS)}."
+            )
+        if self.device not in DEVICES:
+            raise UsageError(f"--device {self.device} is unknown; use auto, cpu or cuda.")
+        if self.missing_modality not in MISSING_POLICIES:
+            raise UsageError("--missing-modality must be skip, keep or error.")
+        if self.nprocs < 1 or self.omp_nthreads < 1:
+            raise UsageError("--nprocs and --omp-nthreads must be at least 1.")
+        if self.positive_label == self.negative_label:
+            raise UsageError("--positive-label and --negative-label must differ.")
+
+    # ----------------------------------------------------------------- serialization
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            if value is None:
+                continue  # TOML has no null
+            out[f.name] = value
+        return out
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def write(self, directory: Path, stem: str = "config") -> Path:
+        """Write the configuration as TOML into ``directory``; returns the file path."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{stem}.toml"
+        path.write_text(self.to_toml())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "configuration") -> Config:
+        """Build from a dict, refusing unknown keys (a typo must not be silently ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UsageError(
+                f"{source} has unknown setting(s) {', '.join(unknown)}; "
+                f"valid settings are listed in the documentation (or a written logs/config.toml)."
+            )
+        kwargs = {k: (Path(v) if k in _PATH_FIELDS and v is not None else v)
+                  for k, v in data.items()}
+        return cls(**kwargs)
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML configuration file; a TOML ``[section]`` is flattened into its keys."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"--config-file {path} does not exist; give an existing TOML file.")
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--config-file {path} is not valid TOML ({exc}); fix its syntax.")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in {"bids_filters", "derivatives"}:
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat

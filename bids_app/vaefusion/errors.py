@@ -1,0 +1,66 @@
+"""Exit codes (BIDS execution spec) and the one exception type that carries them.
+
+A user mistake raises :class:`VaefusionError` with one sentence that names the file and the
+fix; the CLI prints that sentence and exits with ``code``, never with a traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BIDS_INVALID = 16
+EXIT_UNKNOWN_LEVEL = 17
+EXIT_NO_DATA = 18
+EXIT_USAGE = 64
+EXIT_DATA = 65
+EXIT_NO_INPUT = 66
+EXIT_CANT_CREATE = 73
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_FAILURE: "failure (a crash; see logs/ for the crash file)",
+    EXIT_BIDS_INVALID: "BIDS validation failed",
+    EXIT_UNKNOWN_LEVEL: "unknown analysis level",
+    EXIT_NO_DATA: "the selection matched no data",
+    EXIT_USAGE: "usage error (bad option or option value)",
+    EXIT_DATA: "bad input data",
+    EXIT_NO_INPUT: "missing input",
+    EXIT_CANT_CREATE: "cannot create output",
+}
+
+
+class VaefusionError(Exception):
+    """A user-facing error: one clear message and a documented exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class UsageError(VaefusionError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_USAGE)
+
+
+class DataError(VaefusionError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_DATA)
+
+
+class MissingInputError(VaefusionError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_NO_INPUT)
+
+
+class NoDataError(VaefusionError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_NO_DATA)
+
+
+class OutputError(VaefusionError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_CANT_CREATE)
