@@ -43,6 +43,7 @@ class Config:
     derivatives: dict[str, str] = field(default_factory=dict)
     skip_bids_validation: bool = False
     missing_modality: str = "skip"
+    n_components: int = 53
     # labels
     label_column: str = "diagnosis"
     positive_label: str = "SZ"

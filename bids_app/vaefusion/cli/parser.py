@@ -1,0 +1,137 @@
+"""The command-line parser (BIDS-Apps positional arguments plus fMRIPrep-style options).
+
+A usage mistake exits with code 64 (not argparse's 2), and an unknown analysis level with 17,
+as the BIDS execution spec asks; neither prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from vaefusion import __version__
+from vaefusion.config import ALL_METHODS, DEVICES, MISSING_POLICIES
+from vaefusion.errors import EXIT_CODES, EXIT_USAGE
+
+ANALYSIS_LEVELS = ("participant", "group")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # noqa: D102 - argparse hook
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _label(value: str) -> str:
+    """Strip an optional ``sub-``/``ses-`` prefix."""
+    for prefix in ("sub-", "ses-"):
+        if value.startswith(prefix):
+            return value[len(prefix):]
+    return value
+
+
+def _derivative(value: str) -> tuple[str, str]:
+    if "=" in value:
+        name, path = value.split("=", 1)
+    else:
+        path = value
+        name = Path(value).name
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"'{value}' is not NAME=PATH")
+    return name, path
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not an integer") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"'{value}' must be at least 1")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vaefusion`` argument parser. Every option here appears in boutiques.json."""
+    epilog = "exit codes:\n" + "\n".join(f"  {c:>3}  {d}" for c, d in EXIT_CODES.items())
+    p = _Parser(
+        prog="vaefusion",
+        description="Fuse NeuroMark ICN maps and gray-matter volumes with one shared 3D VAE, "
+        "and evaluate schizophrenia-vs-control classification against PCA baselines.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=epilog,
+    )
+    p.add_argument("bids_dir", type=Path, help="the root of the input BIDS dataset")
+    p.add_argument("output_dir", type=Path, help="where the BIDS-Derivatives output goes")
+    p.add_argument("analysis_level", help="participant (preprocess/embed) or group (train, evaluate)")
+    p.add_argument("--version", action="version", version=f"vaefusion {__version__}")
+    p.add_argument("--boutiques", action="store_true",
+                   help="print the Boutiques descriptor of this app and exit")
+
+    g = p.add_argument_group("data selection")
+    g.add_argument("--participant-label", "--participant_label", nargs="+", type=_label,
+                   default=None, metavar="LABEL", help="subjects to process (with or without sub-)")
+    g.add_argument("--session-label", nargs="+", type=_label, default=None, metavar="LABEL",
+                   help="sessions to process (with or without ses-)")
+    g.add_argument("--bids-filter-file", type=Path, default=None, metavar="FILE",
+                   help="JSON of pybids filters per input: {\"icn\": {...}, \"gmv\": {...}}")
+    g.add_argument("--derivatives", nargs="+", action="extend", type=_derivative, default=None,
+                   metavar="NAME=PATH", help="derivative datasets holding ICN maps and GMV "
+                   "(default: every folder under BIDS_DIR/derivatives)")
+    g.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
+                   default=None, help="do not validate the input dataset")
+    g.add_argument("--missing-modality", choices=MISSING_POLICIES, default=None,
+                   help="a subject lacking a modality is skipped (default), kept with what it "
+                   "has (embedded, not classified), or an error")
+    g.add_argument("--n-components", type=_positive_int, default=None, metavar="N",
+                   help="expected number of ICN components per subject (default 53)")
+    g.add_argument("--label-column", default=None, help="participants.tsv column (diagnosis)")
+    g.add_argument("--positive-label", default=None, help="patient value (SZ)")
+    g.add_argument("--negative-label", default=None, help="control value (HC)")
+
+    g = p.add_argument_group("execution")
+    g.add_argument("-w", "--work-dir", type=Path, default=None, metavar="DIR",
+                   help="work directory (resumable; default ./work)")
+    g.add_argument("--nprocs", "--nthreads", "--n-cpus", type=_positive_int, default=None,
+                   help="processes for nipype MultiProc")
+    g.add_argument("--omp-nthreads", type=_positive_int, default=None,
+                   help="threads per process (torch, BLAS)")
+    g.add_argument("--mem", "--mem-gb", dest="mem_gb", type=float, default=None, metavar="GB",
+                   help="memory limit for nipype scheduling, in GB")
+    g.add_argument("--use-plugin", type=Path, default=None, metavar="FILE",
+                   help="nipype plugin YAML (e.g. SLURM)")
+    g.add_argument("--config-file", type=Path, default=None, metavar="FILE",
+                   help="TOML configuration (as written to OUTPUT_DIR/logs/config.toml)")
+    g.add_argument("--device", choices=DEVICES, default=None, help="auto (CUDA if present), cpu, cuda")
+    g.add_argument("--bf16", action="store_true", default=None,
+                   help="bf16 autocast for training on CUDA")
+    g.add_argument("--stop-on-first-crash", action="store_true", default=None,
+                   help="stop at the first crashed node")
+    g.add_argument("-v", "--verbose", action="count", default=None, help="more log output")
+
+    g = p.add_argument_group("method (defaults are the paper's)")
+    g.add_argument("--latent-dim", dest="latent_dims", nargs="+", type=_positive_int,
+                   default=None, metavar="L", help="latent dimension(s) (128)")
+    g.add_argument("--seed", "--random-seed", dest="seeds", nargs="+", type=int, default=None,
+                   metavar="S", help="random seed(s) (0)")
+    g.add_argument("--folds", type=int, default=None, metavar="K", help="cross-validation folds (10)")
+    g.add_argument("--epochs", type=_positive_int, default=None, help="maximum epochs (100)")
+    g.add_argument("--patience", type=_positive_int, default=None,
+                   help="early-stopping patience in epochs (10)")
+    g.add_argument("--batch-subjects", type=_positive_int, default=None, metavar="B",
+                   help="whole subjects per training batch (1)")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (1e-4)")
+    g.add_argument("--beta", type=float, default=None, help="KL weight (1.0)")
+    g.add_argument("--width", type=float, default=None, metavar="W",
+                   help="channel multiplier (1.0; e.g. 0.125 for CPU demos)")
+    g.add_argument("--downsample", type=_positive_int, default=None, metavar="F",
+                   help="integer grid factor (1; e.g. 4 for CPU demos)")
+    g.add_argument("--augment", action="store_true", default=None,
+                   help="TorchIO augmentation of training volumes")
+    g.add_argument("--model", type=Path, default=None, metavar="DIR",
+                   help="a trained model: embed with it instead of training")
+    g.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=None,
+                   help="methods to evaluate (all)")
+    return p
