@@ -1,0 +1,404 @@
+"""Find each subject's NeuroMark ICN maps and gray-matter volume with pybids.
+
+Two naming schemes are accepted for each input:
+
+* BIDS-Derivatives names (SPEC section 2), indexed with pybids::
+
+    sub-01[/ses-1]/func/sub-01[_ses-1]_task-rest_space-..._desc-neuromark_components.nii.gz
+    sub-01[/ses-1]/anat/sub-01[_ses-1]_space-..._label-GM_desc-smwc1_probseg.nii.gz
+
+* native names: GIFT's ``<prefix>_sub001_component_ica_s1_.nii`` with a subject mapping TSV
+  (``gift_index``, ``participant_id`` and optionally ``session_id``) in the same folder, and
+  SPM/CAT12's ``smwc1*``, ``mwc1*``, ``smwp1*``, ``mwp1*`` volumes inside ``sub-<label>`` folders.
+
+Only headers are read here (cheap); voxel checks happen in preprocessing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from vaefusion.config import Config
+from vaefusion.errors import DataError, MissingInputError, NoDataError, UsageError
+
+LOG = logging.getLogger("vaefusion.discovery")
+
+NIFTI_EXT = [".nii", ".nii.gz"]
+GIFT_RE = re.compile(r"_sub(?P<index>\d+)_component_ica_s(?P<session>\d+)_?\.nii(\.gz)?$")
+SPM_GM_RE = re.compile(r"^(smwc1|mwc1|smwp1|mwp1)[^/]*\.nii(\.gz)?$")
+SUB_RE = re.compile(r"sub-(?P<subject>[A-Za-z0-9]+)")
+SES_RE = re.compile(r"ses-(?P<session>[A-Za-z0-9]+)")
+
+#: Default pybids queries for the two inputs; ``--bids-filter-file`` entries update them.
+DEFAULT_QUERIES: dict[str, dict[str, Any]] = {
+    "icn": {"suffix": "components", "extension": NIFTI_EXT},
+    "gmv": {"suffix": "probseg", "label": "GM", "extension": NIFTI_EXT},
+}
+
+
+@dataclass
+class SubjectInputs:
+    """The input files of one subject (and session) and its label."""
+
+    subject: str
+    session: str | None = None
+    icn: str | None = None
+    gmv: str | None = None
+    label: str | None = None
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
+
+    @property
+    def complete(self) -> bool:
+        return self.icn is not None and self.gmv is not None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SubjectInputs:
+        return cls(**json.loads(text))
+
+
+# --------------------------------------------------------------------------- helpers
+def read_participants(bids_dir: Path, cfg: Config) -> dict[str, str]:
+    """participant label (no ``sub-``) -> value of the label column in participants.tsv."""
+    path = bids_dir / "participants.tsv"
+    if not path.is_file():
+        raise MissingInputError(
+            f"{path} is missing; add a participants.tsv with participant_id and "
+            f"{cfg.label_column} columns."
+        )
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if not rows or "participant_id" not in rows[0]:
+        raise DataError(f"{path} has no participant_id column; add one (values like sub-01).")
+    if cfg.label_column not in rows[0]:
+        raise DataError(
+            f"{path} has no '{cfg.label_column}' column; add it or name the diagnosis column "
+            f"with --label-column (columns: {', '.join(rows[0])})."
+        )
+    labels = {}
+    for row in rows:
+        pid = (row["participant_id"] or "").strip()
+        labels[pid[4:] if pid.startswith("sub-") else pid] = (row[cfg.label_column] or "").strip()
+    return labels
+
+
+def load_bids_filters(path: Path | None) -> dict[str, dict[str, Any]]:
+    """Read ``--bids-filter-file``: ``{"icn": {...}, "gmv": {...}}`` pybids entity filters."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--bids-filter-file {path} does not exist; give an existing JSON file.")
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--bids-filter-file {path} is not valid JSON ({exc}); fix its syntax.")
+    if not isinstance(data, dict) or set(data) - set(DEFAULT_QUERIES):
+        raise UsageError(
+            f"--bids-filter-file {path} must be a JSON object with keys among "
+            f"{', '.join(DEFAULT_QUERIES)} (got {', '.join(map(str, data)) or 'none'})."
+        )
+    return data
+
+
+def derivative_dirs(cfg: Config) -> list[Path]:
+    """The derivative datasets to search: ``--derivatives`` or BIDS_DIR/derivatives/*."""
+    assert cfg.bids_dir is not None
+    if cfg.derivatives:
+        dirs = []
+        for name, raw in cfg.derivatives.items():
+            path = Path(raw)
+            if not path.is_absolute():
+                path = (Path.cwd() / path).resolve()
+            if not path.is_dir():
+                raise MissingInputError(
+                    f"--derivatives {name}={raw}: {path} is not a folder; give an existing path."
+                )
+            dirs.append(path)
+        return dirs
+    root = cfg.bids_dir / "derivatives"
+    if not root.is_dir():
+        raise MissingInputError(
+            f"{root} does not exist; put the NeuroMark and GMV derivatives there or name them "
+            f"with --derivatives NAME=PATH."
+        )
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    """Cheap hash of file names, sizes and mtimes: a new or changed file invalidates the DB."""
+    digest = hashlib.sha1()
+    for root in paths:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                st = os.stat(os.path.join(dirpath, name))
+                digest.update(f"{dirpath}/{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def bids_layout(cfg: Config, deriv: list[Path]):  # -> bids.BIDSLayout
+    """A pybids layout of the raw dataset plus the derivative datasets that pybids can index.
+
+    The database lives in the work dir (never in BIDS_DIR, which may be read-only) and is
+    reused until a file is added or changed.
+    """
+    from bids import BIDSLayout
+
+    assert cfg.bids_dir is not None and cfg.work_dir is not None
+    indexable = [d for d in deriv if (d / "dataset_description.json").is_file()]
+    key = _fingerprint([cfg.bids_dir, *indexable])
+    db = cfg.work_dir / "bids_db" / key
+    reuse = (db / "layout_index.sqlite").exists()
+    return BIDSLayout(
+        str(cfg.bids_dir),
+        derivatives=[str(d) for d in indexable],
+        validate=False,  # the bids-validator ran before (unless skipped)
+        database_path=str(db),
+        reset_database=not reuse,
+    )
+
+
+def _gift_mapping(folder: Path) -> dict[int, tuple[str, str | None]]:
+    """GIFT subject index -> (participant label, session label) from the mapping TSV."""
+    tsvs = sorted(folder.glob("*subjects*.tsv"))
+    if not tsvs:
+        raise MissingInputError(
+            f"GIFT component files in {folder} have no subject mapping; add {folder}/"
+            f"gift_subjects.tsv with columns gift_index and participant_id (and session_id)."
+        )
+    mapping: dict[int, tuple[str, str | None]] = {}
+    with open(tsvs[0], newline="") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            try:
+                index = int(row["gift_index"])
+                pid = row["participant_id"].strip()
+            except (KeyError, ValueError, AttributeError):
+                raise DataError(
+                    f"{tsvs[0]} needs integer gift_index and participant_id columns; fix it."
+                ) from None
+            ses = (row.get("session_id") or "").strip()
+            ses = None if ses in ("", "n/a") else ses.removeprefix("ses-")
+            mapping[index] = (pid.removeprefix("sub-"), ses)
+    return mapping
+
+
+def _native_files(deriv: list[Path]) -> tuple[list[tuple], list[tuple]]:
+    """(subject, session, path) of GIFT-native ICN maps and SPM/CAT12-native GM volumes."""
+    icn: list[tuple] = []
+    gmv: list[tuple] = []
+    for root in deriv:
+        gift_folders: set[Path] = set()
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                if GIFT_RE.search(name):
+                    gift_folders.add(Path(dirpath))
+                elif SPM_GM_RE.match(name):
+                    rel = str(path.relative_to(root))
+                    sub = SUB_RE.search(rel)
+                    if sub:
+                        ses = SES_RE.search(rel)
+                        gmv.append((sub["subject"], ses["session"] if ses else None, str(path)))
+        for folder in sorted(gift_folders):
+            mapping = _gift_mapping(folder)
+            for path in sorted(folder.iterdir()):
+                match = GIFT_RE.search(path.name)
+                if not match:
+                    continue
+                index = int(match["index"])
+                if index not in mapping:
+                    raise DataError(
+                        f"{path} is GIFT subject {index}, which the mapping TSV in {folder} does "
+                        f"not list; add a row for gift_index {index}."
+                    )
+                subject, session = mapping[index]
+                icn.append((subject, session, str(path)))
+    return icn, gmv
+
+
+def _pybids_files(layout, kind: str, filters: dict[str, Any]) -> list[tuple]:
+    query = {**DEFAULT_QUERIES[kind], **filters.get(kind, {})}
+    files = layout.get(scope="derivatives", return_type="object", **query)
+    out = []
+    for f in files:
+        ents = f.get_entities()
+        if "subject" not in ents:
+            continue
+        name = Path(f.path).name
+        if kind == "gmv" and SPM_GM_RE.match(name):
+            continue  # found as a native name below
+        out.append((str(ents["subject"]), ents.get("session"), f.path))
+    return out
+
+
+# --------------------------------------------------------------------------- discovery
+def discover(cfg: Config) -> list[SubjectInputs]:
+    """All selected subjects with their inputs; raises a user error for unusable selections.
+
+    Subjects that lack a modality are logged with the reason and, following
+    ``cfg.missing_modality``, dropped (``skip``), kept (``keep``), or reported as an error.
+    """
+    assert cfg.bids_dir is not None
+    labels = read_participants(cfg.bids_dir, cfg)
+    filters = cfg.bids_filters or load_bids_filters(cfg.bids_filter_file)
+    deriv = derivative_dirs(cfg)
+    layout = bids_layout(cfg, deriv)
+
+    icn_files = _pybids_files(layout, "icn", filters)
+    gmv_files = _pybids_files(layout, "gmv", filters)
+    native_icn, native_gmv = _native_files(deriv)
+    # a native name is used only where the filters do not exclude its subject/session
+    icn_files += native_icn
+    gmv_files += native_gmv if "gmv" not in filters else []
+
+    wanted_sub = set(cfg.participant_label) if cfg.participant_label else None
+    wanted_ses = set(cfg.session_label) if cfg.session_label else None
+
+    def keep(sub: str, ses: str | None) -> bool:
+        return (wanted_sub is None or sub in wanted_sub) and (
+            wanted_ses is None or (ses in wanted_ses)
+        )
+
+    icn_by: dict[tuple, list[str]] = defaultdict(list)
+    for sub, ses, path in icn_files:
+        if keep(sub, ses) and path not in icn_by[(sub, ses)]:
+            icn_by[(sub, ses)].append(path)
+    gmv_by: dict[tuple, list[str]] = defaultdict(list)
+    for sub, ses, path in gmv_files:
+        if (wanted_sub is None or sub in wanted_sub) and path not in gmv_by[(sub, ses)]:
+            gmv_by[(sub, ses)].append(path)
+
+    if wanted_sub:
+        unknown = sorted(wanted_sub - set(labels) - {s for s, _ in icn_by} - {s for s, _ in gmv_by})
+        if unknown:
+            LOG.warning("participant label(s) %s match no data", ", ".join(unknown))
+    keys = sorted(set(icn_by) | {k for k in gmv_by if k[1] is None or keep(*k)},
+                  key=lambda k: (k[0], k[1] or ""))
+    # a subject-level GMV (no session) serves every session of that subject
+    keys = [k for k in keys if not (k[1] is None and any(s == k[0] and e for s, e in icn_by))]
+    if not keys:
+        raise NoDataError(
+            f"No ICN maps or GMV volumes in {', '.join(map(str, deriv)) or cfg.bids_dir} match "
+            f"the selection; check --participant-label, --session-label, --bids-filter-file "
+            f"and --derivatives."
+        )
+
+    subjects: list[SubjectInputs] = []
+    for sub, ses in keys:
+        item = SubjectInputs(subject=sub, session=ses, label=labels.get(sub))
+        icns = icn_by.get((sub, ses), [])
+        gmvs = gmv_by.get((sub, ses)) or gmv_by.get((sub, None), [])
+        for kind, found in (("ICN maps", icns), ("GMV", gmvs)):
+            if len(found) > 1:
+                raise DataError(
+                    f"{item.key} has {len(found)} {kind} files ({', '.join(found)}); pick one "
+                    f"with --bids-filter-file."
+                )
+        item.icn = icns[0] if icns else None
+        item.gmv = gmvs[0] if gmvs else None
+        if item.icn is None:
+            item.missing.append("no NeuroMark ICN file found")
+        if item.gmv is None:
+            item.missing.append("no gray-matter (GMV) file found")
+        if sub not in labels:
+            LOG.warning("%s is not in participants.tsv: it is embedded but not classified",
+                        item.key)
+        subjects.append(item)
+
+    subjects = apply_missing_policy(subjects, cfg.missing_modality)
+    check_headers(subjects, cfg.n_components)
+    log_inventory(subjects)
+    return subjects
+
+
+def apply_missing_policy(subjects: list[SubjectInputs], policy: str) -> list[SubjectInputs]:
+    """Report subjects that lack a modality, then skip, keep, or refuse them."""
+    incomplete = [s for s in subjects if not s.complete]
+    for s in incomplete:
+        LOG.warning("%s lacks a modality (%s): %s", s.key, "; ".join(s.missing),
+                    {"skip": "skipped", "keep": "kept with what it has",
+                     "error": "error"}[policy])
+    if incomplete and policy == "error":
+        first = incomplete[0]
+        raise MissingInputError(
+            f"{first.key} lacks a modality ({'; '.join(first.missing)}) and "
+            f"{len(incomplete) - 1} other subject(s) too; add the files or use "
+            f"--missing-modality skip."
+        )
+    kept = [s for s in subjects if s.complete or (policy == "keep" and s.icn is not None)]
+    if not kept:
+        raise NoDataError(
+            "No selected subject has both NeuroMark ICN maps and a GMV volume; check the "
+            "derivatives (see the log for what each subject lacks)."
+        )
+    return kept
+
+
+def check_headers(subjects: list[SubjectInputs], n_components: int) -> None:
+    """4D ICN files with the expected component count, on one grid for every subject."""
+    ref: tuple[str, tuple, np.ndarray] | None = None
+    for s in subjects:
+        if s.icn is None:
+            continue
+        try:
+            img = nib.load(s.icn)
+        except Exception as exc:  # nibabel raises several types for a broken file
+            raise DataError(f"{s.icn} cannot be read as NIfTI ({exc}); replace the file.")
+        shape = img.shape
+        if len(shape) != 4:
+            raise DataError(
+                f"{s.icn} is {len(shape)}D but NeuroMark ICN maps must be 4D (one volume per "
+                f"component); give the subject's 4D component file."
+            )
+        if shape[3] != n_components:
+            raise DataError(
+                f"{s.icn} has {shape[3]} components but {n_components} are expected; give "
+                f"NeuroMark's {n_components}-component maps or set --n-components {shape[3]}."
+            )
+        if ref is None:
+            ref = (s.icn, shape[:3], img.affine)
+        elif shape[:3] != ref[1] or not np.allclose(img.affine, ref[2], atol=1e-3):
+            raise DataError(
+                f"{s.icn} has grid {shape[:3]} / affine {np.round(img.affine[:3], 2).tolist()} "
+                f"but {ref[0]} has {ref[1]} / {np.round(ref[2][:3], 2).tolist()}; resample all "
+                f"ICN maps to one grid."
+            )
+        if s.gmv is not None:
+            try:
+                gimg = nib.load(s.gmv)
+            except Exception as exc:
+                raise DataError(f"{s.gmv} cannot be read as NIfTI ({exc}); replace the file.")
+            gshape = gimg.shape
+            if len(gshape) == 4 and gshape[3] == 1:
+                gshape = gshape[:3]
+            if len(gshape) != 3:
+                raise DataError(f"{s.gmv} is {len(gshape)}D but a GMV volume must be 3D; fix it.")
+            if abs(np.linalg.det(gimg.affine[:3, :3])) < 1e-6:
+                raise DataError(f"{s.gmv} has a singular affine; fix its header.")
+
+
+def log_inventory(subjects: list[SubjectInputs]) -> None:
+    """One line per subject: which modalities it has, and its label."""
+    LOG.info("Selected %d subject(s):", len(subjects))
+    for s in subjects:
+        LOG.info("  %-20s ICN=%-3s GMV=%-3s label=%s", s.key, "yes" if s.icn else "no",
+                 "yes" if s.gmv else "no", s.label or "n/a")

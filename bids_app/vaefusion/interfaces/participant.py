@@ -1,0 +1,126 @@
+"""Thin nipype interfaces around discovery, preprocessing and the derivatives sink.
+
+Data errors do not crash a node: they come back as ``error`` so that the run can report every
+bad subject at once, with exit code 65 and no traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    Undefined,
+    isdefined,
+    traits,
+)
+
+from vaefusion.errors import VaefusionError
+
+
+class _BIDSSourceInputSpec(BaseInterfaceInputSpec):
+    subject_json = traits.Str(mandatory=True, desc="a serialized discovery.SubjectInputs")
+
+
+class _BIDSSourceOutputSpec(TraitedSpec):
+    icn = File(exists=True, desc="4D NeuroMark ICN maps")
+    gmv = traits.Either(File(exists=True), None, desc="3D gray-matter volume, or None")
+    subject = traits.Str()
+    session = traits.Either(traits.Str(), None)
+    label = traits.Either(traits.Str(), None)
+
+
+class BIDSSource(SimpleInterface):
+    """The input files that discovery selected for one subject (fMRIPrep's bidssrc)."""
+
+    input_spec = _BIDSSourceInputSpec
+    output_spec = _BIDSSourceOutputSpec
+
+    def _run_interface(self, runtime):
+        from vaefusion.discovery import SubjectInputs
+
+        item = SubjectInputs.from_json(self.inputs.subject_json)
+        self._results.update(icn=item.icn, gmv=item.gmv, subject=item.subject,
+                             session=item.session, label=item.label)
+        return runtime
+
+
+class _PreprocessInputSpec(BaseInterfaceInputSpec):
+    icn = File(exists=True, mandatory=True)
+    gmv = traits.Either(File(exists=True), None, mandatory=True)
+    subject = traits.Str(mandatory=True)
+    session = traits.Either(traits.Str(), None, mandatory=True)
+    label = traits.Either(traits.Str(), None, mandatory=True)
+    cache_dir = traits.Str(mandatory=True, desc="the training cache folder")
+
+
+class _PreprocessOutputSpec(TraitedSpec):
+    cache_file = traits.Either(File(exists=True), None)
+    error = traits.Str(desc="a one-sentence data error, or ''")
+
+
+class PreprocessSubject(SimpleInterface):
+    """Resample, scale and stack one subject into the training cache."""
+
+    input_spec = _PreprocessInputSpec
+    output_spec = _PreprocessOutputSpec
+
+    def _run_interface(self, runtime):
+        from vaefusion.preprocess import preprocess_subject
+
+        try:
+            npy, _ = preprocess_subject(
+                self.inputs.icn, self.inputs.gmv, self.inputs.subject, self.inputs.session,
+                self.inputs.label, Path(self.inputs.cache_dir),
+            )
+            self._results.update(cache_file=str(npy), error="")
+        except VaefusionError as exc:
+            self._results.update(cache_file=None, error=exc.message)
+        return runtime
+
+
+class _SinkInputSpec(BaseInterfaceInputSpec):
+    cache_file = traits.Either(File(exists=True), None, mandatory=True)
+    error = traits.Str(mandatory=True)
+    output_dir = traits.Str(mandatory=True)
+
+
+class _SinkOutputSpec(TraitedSpec):
+    out_file = traits.Either(File(exists=True), None)
+    error = traits.Str()
+
+
+class DerivativesSink(SimpleInterface):
+    """Write a subject's preprocessed stack into the BIDS-Derivatives output, atomically.
+
+    The node always runs (so deleted outputs come back) but skips a subject whose output is
+    already newer than its cache entry.
+    """
+
+    input_spec = _SinkInputSpec
+    output_spec = _SinkOutputSpec
+
+    def _run_interface(self, runtime):
+        import numpy as np
+
+        from vaefusion.cache import load_stack, read_meta
+        from vaefusion.outputs import subject_dir, write_subject_stack
+
+        self._results["error"] = self.inputs.error
+        cache = self.inputs.cache_file
+        if self.inputs.error or not isdefined(cache) or cache in (None, Undefined):
+            self._results["out_file"] = None
+            return runtime
+        meta = read_meta(Path(cache))
+        out = Path(self.inputs.output_dir)
+        target = subject_dir(out, meta.subject, meta.session) / f"{meta.key}_desc-preproc_stack.nii.gz"
+        if not (target.exists() and target.stat().st_mtime >= Path(cache).stat().st_mtime):
+            target = write_subject_stack(
+                out, meta.subject, meta.session, np.asarray(load_stack(Path(cache))),
+                np.asarray(meta.affine), meta.modalities, meta.sources,
+            )
+        self._results["out_file"] = str(target)
+        return runtime

@@ -1,0 +1,126 @@
+"""Preprocessing as the paper does it: GMV onto the ICN grid, max-abs scaling, one stack.
+
+The numerics are pure functions; :func:`preprocess_subject` does the I/O for one subject.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from vaefusion.cache import SubjectMeta, write_subject
+from vaefusion.errors import DataError
+from vaefusion.reference import GMV_MODALITY
+
+LOG = logging.getLogger("vaefusion.preprocess")
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """Voxel edge lengths (mm) of an affine."""
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+def resample_to_grid(
+    data: np.ndarray, source_affine: np.ndarray, target_affine: np.ndarray,
+    target_shape: tuple[int, int, int], order: int = 1,
+) -> np.ndarray:
+    """Resample a 3D volume onto another grid in the same world space.
+
+    When the target voxels are larger, the source is first smoothed with a Gaussian whose
+    width matches the voxel-size ratio (anti-aliasing), so downsampling averages rather than
+    picks voxels; then trilinear interpolation (``order=1``) maps target voxel centres into
+    the source. Voxels outside the source field of view become 0.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    ratio = voxel_sizes(target_affine) / voxel_sizes(source_affine)
+    sigma = np.sqrt(np.clip(ratio**2 - 1.0, 0.0, None)) / 2.0  # ~FWHM of the target voxel
+    if np.any(sigma > 0.1):
+        data = ndimage.gaussian_filter(data, sigma=sigma, mode="nearest")
+    # target voxel -> world -> source voxel
+    mapping = np.linalg.solve(source_affine, target_affine)
+    return ndimage.affine_transform(
+        data, mapping[:3, :3], offset=mapping[:3, 3], output_shape=tuple(target_shape),
+        order=order, mode="constant", cval=0.0, prefilter=False,
+    ).astype(np.float32)
+
+
+def check_finite(data: np.ndarray, path: str) -> None:
+    """A NaN or Inf voxel is an error that names the file."""
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise DataError(f"{path} has {bad} NaN or Inf voxel(s); fix or mask the file.")
+
+
+def scale_maxabs(volumes: np.ndarray, names: list[str], paths: list[str]) -> np.ndarray:
+    """Scale each volume (first axis) by its maximum absolute value into [-1, 1].
+
+    An all-zero volume cannot be scaled and is an error (not a division by zero) that names
+    the volume's source file (``paths`` holds one per volume).
+    """
+    flat = volumes.reshape(volumes.shape[0], -1)
+    peak = np.abs(flat).max(axis=1)
+    zero = np.flatnonzero(peak == 0)
+    if zero.size:
+        raise DataError(
+            f"{paths[zero[0]]}: volume {names[zero[0]]} is all zero; replace the file or drop "
+            f"the subject."
+        )
+    return (volumes / peak[:, None, None, None]).astype(np.float32)
+
+
+def stack_subject(
+    icn: np.ndarray, icn_affine: np.ndarray, gmv: np.ndarray | None, gmv_affine: np.ndarray | None,
+) -> np.ndarray:
+    """ICN volumes (X, Y, Z, n) and an optional GMV volume -> (n [+1], X, Y, Z) stack.
+
+    GMV is resampled to the ICN grid and stacked last (ICNs first, then GMV).
+    """
+    volumes = np.moveaxis(np.asarray(icn, dtype=np.float32), -1, 0)
+    if gmv is None:
+        return np.ascontiguousarray(volumes)
+    grid = volumes.shape[1:]
+    if gmv.shape == grid and gmv_affine is not None and np.allclose(gmv_affine, icn_affine):
+        resampled = np.asarray(gmv, dtype=np.float32)
+    else:
+        resampled = resample_to_grid(gmv, gmv_affine, icn_affine, grid)
+    return np.concatenate([volumes, resampled[None]], axis=0)
+
+
+def _load(path: str) -> tuple[np.ndarray, np.ndarray]:
+    img = nib.load(path)
+    data = np.asanyarray(img.dataobj, dtype=np.float32)
+    check_finite(data, path)
+    return data, img.affine
+
+
+def preprocess_subject(
+    icn_path: str, gmv_path: str | None, subject: str, session: str | None,
+    label: str | None, cache_dir: Path,
+) -> tuple[Path, SubjectMeta]:
+    """Read, check, resample, scale and stack one subject; write its training cache."""
+    icn, icn_affine = _load(icn_path)
+    if icn.ndim != 4:
+        raise DataError(f"{icn_path} is {icn.ndim}D but 4D ICN maps are needed; fix the input.")
+    gmv = gmv_affine = None
+    if gmv_path is not None:
+        gmv, gmv_affine = _load(gmv_path)
+        gmv = gmv.reshape(gmv.shape[:3])
+    names = [f"ICN{i:02d}" for i in range(1, icn.shape[3] + 1)]
+    paths = [icn_path] * len(names)
+    if gmv is not None:
+        names.append(GMV_MODALITY)
+        paths.append(str(gmv_path))
+    stack = stack_subject(icn, icn_affine, gmv, gmv_affine)
+    scaled = scale_maxabs(stack, names, paths)
+    meta = SubjectMeta(
+        subject=subject, session=session, modalities=names,
+        affine=np.asarray(icn_affine).tolist(), shape=list(scaled.shape[1:]), label=label,
+        sources=[p for p in (icn_path, gmv_path) if p],
+    )
+    npy = write_subject(cache_dir, scaled, meta)
+    LOG.debug("%s: %d volumes on %s", meta.key, len(names), meta.shape)
+    return npy, meta
