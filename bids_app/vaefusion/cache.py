@@ -73,7 +73,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 def write_subject(cache_dir: Path, stack: np.ndarray, meta: SubjectMeta) -> Path:
     """Store a subject's stacked volumes as float16 plus its sidecar; returns the .npy path."""
     if stack.ndim != 4 or stack.shape[0] != len(meta.modalities):
-        raise ValueError(f"stack shape {stack.shape} does not match {len(meta.modalities)} modalities")
+        raise ValueError(
+            f"stack shape {stack.shape} does not match {len(meta.modalities)} modalities"
+        )
     npy = cache_dir / f"{meta.key}.npy"
     atomic_save_npy(npy, stack.astype(np.float16))
     # the sidecar is written last: its presence marks a complete cache entry

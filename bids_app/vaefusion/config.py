@@ -157,9 +157,13 @@ def load_toml(path: Path) -> dict[str, Any]:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        raise UsageError(f"--config-file {path} does not exist; give an existing TOML file.")
+        raise UsageError(
+            f"--config-file {path} does not exist; give an existing TOML file."
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"--config-file {path} is not valid TOML ({exc}); fix its syntax.")
+        raise UsageError(
+            f"--config-file {path} is not valid TOML ({exc}); fix its syntax."
+        ) from None
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict) and key not in {"bids_filters", "derivatives"}:

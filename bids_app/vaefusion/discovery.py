@@ -107,9 +107,13 @@ def load_bids_filters(path: Path | None) -> dict[str, dict[str, Any]]:
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise UsageError(f"--bids-filter-file {path} does not exist; give an existing JSON file.")
+        raise UsageError(
+            f"--bids-filter-file {path} does not exist; give an existing JSON file."
+        ) from None
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--bids-filter-file {path} is not valid JSON ({exc}); fix its syntax.")
+        raise UsageError(
+            f"--bids-filter-file {path} is not valid JSON ({exc}); fix its syntax."
+        ) from None
     if not isinstance(data, dict) or set(data) - set(DEFAULT_QUERIES):
         raise UsageError(
             f"--bids-filter-file {path} must be a JSON object with keys among "
@@ -362,7 +366,7 @@ def check_headers(subjects: list[SubjectInputs], n_components: int) -> None:
         try:
             img = nib.load(s.icn)
         except Exception as exc:  # nibabel raises several types for a broken file
-            raise DataError(f"{s.icn} cannot be read as NIfTI ({exc}); replace the file.")
+            raise DataError(f"{s.icn} cannot be read as NIfTI ({exc}); replace the file.") from None
         shape = img.shape
         if len(shape) != 4:
             raise DataError(
@@ -386,7 +390,9 @@ def check_headers(subjects: list[SubjectInputs], n_components: int) -> None:
             try:
                 gimg = nib.load(s.gmv)
             except Exception as exc:
-                raise DataError(f"{s.gmv} cannot be read as NIfTI ({exc}); replace the file.")
+                raise DataError(
+                    f"{s.gmv} cannot be read as NIfTI ({exc}); replace the file."
+                ) from None
             gshape = gimg.shape
             if len(gshape) == 4 and gshape[3] == 1:
                 gshape = gshape[:3]

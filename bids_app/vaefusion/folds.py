@@ -9,7 +9,6 @@ train + validation (SPEC section 3, "Evaluation").
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +21,7 @@ MIN_VAL_SUBJECTS = 2
 MIN_TRAIN_SUBJECTS = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compare fields explicitly
 class Fold:
     """One cross-validation fold; the arrays hold sorted subject indices (rows of ``labels``)."""
 
@@ -56,29 +55,24 @@ def check_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def _validation_counts(pool_counts: np.ndarray, n_val: int) -> np.ndarray:
-    """How many validation subjects to draw from each class of the training pool.
+    """How many validation subjects to draw from each of the two classes of a training pool.
 
     Proportional to class size (largest remainder), then at least one per class when that
-    class keeps at least one subject for training, and never a whole class.
+    class has two or more subjects, and never so many that a class vanishes from training.
+    The caller guarantees ``n_val <= pool - 2``, so these constraints can always be met.
     """
     quota = n_val * pool_counts / pool_counts.sum()
     take = np.floor(quota).astype(int)
-    for c in np.argsort(-(quota - take), kind="stable")[: n_val - take.sum()]:
-        take[c] += 1
-    cap = np.maximum(pool_counts - 1, 0)  # training keeps each class when it can
-    for c in range(len(take)):
+    order = np.argsort(-(quota - take), kind="stable")
+    take[order[: n_val - int(take.sum())]] += 1
+    cap = np.maximum(pool_counts - 1, 0)
+    for c in (0, 1):
+        other = 1 - c
         if take[c] == 0 and pool_counts[c] >= 2:
-            donor = int(np.argmax(take - (np.arange(len(take)) == c)))
-            if take[donor] > 1:
-                take[donor] -= 1
-                take[c] = 1
-    # moving a surplus to another class keeps n_val while respecting the caps
-    for c in range(len(take)):
-        while take[c] > cap[c]:
-            others = [o for o in range(len(take)) if o != c and take[o] < cap[o]]
-            take[c] -= 1
-            if others:
-                take[others[0]] += 1
+            take[c], take[other] = 1, take[other] - 1
+        excess = take[c] - cap[c]
+        if excess > 0:
+            take[c], take[other] = cap[c], take[other] + excess
     return take
 
 
@@ -89,7 +83,9 @@ def make_folds(labels: np.ndarray, k: int, seed: int, val_fraction: float = 0.1)
     test fold. From the remaining subjects of each fold, ``round(val_fraction * n)`` (at least
     2) are drawn per class in proportion (at least one of each class when that class has two or
     more training subjects) as the validation set, with a generator seeded by ``seed`` and the
-    fold index, so the folds depend only on the labels, ``k`` and ``seed``.
+    fold index, so the folds depend only on the labels, ``k`` and ``seed``. (Not
+    ``StratifiedShuffleSplit``: with small or unbalanced groups it can leave a class out of the
+    validation set, and it refuses a class with a single training subject.)
 
     Raises DataError (exit 65) when ``k`` exceeds the smaller class (a test fold would lack
     that class) or when a fold's training subjects are too few to also hold out a validation
@@ -130,10 +126,3 @@ def make_folds(labels: np.ndarray, k: int, seed: int, val_fraction: float = 0.1)
         train = np.setdiff1d(pool, val).astype(int)
         folds.append(Fold(index=i, train=train, val=val, test=np.sort(test).astype(int)))
     return folds
-
-
-def fold_sizes_ok(n_subjects: int, k: int) -> bool:
-    """Cheap check whether ``n_subjects`` could give K folds with validation sets (no labels)."""
-    pool = n_subjects - math.ceil(n_subjects / k)
-    n_val = max(MIN_VAL_SUBJECTS, round(0.1 * pool))
-    return pool - n_val >= MIN_TRAIN_SUBJECTS

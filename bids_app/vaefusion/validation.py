@@ -32,7 +32,9 @@ def run_validator(dataset: Path, timeout: float = 600) -> dict:
     try:
         return json.loads(proc.stdout)
     except json.JSONDecodeError:
-        raise RuntimeError(f"{VALIDATOR} gave no JSON report: {proc.stderr.strip()[:500]}")
+        raise RuntimeError(
+            f"{VALIDATOR} gave no JSON report: {proc.stderr.strip()[:500]}"
+        ) from None
 
 
 def validate_input(bids_dir: Path, log_dir: Path) -> None:

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("bids_dir", type=Path, help="the root of the input BIDS dataset")
     p.add_argument("output_dir", type=Path, help="where the BIDS-Derivatives output goes")
-    p.add_argument("analysis_level", help="participant (preprocess/embed) or group (train, evaluate)")
+    p.add_argument("analysis_level",
+                   help="participant (preprocess/embed) or group (train, evaluate)")
     p.add_argument("--version", action="version", version=f"vaefusion {__version__}")
     p.add_argument("--boutiques", action="store_true",
                    help="print the Boutiques descriptor of this app and exit")
@@ -104,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nipype plugin YAML (e.g. SLURM)")
     g.add_argument("--config-file", type=Path, default=None, metavar="FILE",
                    help="TOML configuration (as written to OUTPUT_DIR/logs/config.toml)")
-    g.add_argument("--device", choices=DEVICES, default=None, help="auto (CUDA if present), cpu, cuda")
+    g.add_argument("--device", choices=DEVICES, default=None,
+                   help="auto (CUDA if present), cpu, cuda")
     g.add_argument("--bf16", action="store_true", default=None,
                    help="bf16 autocast for training on CUDA")
     g.add_argument("--stop-on-first-crash", action="store_true", default=None,
@@ -116,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None, metavar="L", help="latent dimension(s) (128)")
     g.add_argument("--seed", "--random-seed", dest="seeds", nargs="+", type=int, default=None,
                    metavar="S", help="random seed(s) (0)")
-    g.add_argument("--folds", type=int, default=None, metavar="K", help="cross-validation folds (10)")
+    g.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="cross-validation folds (10)")
     g.add_argument("--epochs", type=_positive_int, default=None, help="maximum epochs (100)")
     g.add_argument("--patience", type=_positive_int, default=None,
                    help="early-stopping patience in epochs (10)")

@@ -116,7 +116,8 @@ class DerivativesSink(SimpleInterface):
             return runtime
         meta = read_meta(Path(cache))
         out = Path(self.inputs.output_dir)
-        target = subject_dir(out, meta.subject, meta.session) / f"{meta.key}_desc-preproc_stack.nii.gz"
+        name = f"{meta.key}_desc-preproc_stack.nii.gz"
+        target = subject_dir(out, meta.subject, meta.session) / name
         if not (target.exists() and target.stat().st_mtime >= Path(cache).stat().st_mtime):
             target = write_subject_stack(
                 out, meta.subject, meta.session, np.asarray(load_stack(Path(cache))),

@@ -54,7 +54,7 @@ def preprocess_errors(graph) -> list[str]:
     return errors
 
 
-def run_participant_level(cfg: Config) -> list[Path]:
+def run_participant_level(cfg: Config, embed: bool = True) -> list[Path]:
     """Discover, preprocess every selected subject, and write the derivatives.
 
     Returns the cache files of the preprocessed subjects. Every subject with bad data is
@@ -80,7 +80,7 @@ def run_participant_level(cfg: Config) -> list[Path]:
         raise DataError(errors[0] + more)
     files = [cache_dir(cfg) / f"{subject_key(s.subject, s.session)}.npy" for s in subjects]
     log.info("Preprocessed %d subject(s); derivatives in %s", len(files), cfg.output_dir)
-    if cfg.model is not None:
+    if embed and cfg.model is not None:
         from vaefusion.workflows.group import embed_with_model
 
         embed_with_model(cfg, files)

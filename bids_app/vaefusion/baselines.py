@@ -1,0 +1,315 @@
+"""PCA baselines on the same folds and classifier as the VAE (SPEC section 3, "Evaluation").
+
+* ``pca-early``: a subject's volumes concatenated into one vector; one PCA over subjects;
+  ``l`` components.
+* ``pca-late``: one PCA per modality over subjects, ``l`` components each; the scores are
+  concatenated modality-major (``n_modalities * l`` features, like the VAE's).
+* ``pca-shared``: one PCA over all volumes of the training subjects as samples, ``l``
+  components; every volume is projected and a subject's ``n_modalities`` score vectors are
+  concatenated modality-major: the linear twin of the shared VAE.
+
+In every fold the PCA is fitted on the train + validation subjects only and then applied to
+all subjects, so a test subject never shapes the components. When ``l`` exceeds what the
+training data allow (scikit-learn's rule ``n_components <= min(n_samples, n_features)``) the
+method is "not available" (the paper's "X"): :class:`NotAvailable`.
+
+Memory (real data: a few hundred subjects x 54 volumes x ~60k in-brain voxels):
+
+* Subjects are streamed: ``subject_arrays`` is a sequence or a callable ``i -> (n_mod, V)``
+  array (see :func:`cache_loader`), never one big matrix.
+* ``pca-early`` and ``pca-late`` are exact PCAs computed from Gram (kernel) matrices.
+  :func:`modality_grams` accumulates the per-modality subject x subject inner products
+  ``G[m, i, j] = <x_im, x_jm>`` in float64 in one blocked pass (``n_mod * n^2 * 8`` bytes,
+  39 MB for 300 subjects); ``pca-early``'s Gram is their sum over modalities, so the
+  ``n x (54 * 60k)`` matrix is never formed. Both are shared by all folds and latent dims: a
+  PCA only needs the Gram block of its training subjects (centred with the training mean) and,
+  for projecting, inner products of each subject with the training subjects. Using the Gram
+  entries of test subjects for projection is exactly ``PCA.transform``, not fitting.
+* ``pca-shared`` has ``n_train * n_mod`` samples (~15k), too many for a Gram eigenproblem per
+  fold, so it is a randomized PCA (Halko, Martinsson & Tropp 2011; the algorithm of
+  ``PCA(svd_solver="randomized")`` with QR power iterations) whose products with the centred
+  data matrix are accumulated subject by subject: memory O((V + n_train * n_mod) * (l + 10)),
+  cost ``2 * n_iter + 4`` passes over the subjects per fold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import linalg
+
+from .cache import load_stack
+from .classify import FoldMetrics, evaluate_fold
+from .errors import DataError
+from .folds import Fold, check_labels
+
+PCA_METHODS: tuple[str, ...] = ("pca-early", "pca-late", "pca-shared")
+#: One subject's volumes as an (n_modalities, n_voxels) array, by index or as a list.
+SubjectArrays = Sequence[np.ndarray] | Callable[[int], np.ndarray]
+
+#: Components whose singular value is below this fraction of the largest carry no variance
+#: (e.g. the n-th component of n centred samples); their scores are set to 0 instead of an
+#: arbitrary direction, so results are deterministic.
+_RELATIVE_SV_TOL = 1e-5
+
+
+class NotAvailable(Exception):
+    """A PCA baseline cannot have ``latent_dim`` components with this many training samples."""
+
+    def __init__(self, method: str, latent_dim: int, limit: int) -> None:
+        super().__init__(
+            f"{method} is not available at latent dimension {latent_dim}: a PCA of these "
+            f"training data has at most {limit} components."
+        )
+        self.method = method
+        self.latent_dim = latent_dim
+        self.limit = limit
+
+
+# --------------------------------------------------------------------------------- input
+def brain_mask(stacks: Iterable[np.ndarray]) -> np.ndarray:
+    """Voxels (flattened, C order) that are nonzero in any volume of any of ``stacks``.
+
+    ``stacks`` are (n_modalities, X, Y, Z) or (n_modalities, V) arrays. Dropping voxels that
+    are zero in every training volume does not change any PCA (their mean and loadings are 0),
+    it only saves memory; so a mask over all subjects gives the same results as a per-fold one.
+    """
+    mask: np.ndarray | None = None
+    for stack in stacks:
+        a = np.asarray(stack)
+        nonzero = (a.reshape(a.shape[0], -1) != 0).any(axis=0)
+        mask = nonzero if mask is None else mask | nonzero
+    if mask is None or not mask.any():
+        raise DataError("Every volume is all zeros, so there is no brain voxel to analyse.")
+    return mask
+
+
+def cache_loader(paths: Sequence[Path], mask: np.ndarray | None = None
+                 ) -> Callable[[int], np.ndarray]:
+    """``i -> (n_modalities, V)`` float32 array of cached subject ``paths[i]`` (in-mask voxels)."""
+
+    def load(i: int) -> np.ndarray:
+        stack = load_stack(paths[i])
+        flat = np.asarray(stack, dtype=np.float32).reshape(stack.shape[0], -1)
+        return flat[:, mask] if mask is not None else flat
+
+    return load
+
+
+def _as_loader(subject_arrays: SubjectArrays, n_subjects: int) -> Callable[[int], np.ndarray]:
+    """A callable returning subject ``i`` as a 2-D float32 (n_modalities, V) array."""
+    if not callable(subject_arrays) and len(subject_arrays) != n_subjects:
+        raise ValueError(f"{len(subject_arrays)} subject arrays for {n_subjects} labels")
+    get = subject_arrays if callable(subject_arrays) else subject_arrays.__getitem__
+    shape: list[tuple[int, int]] = []
+
+    def load(i: int) -> np.ndarray:
+        a = np.asarray(get(int(i)), dtype=np.float32)
+        a = a.reshape(a.shape[0], -1)
+        if not shape:
+            shape.append(a.shape)
+        elif a.shape != shape[0]:
+            raise DataError(
+                f"Subject {i} has {a.shape[0]} volumes of {a.shape[1]} voxels, but subjects "
+                f"before it have {shape[0][0]} of {shape[0][1]}; re-run the participant level."
+            )
+        return a
+
+    return load
+
+
+# --------------------------------------------------------------------------------- Gram PCA
+def modality_grams(subject_arrays: SubjectArrays, n_subjects: int,
+                   block_bytes: int = 256 * 2**20) -> np.ndarray:
+    """Per-modality Gram matrices ``G[m, i, j] = <x_im, x_jm>`` (float64, (n_mod, n, n)).
+
+    Subjects are read in blocks of about ``block_bytes`` (float64); each pair of blocks is
+    multiplied once, so the data are read ``1 + n / (2 * block)`` times. ``G.sum(0)`` is the
+    Gram matrix of the concatenated subject vectors (``pca-early``).
+    """
+    load = _as_loader(subject_arrays, n_subjects)
+    n_mod, n_vox = load(0).shape
+    block = max(1, int(block_bytes // (n_mod * n_vox * 8)))
+    starts = list(range(0, n_subjects, block))
+    grams = np.empty((n_mod, n_subjects, n_subjects))
+
+    def read(start: int) -> np.ndarray:
+        # (n_mod, b, V): modality first so one batched matmul gives all modalities' blocks
+        rows = [load(i) for i in range(start, min(start + block, n_subjects))]
+        return np.ascontiguousarray(np.stack(rows, axis=1), dtype=np.float64)
+
+    for bi, si in enumerate(starts):
+        xi = read(si)
+        ii = slice(si, si + xi.shape[1])
+        grams[:, ii, ii] = np.matmul(xi, xi.transpose(0, 2, 1))
+        for sj in starts[bi + 1:]:
+            xj = read(sj)
+            jj = slice(sj, sj + xj.shape[1])
+            cross = np.matmul(xi, xj.transpose(0, 2, 1))
+            grams[:, ii, jj] = cross
+            grams[:, jj, ii] = cross.transpose(0, 2, 1)
+    return grams
+
+
+def _fix_signs(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Flip each component so its largest-magnitude score among ``rows`` is positive.
+
+    A PCA component's sign is arbitrary; fixing it makes runs reproducible (a linear SVM on
+    standardized features gives the same decisions either way).
+    """
+    ref = scores[rows]
+    pick = np.abs(ref).argmax(axis=0)
+    signs = np.sign(ref[pick, np.arange(scores.shape[1])])
+    signs[signs == 0] = 1.0
+    return scores * signs
+
+
+def gram_pca_scores(gram: np.ndarray, fit_idx: np.ndarray, n_components: int) -> np.ndarray:
+    """Exact PCA scores of all subjects, the PCA fitted on subjects ``fit_idx`` only.
+
+    ``gram`` is the (n, n) matrix of uncentred inner products of all subjects. This equals
+    ``PCA(n_components).fit(X[fit_idx]).transform(X)`` up to each component's sign: with the
+    training mean ``mu`` and the centred training Gram ``Kc = U diag(lam) U^T``, the loading
+    of component ``k`` is ``Xc^T u_k / sqrt(lam_k)``, so a subject's score is its centred
+    inner products with the centred training subjects times ``u_k / sqrt(lam_k)``.
+    """
+    fit_idx = np.asarray(fit_idx)
+    t = fit_idx.size
+    k_tt = gram[np.ix_(fit_idx, fit_idx)]
+    row_mean = k_tt.mean(axis=1)  # X_T @ mu
+    grand = k_tt.mean()  # mu @ mu
+    k_c = k_tt - row_mean[:, None] - row_mean[None, :] + grand
+    k = min(n_components, t)
+    lam, u = linalg.eigh(k_c, subset_by_index=[t - k, t - 1])
+    lam, u = lam[::-1], u[:, ::-1]  # largest first
+    # centred inner products of every subject with the centred training subjects
+    k_x = gram[:, fit_idx]
+    k_xc = k_x - row_mean[None, :] - k_x.mean(axis=1, keepdims=True) + grand
+    top = float(lam[0])
+    # eigenvalues are squared singular values; identical training subjects leave none
+    keep = lam > top * _RELATIVE_SV_TOL**2 if top > 0 else np.zeros(k, dtype=bool)
+    scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, lam, 1.0)), 0.0)
+    scores = np.zeros((gram.shape[0], n_components))
+    scores[:, :k] = (k_xc @ u) * scale
+    return _fix_signs(scores, fit_idx)
+
+
+# --------------------------------------------------------------------------------- shared PCA
+def shared_pca_scores(subject_arrays: SubjectArrays, n_subjects: int, fit_idx: np.ndarray,
+                      n_components: int, seed: int = 0, n_iter: int = 4,
+                      n_oversamples: int = 10) -> np.ndarray:
+    """``pca-shared`` features (n_subjects, n_mod * n_components), the PCA fitted on ``fit_idx``.
+
+    The samples are the volumes of the training subjects. A randomized range finder with
+    ``n_iter`` QR-normalized power iterations and ``n_oversamples`` extra columns, as in
+    scikit-learn's randomized PCA, with every product against the centred data matrix
+    accumulated subject by subject (float32 products, float64 accumulators).
+    """
+    load = _as_loader(subject_arrays, n_subjects)
+    fit_idx = np.asarray(fit_idx)
+    n_mod, n_vox = load(fit_idx[0]).shape
+    n_samples = fit_idx.size * n_mod
+    rank = min(n_components + n_oversamples, n_samples, n_vox)
+    rng = np.random.default_rng(seed)
+
+    total = np.zeros(n_vox)
+    for i in fit_idx:
+        total += load(i).sum(axis=0, dtype=np.float64)
+    mean = (total / n_samples).astype(np.float32)
+
+    def centred(i: int) -> np.ndarray:
+        return load(i) - mean
+
+    def times(right: np.ndarray) -> np.ndarray:
+        """Centred training data (n_samples, V) @ right (V, r)."""
+        r32 = right.astype(np.float32)
+        return np.concatenate([centred(i) @ r32 for i in fit_idx]).astype(np.float64)
+
+    def t_times(left: np.ndarray) -> np.ndarray:
+        """Centred training data transposed (V, n_samples) @ left (n_samples, r)."""
+        out = np.zeros((n_vox, left.shape[1]))
+        l32 = left.astype(np.float32)
+        for r, i in enumerate(fit_idx):
+            out += centred(i).T @ l32[r * n_mod:(r + 1) * n_mod]
+        return out
+
+    q, _ = linalg.qr(times(rng.standard_normal((n_vox, rank))), mode="economic")
+    for _ in range(n_iter):
+        z, _ = linalg.qr(t_times(q), mode="economic")
+        q, _ = linalg.qr(times(z), mode="economic")
+    _, sv, vt = linalg.svd(t_times(q).T, full_matrices=False)  # B = Q^T A_c = U S V^T
+    k = min(n_components, sv.size)
+    components = vt[:k].astype(np.float32)
+    keep = sv[:k] > sv[0] * _RELATIVE_SV_TOL if sv[0] > 0 else np.zeros(k, dtype=bool)
+
+    scores = np.zeros((n_subjects, n_mod, n_components))
+    for i in range(n_subjects):
+        scores[i, :, :k] = (centred(i) @ components.T) * keep
+    flat = _fix_signs(scores.reshape(n_subjects * n_mod, n_components),
+                      (fit_idx[:, None] * n_mod + np.arange(n_mod)).ravel())
+    return flat.reshape(n_subjects, n_mod * n_components)  # modality-major per subject
+
+
+# --------------------------------------------------------------------------------- evaluation
+def pca_component_limit(method: str, n_fit: int, n_modalities: int, n_voxels: int) -> int:
+    """Most components a ``method`` PCA can have with ``n_fit`` training subjects."""
+    if method == "pca-early":
+        return min(n_fit, n_modalities * n_voxels)
+    if method == "pca-late":
+        return min(n_fit, n_voxels)
+    if method == "pca-shared":
+        return min(n_fit * n_modalities, n_voxels)
+    raise ValueError(f"unknown PCA baseline {method!r}; use one of {PCA_METHODS}")
+
+
+def pca_features(method: str, subject_arrays: SubjectArrays, n_subjects: int,
+                 fit_idx: np.ndarray, latent_dim: int, *, grams: np.ndarray | None = None,
+                 seed: int = 0) -> np.ndarray:
+    """Features of all subjects from a ``method`` PCA fitted on subjects ``fit_idx`` only.
+
+    Raises :class:`NotAvailable` when ``latent_dim`` exceeds the component limit.
+    """
+    load = _as_loader(subject_arrays, n_subjects)
+    n_mod, n_vox = load(fit_idx[0]).shape
+    limit = pca_component_limit(method, len(fit_idx), n_mod, n_vox)
+    if latent_dim > limit:
+        raise NotAvailable(method, latent_dim, limit)
+    if method == "pca-shared":
+        return shared_pca_scores(load, n_subjects, fit_idx, latent_dim, seed=seed)
+    if grams is None:
+        grams = modality_grams(load, n_subjects)
+    if grams.shape != (n_mod, n_subjects, n_subjects):
+        raise ValueError(f"grams {grams.shape} do not match {n_mod} modalities, {n_subjects}")
+    if method == "pca-early":
+        return gram_pca_scores(grams.sum(axis=0), fit_idx, latent_dim)
+    return np.concatenate([gram_pca_scores(g, fit_idx, latent_dim) for g in grams], axis=1)
+
+
+def evaluate_pca_baselines(method: str, subject_arrays: SubjectArrays, labels: np.ndarray,
+                           folds: Sequence[Fold], latent_dim: int, backend: str, *,
+                           grams: np.ndarray | None = None,
+                           seed: int = 0) -> list[FoldMetrics] | NotAvailable:
+    """Per-fold SVM metrics of one PCA baseline, or a :class:`NotAvailable` (returned, not
+    raised) when ``latent_dim`` exceeds the component limit in any fold.
+
+    ``grams`` (from :func:`modality_grams`) can be passed to share one pass over the data
+    between ``pca-early``, ``pca-late`` and several latent dims; ``seed`` drives the random
+    projection of ``pca-shared``.
+    """
+    y = check_labels(labels)
+    load = _as_loader(subject_arrays, y.size)
+    n_mod, n_vox = load(0).shape
+    for fold in folds:  # before reading any data: "not available" is decided by sizes alone
+        limit = pca_component_limit(method, fold.fit.size, n_mod, n_vox)
+        if latent_dim > limit:
+            return NotAvailable(method, latent_dim, limit)
+    if method != "pca-shared" and grams is None:
+        grams = modality_grams(load, y.size)
+    metrics = []
+    for fold in folds:
+        features = pca_features(method, load, y.size, fold.fit, latent_dim, grams=grams,
+                                seed=seed)
+        metrics.append(evaluate_fold(features, y, fold, backend))
+    return metrics

@@ -1,0 +1,258 @@
+"""Linear SVM classification, ROC-AUC per fold, and modality importance from SVM weights.
+
+The classifier (SPEC section 3): standardize the features of the fold's train + validation
+subjects, fit a linear SVM, score the test subjects with its decision function.
+
+Design choices:
+
+* ``SVC(kernel="linear", C=1.0, class_weight="balanced")``. The kernel (dual) SVC, not
+  ``LinearSVC``: cuML's ``SVC`` solves the very same problem (hinge loss, L2 penalty,
+  unpenalized intercept), so the GPU and CPU paths agree within solver tolerance, whereas
+  liblinear's ``LinearSVC`` uses the squared hinge and penalizes the intercept. With a few
+  hundred subjects and thousands of features (n_modalities x l) the dual is also the cheap side
+  (an n x n kernel).
+* ``C = 1.0`` (the libraries' default and what the paper's protocol implies: no inner tuning
+  loop, which would need a second split of the training subjects). With standardized
+  features and far more features than subjects the data are usually separable, so C barely
+  matters above ~1.
+* ``class_weight="balanced"``: patient/control groups are rarely the same size; balancing keeps
+  the hyperplane (and so the weight-based modality importance) from favouring the larger
+  group. ROC-AUC itself is threshold-free.
+* Weights are reported in the standardized feature space (``coef_`` of the SVM), i.e. the
+  importance of a feature is independent of its raw scale.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from .folds import Fold, check_labels
+from .reference import modality_domain
+
+LOG = logging.getLogger("vaefusion.evaluation")
+
+BACKENDS: tuple[str, ...] = ("sklearn", "cuml")
+SVM_C = 1.0
+SVM_CLASS_WEIGHT = "balanced"
+
+
+# --------------------------------------------------------------------------------- backend
+def _cuml_importable() -> bool:
+    """True when cuML imports (it can be installed yet fail to load without CUDA libraries)."""
+    try:
+        importlib.import_module("cuml")
+    except Exception:  # ImportError, but also CUDA/driver errors raised at import time
+        return False
+    return True
+
+
+def _cuda_available() -> bool:
+    """True when a CUDA device is usable, asked of torch first and cupy second."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        pass
+    try:
+        cupy = importlib.import_module("cupy")
+        return int(cupy.cuda.runtime.getDeviceCount()) > 0
+    except Exception:
+        return False
+
+
+def choose_backend(prefer: str = "auto") -> str:
+    """The classifier backend to use: ``"cuml"`` or ``"sklearn"``.
+
+    ``prefer`` is ``"auto"`` (cuML when it imports and CUDA is available), ``"cuml"``/``"cuda"``
+    (the same, with a warning when it falls back), or ``"sklearn"``/``"cpu"``. The result is
+    what actually runs; callers record it next to the metrics.
+    """
+    if prefer in ("sklearn", "cpu"):
+        return "sklearn"
+    if prefer not in ("auto", "cuml", "cuda"):
+        raise ValueError(f"unknown classifier backend {prefer!r}; use auto, cuml or sklearn")
+    if _cuml_importable() and _cuda_available():
+        return "cuml"
+    if prefer != "auto":
+        LOG.warning("cuML or a CUDA device is not available; classifying with scikit-learn.")
+    return "sklearn"
+
+
+# --------------------------------------------------------------------------------- SVM
+@dataclass(eq=False)
+class SVMResult:
+    """A fitted linear SVM's test scores and its weights on the standardized features."""
+
+    decision: np.ndarray  # (n_test,) decision function; > 0 leans to label 1 (patient)
+    weights: np.ndarray  # (n_features,) coef_ in the standardized feature space
+    backend: str
+
+
+def _to_numpy(a: object) -> np.ndarray:
+    """A host NumPy array from NumPy, CuPy (``.get()``) or cuDF-like (``.to_numpy()``) output."""
+    if hasattr(a, "get") and not isinstance(a, np.ndarray):
+        a = a.get()
+    elif hasattr(a, "to_numpy"):
+        a = a.to_numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _fit_sklearn(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray):
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    scaler = StandardScaler().fit(x_train)
+    svm = SVC(kernel="linear", C=SVM_C, class_weight=SVM_CLASS_WEIGHT)
+    svm.fit(scaler.transform(x_train), y_train)
+    return svm.decision_function(scaler.transform(x_test)), svm.coef_
+
+
+def _fit_cuml(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray):
+    # imported here: cuML is an optional GPU extra and absent from CPU installs and CI
+    from cuml.preprocessing import StandardScaler
+    from cuml.svm import SVC
+
+    # float64 like the sklearn path; the scaler's output (CuPy or NumPy, depending on the cuML
+    # version) goes straight into the SVM, whose outputs are requested as NumPy
+    x_train = np.ascontiguousarray(x_train, dtype=np.float64)
+    x_test = np.ascontiguousarray(x_test, dtype=np.float64)
+    scaler = StandardScaler().fit(x_train)
+    # cuML's SVC encodes classes_[1] (label 1) as +1, like sklearn, so the sign conventions
+    # of decision_function and coef_ match the sklearn path
+    svm = SVC(kernel="linear", C=SVM_C, class_weight=SVM_CLASS_WEIGHT, output_type="numpy")
+    svm.fit(scaler.transform(x_train), y_train.astype(np.float64))
+    return svm.decision_function(scaler.transform(x_test)), svm.coef_
+
+
+def fit_linear_svm(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, backend: str
+) -> SVMResult:
+    """StandardScaler + linear SVM fitted on ``x_train``; decision scores for ``x_test``.
+
+    ``y_train`` is 0/1 with both classes present. ``backend`` is ``"sklearn"`` or ``"cuml"``
+    (see :func:`choose_backend`); the scaler is fitted on the training rows only.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown classifier backend {backend!r}; use one of {BACKENDS}")
+    x_train = np.asarray(x_train, dtype=np.float64)
+    x_test = np.asarray(x_test, dtype=np.float64)
+    y_train = np.asarray(y_train).astype(int)
+    fit = _fit_cuml if backend == "cuml" else _fit_sklearn
+    decision, coef = fit(x_train, y_train, x_test)
+    return SVMResult(
+        decision=_to_numpy(decision).reshape(-1),
+        weights=_to_numpy(coef).reshape(-1),
+        backend=backend,
+    )
+
+
+def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for 0/1 labels ``y``; NaN if ``y`` has one class."""
+    y = np.asarray(y).astype(int)
+    if np.unique(y).size < 2:
+        return float("nan")
+    return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
+
+
+# --------------------------------------------------------------------------------- folds
+@dataclass(eq=False)
+class FoldMetrics:
+    """The classifier's result on one fold."""
+
+    fold: int
+    roc_auc: float
+    n_train: int  # subjects the SVM was fitted on (train + validation)
+    n_test: int
+    test_indices: np.ndarray  # (n_test,) subject indices, aligned with ``decision``
+    decision: np.ndarray  # (n_test,) SVM decision scores of the test subjects
+    weights: np.ndarray  # (n_features,) SVM weights on the standardized features
+    backend: str
+
+
+def evaluate_fold(
+    features: np.ndarray, labels: np.ndarray, fold: Fold, backend: str
+) -> FoldMetrics:
+    """Fit on the fold's train + validation subjects, score its test subjects."""
+    y = np.asarray(labels).astype(int)
+    fit_idx, test_idx = fold.fit, fold.test
+    res = fit_linear_svm(features[fit_idx], y[fit_idx], features[test_idx], backend)
+    return FoldMetrics(
+        fold=fold.index,
+        roc_auc=roc_auc(y[test_idx], res.decision),
+        n_train=int(fit_idx.size),
+        n_test=int(test_idx.size),
+        test_indices=test_idx.copy(),
+        decision=res.decision,
+        weights=res.weights,
+        backend=res.backend,
+    )
+
+
+def evaluate_features(
+    features: np.ndarray, labels: np.ndarray, folds: Sequence[Fold], backend: str
+) -> list[FoldMetrics]:
+    """Per-fold SVM metrics for fixed subject features (n_subjects, n_features).
+
+    The common path for the VAE (``mu`` of each modality concatenated modality-major) and for
+    features computed once for all folds. Fold-dependent features (the PCA baselines) call
+    :func:`evaluate_fold` per fold instead.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    y = check_labels(labels)
+    if x.ndim != 2 or x.shape[0] != y.size:
+        raise ValueError(f"features {x.shape} do not match {y.size} subjects")
+    return [evaluate_fold(x, y, fold, backend) for fold in folds]
+
+
+def auc_summary(metrics: Sequence[FoldMetrics]) -> tuple[float, float]:
+    """Mean and standard deviation (ddof=0, over folds) of the per-fold ROC-AUC."""
+    aucs = np.array([m.roc_auc for m in metrics], dtype=np.float64)
+    return float(np.nanmean(aucs)), float(np.nanstd(aucs))
+
+
+# --------------------------------------------------------------------------------- importance
+def modality_importance(weights: np.ndarray, n_modalities: int, latent_dim: int) -> np.ndarray:
+    """|SVM weight| summed over each modality's ``latent_dim`` features, normalized to sum 1.
+
+    Features are modality-major: feature ``m * latent_dim + j`` is dimension ``j`` of modality
+    ``m``. All-zero weights (a classifier that learned nothing) give equal shares.
+    """
+    w = np.abs(np.asarray(weights, dtype=np.float64).reshape(-1))
+    if w.size != n_modalities * latent_dim:
+        raise ValueError(f"{w.size} weights are not {n_modalities} modalities x {latent_dim}")
+    per_modality = w.reshape(n_modalities, latent_dim).sum(axis=1)
+    total = per_modality.sum()
+    if total <= 0 or not np.isfinite(total):
+        return np.full(n_modalities, 1.0 / n_modalities)
+    return per_modality / total
+
+
+def summarize_importance(
+    per_fold: np.ndarray, modality_names: Sequence[str]
+) -> list[dict[str, object]]:
+    """Mean and std (ddof=0) over folds of each modality's importance, most important first.
+
+    ``per_fold`` is (n_folds, n_modalities). Each entry is ``{"modality", "domain", "mean",
+    "std"}`` with the NeuroMark domain of the modality; ties keep the modality order.
+    """
+    imp = np.atleast_2d(np.asarray(per_fold, dtype=np.float64))
+    if imp.shape[1] != len(modality_names):
+        raise ValueError(f"{imp.shape[1]} importances for {len(modality_names)} modalities")
+    mean, std = imp.mean(axis=0), imp.std(axis=0)
+    order = np.argsort(-mean, kind="stable")
+    return [
+        {
+            "modality": modality_names[i],
+            "domain": modality_domain(modality_names[i]),
+            "mean": float(mean[i]),
+            "std": float(std[i]),
+        }
+        for i in order
+    ]
