@@ -235,10 +235,11 @@ def shared_pca_scores(subject_arrays: SubjectArrays, n_subjects: int, fit_idx: n
             out += centred(i).T @ l32[r * n_mod:(r + 1) * n_mod]
         return out
 
-    q, _ = linalg.qr(times(rng.standard_normal((n_vox, rank))), mode="economic")
+    # numpy's reduced QR: several times faster than scipy's on these tall, thin matrices
+    q, _ = np.linalg.qr(times(rng.standard_normal((n_vox, rank))))
     for _ in range(n_iter):
-        z, _ = linalg.qr(t_times(q), mode="economic")
-        q, _ = linalg.qr(times(z), mode="economic")
+        z, _ = np.linalg.qr(t_times(q))
+        q, _ = np.linalg.qr(times(z))
     _, sv, vt = linalg.svd(t_times(q).T, full_matrices=False)  # B = Q^T A_c = U S V^T
     k = min(n_components, sv.size)
     components = vt[:k].astype(np.float32)
