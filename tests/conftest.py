@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 #: Cost knobs that keep every end-to-end run to seconds.
-TINY_SIM = ["--icn-res", "9", "--n-components", "4"]
+TINY_SIM = ["--icn-res", "9", "--gm-res", "4.5", "--n-components", "4"]
 TINY_GROUP = ["--downsample", "2", "--width", "0.125", "--epochs", "2", "--folds", "3",
               "--latent-dim", "4", "--n-components", "4", "--skip-bids-validation"]
 

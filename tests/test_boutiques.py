@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import shutil
@@ -184,8 +185,10 @@ def test_image_name_is_the_same_everywhere():
         "Singularity.def": rf"^From:\s*{re.escape(image)}\s*$",
         "platforms/brainlife/main": re.escape(f"docker://{name}:"),
         "docs/hpc/slurm_singularity.sbatch": re.escape(name),
-        "Dockerfile": re.escape(f"org.opencontainers.image.ref.name=\"{image}\""),
+        "Dockerfile": re.escape(f'org.opencontainers.image.ref.name="{name}:${{VERSION}}"'),
     }
+    assert re.search(rf"^ARG VERSION={re.escape(__version__)}$", (ROOT / "Dockerfile").read_text(),
+                     re.MULTILINE), "Dockerfile: ARG VERSION must be the package version"
     for rel, pattern in places.items():
         path = ROOT / rel
         assert re.search(pattern, path.read_text(), re.MULTILINE), f"{rel} does not use {image}"
@@ -257,3 +260,22 @@ def test_bosh_command_line_parses(tmp_path):
             assert [str(g) if isinstance(g, Path) else g for g in got] == want, inp["id"]
         else:
             assert (str(got) if isinstance(got, Path) else got) == want, inp["id"]
+
+
+def test_descriptor_test_cases_pass_without_container(tmp_path):
+    """`bosh test` needs Docker; the same test cases run here with --no-container."""
+    bosh = _bosh()
+    if bosh is None:
+        pytest.skip("bosh (boutiques) is not installed")
+    env = {**os.environ,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for case in descriptor()["tests"]:
+        inv = tmp_path / f"{case['name']}.json"
+        inv.write_text(json.dumps(case["invocation"]))
+        proc = subprocess.run([bosh, "exec", "launch", "--no-container", str(TOP_LEVEL),
+                               str(inv)], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)
+        out = proc.stdout + proc.stderr
+        match = re.search(r"Exit code\s+(\d+)", out)
+        assert match, out
+        assert int(match.group(1)) == case["assertions"]["exit-code"], out

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+import vaefusion.validation
 from vaefusion.cli.run import main
+from vaefusion.validation import find_validator, run_validator
 
 BASE = ["--n-components", "4", "--skip-bids-validation"]
 
@@ -121,7 +121,7 @@ def test_bad_inputs_exit_65_naming_the_file(writable_copy, tmp_path, caplog, cas
 
 
 def test_invalid_bids_exit_16(writable_copy, tmp_path):
-    if shutil.which("bids-validator-deno") is None:
+    if find_validator() is None:
         pytest.skip("bids-validator-deno is not installed")
     t1w = next(writable_copy.glob("sub-*/**/*_T1w.nii*"))
     t1w.write_bytes(b"not a nifti")
@@ -132,13 +132,9 @@ def test_invalid_bids_exit_16(writable_copy, tmp_path):
 
 
 def validator_errors(path: Path) -> list[dict]:
-    exe = shutil.which("bids-validator-deno")
-    if exe is None:
+    if find_validator() is None:
         pytest.skip("bids-validator-deno is not installed")
-    proc = subprocess.run([exe, str(path), "--format", "json"], capture_output=True, text=True,
-                          timeout=300)
-    issues = json.loads(proc.stdout)["issues"]["issues"]
-    return [i for i in issues if i["severity"] == "error"]
+    return vaefusion.validation.validator_errors(run_validator(path))
 
 
 @pytest.mark.slow

@@ -194,3 +194,23 @@ def test_embed_shape_and_values(cache, tmp_path):
     np.testing.assert_allclose(z[0], mu.numpy(), rtol=1e-5, atol=1e-6)
     decoded = training.decode_latents(res.model, z[0])
     assert decoded.shape == (3, 8, 9, 8)
+
+
+def test_chunked_batches_give_the_full_batch_gradient(cache):
+    data = SubjectBatches(cache[:2], batch_subjects=2)
+    grads = []
+    for chunk in (6, 1):
+        torch.manual_seed(0)
+        model = VAE(GRID, 8, 0.25)
+        # decode mu: no sampling, so both runs see the same function
+        model.forward = lambda x, sample=None, m=model: VAE.forward(m, x, sample=False)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps .grad after the step
+        loss = training._run_epoch(model, data, 0, 1.0, torch.device("cpu"), False, opt, "t",
+                                   chunk=chunk)[0]
+        grads.append((loss, [p.grad.clone() for p in model.parameters()]))
+    (l6, g6), (l1, g1) = grads
+    assert l6 == pytest.approx(l1, rel=1e-5)
+    for a, b in zip(g6, g1, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert training.chunk_volumes((53, 63, 52), 1.0, 128, torch.device("cpu")) == 1
+    assert training.chunk_volumes((14, 16, 13), 0.125, 128, torch.device("cpu")) > 54

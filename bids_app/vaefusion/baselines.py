@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import linalg
+from threadpoolctl import threadpool_limits
 
 from .cache import load_stack
 from .classify import FoldMetrics, evaluate_fold
@@ -197,6 +198,15 @@ def gram_pca_scores(gram: np.ndarray, fit_idx: np.ndarray, n_components: int) ->
 
 
 # --------------------------------------------------------------------------------- shared PCA
+def _orthonormal(a: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (reduced QR) of the columns of a tall, thin matrix."""
+    # single-threaded: multithreaded OpenBLAS QR of tall-thin matrices can be 5-10x slower
+    # than one thread (seen on 2-core machines), and this QR is small next to the data passes
+    with threadpool_limits(limits=1, user_api="blas"):
+        q, _ = np.linalg.qr(a)
+    return q
+
+
 def shared_pca_scores(subject_arrays: SubjectArrays, n_subjects: int, fit_idx: np.ndarray,
                       n_components: int, seed: int = 0, n_iter: int = 4,
                       n_oversamples: int = 10) -> np.ndarray:
@@ -235,12 +245,13 @@ def shared_pca_scores(subject_arrays: SubjectArrays, n_subjects: int, fit_idx: n
             out += centred(i).T @ l32[r * n_mod:(r + 1) * n_mod]
         return out
 
-    # numpy's reduced QR: several times faster than scipy's on these tall, thin matrices
-    q, _ = np.linalg.qr(times(rng.standard_normal((n_vox, rank))))
+    q = _orthonormal(times(rng.standard_normal((n_vox, rank))))
     for _ in range(n_iter):
-        z, _ = np.linalg.qr(t_times(q))
-        q, _ = np.linalg.qr(times(z))
-    _, sv, vt = linalg.svd(t_times(q).T, full_matrices=False)  # B = Q^T A_c = U S V^T
+        z = _orthonormal(t_times(q))
+        q = _orthonormal(times(z))
+    b = t_times(q).T  # B = Q^T A_c = U S V^T, (rank, V)
+    with threadpool_limits(limits=1, user_api="blas"):
+        _, sv, vt = linalg.svd(b, full_matrices=False)
     k = min(n_components, sv.size)
     components = vt[:k].astype(np.float32)
     keep = sv[:k] > sv[0] * _RELATIVE_SV_TOL if sv[0] > 0 else np.zeros(k, dtype=bool)

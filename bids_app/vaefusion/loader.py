@@ -265,12 +265,3 @@ class SubjectBatches:
         )
         for batch in loader:
             yield batch.to(self.device, non_blocking=True)
-
-    def subject_slices(self, subjects: Sequence[int]) -> list[slice]:
-        """Rows of each subject inside a batch made of ``subjects`` (in that order)."""
-        out, start = [], 0
-        for s in subjects:
-            n = len(self.dataset.modalities[s])
-            out.append(slice(start, start + n))
-            start += n
-        return out

@@ -288,6 +288,18 @@ def flops_per_volume(grid: Sequence[int], width: float = 1.0, latent_dim: int = 
     return 3 * fwd - layers[0][1]
 
 
+def activation_count(grid: Sequence[int], width: float = 1.0, latent_dim: int = 128) -> int:
+    """Elements of all layer outputs for one volume (what training keeps for the backward pass,
+    up to a small factor); about 12.4 million at the full grid and default width."""
+    shapes = encoder_shapes(grid)
+    plan = channel_plan(width)
+    enc, dec, head = plan["encoder"], plan["decoder"], plan["head"][0]
+    total = sum(c * _prod(s) for c, s in zip(enc, shapes[1:], strict=True))
+    total += 2 * latent_dim + enc[-1] * _prod(shapes[-1])
+    total += sum(c * _prod(s) for c, s in zip(dec, shapes[-2::-1], strict=True))
+    return total + (head + 1) * _prod(shapes[0])
+
+
 # --------------------------------------------------------------------------- save / load
 def _unwrap(model: nn.Module) -> nn.Module:
     # torch.compile wraps the module; its state dict keys carry an "_orig_mod." prefix

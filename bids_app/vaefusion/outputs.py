@@ -128,12 +128,13 @@ def write_nifti_atomic(path: Path, img: nib.Nifti1Image) -> None:
 def stack_image(stack: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     """A (n, X, Y, Z) stack in [-1, 1] as a 4D int16 NIfTI with a scale factor.
 
-    int16 with ``scl_slope = 1/32767`` keeps 5 significant digits of a [-1, 1] volume at half
+    int16 with a scale factor keeps 5 significant digits of a [-1, 1] volume at half
     the size of float32, and is plain NIfTI-1 (float16 is not).
     """
-    data = np.moveaxis(stack, 0, -1)
-    img = nib.Nifti1Image(np.round(data * 32767).astype(np.int16), affine)
-    img.header.set_slope_inter(1.0 / 32767, 0.0)
+    # nibabel picks the scale factor from the data on save, so values round-trip within
+    # one int16 step and never leave [-1, 1]
+    img = nib.Nifti1Image(np.moveaxis(np.asarray(stack, dtype=np.float32), 0, -1), affine)
+    img.set_data_dtype(np.int16)
     img.header.set_xyzt_units("mm")
     return img
 

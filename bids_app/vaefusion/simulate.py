@@ -9,8 +9,8 @@ coordinate), because the app scales every volume by its own maximum absolute val
 would erase a global amplitude change.
 
 Everything random comes from numpy Generators seeded from ``(seed, stream, subject, session)``,
-so the same seed gives byte-identical files, and subject ``i`` does not depend on how many
-subjects come after it (the diagnosis assignment does).
+so the same seed gives byte-identical files; a subject's maps come from its own streams (the
+demographics and diagnosis assignment from one stream for the whole sample).
 
 Output layout (``OUT`` = the raw BIDS root; ``[ses-K]`` only with ``sessions > 0``):
 
@@ -35,6 +35,7 @@ import json
 import math
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
@@ -45,7 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from vaefusion import __version__, reference
-from vaefusion.errors import OutputError, UsageError
+from vaefusion.errors import OutputError, UsageError, VaefusionError
 
 SPACE = "MNI152NLin6Asym"
 BIDS_VERSION = "1.10.0"
@@ -55,6 +56,8 @@ NAMINGS = ("bids", "native", "both")
 GM_NATIVE_PREFIXES = ("smwc1", "mwc1", "mwp1", "smwp1")
 #: SPM12 Segment's default bounding box for normalised tissue maps (121x145x121 at 1.5 mm).
 GM_BBOX_MM = ((-90.0, -126.0, -72.0), (90.0, 90.0, 108.0))
+#: GM values below this are written as 0 (far tails of the smoothing kernel).
+GM_FLOOR = 1e-5
 #: Voxel size of the placeholder raw T1w (only there so the raw dataset is valid).
 T1W_RES_MM = 4.0
 #: Centre of rotation/scaling for the whole-brain GM jitter (roughly the brain's centre).
@@ -77,7 +80,7 @@ class IcnEffect:
 
     index: int
     strength: float
-    radius_mm: float = 10.0
+    radius_mm: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -90,16 +93,17 @@ class GmEffect:
     strength: float
 
 
-#: Defaults: reduced ACC (DMN) and insula (CC) network strength near the peak, and reduced GM
-#: in the left insula and left superior temporal gyrus, as commonly reported in schizophrenia.
-#: Sized to be found voxelwise with about 20-40 subjects.
+#: Defaults: reduced network strength near the peak of the anterior cingulate (DMN, ICN45)
+#: and the insula (CC, ICN27) networks, and reduced GM in the left anterior insula and left
+#: superior temporal gyrus, as often reported in schizophrenia. Sized (after per-volume
+#: max-abs scaling) to be found voxelwise with about 20-40 subjects.
 DEFAULT_ICN_EFFECTS: tuple[IcnEffect, ...] = (
-    IcnEffect(45, -0.4, 10.0),
-    IcnEffect(27, -0.4, 10.0),
+    IcnEffect(45, -0.5, 8.0),
+    IcnEffect(27, -0.5, 8.0),
 )
 DEFAULT_GM_EFFECTS: tuple[GmEffect, ...] = (
-    GmEffect((-38.0, 12.0, 0.0), 12.0, -0.15),
-    GmEffect((-54.0, -20.0, 6.0), 12.0, -0.15),
+    GmEffect((-38.0, 12.0, 0.0), 12.0, -0.25),
+    GmEffect((-54.0, -20.0, 6.0), 12.0, -0.25),
 )
 
 
@@ -120,9 +124,9 @@ class SimulationConfig:
     effect_size: float = 1.0
     effect_variability: float = 0.2  # sd of the per-patient multiplier of every effect
     noise: float = 1.0  # multiplies every noise standard deviation below
-    icn_noise: float = 0.15  # smooth noise sd, relative to each template map's max |value|
+    icn_noise: float = 0.12  # smooth noise sd, relative to each template map's max |value|
     icn_noise_fwhm_mm: float = 6.0
-    gm_noise: float = 0.06  # sd of the smooth multiplicative regional GM variability
+    gm_noise: float = 0.05  # sd of the smooth multiplicative regional GM variability
     gm_noise_fwhm_mm: float = 12.0
     gm_fwhm_mm: float = 8.0  # SPM smoothing of mwc1 into smwc1
     translation_mm: float = 1.0  # sd per axis, once per subject and again per component
@@ -253,6 +257,47 @@ def resample(volume: np.ndarray, src_affine: np.ndarray, grid: Grid, order: int 
     )
 
 
+def _axis_weights(n_in: int, coords: np.ndarray, order: int, mode: str, antialias: bool
+                  ) -> np.ndarray:
+    """``(n_out, n_in)`` interpolation weights of one axis at source ``coords`` (voxels)."""
+    step = float(abs(coords[1] - coords[0])) if len(coords) > 1 else 1.0
+    if antialias and step > 1.0:
+        # Downsampling: a triangle filter as wide as the output spacing (area weighting), so
+        # fine structure is averaged rather than aliased.
+        w = np.clip(1.0 - np.abs(np.arange(n_in)[None, :] - coords[:, None]) / step, 0.0, None)
+        return (w / np.maximum(w.sum(axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    if order == 1 and mode in ("constant", "nearest"):
+        # Linear interpolation in closed form (the same weights map_coordinates uses).
+        if mode == "nearest":
+            coords = np.clip(coords, 0, n_in - 1)
+        w = np.clip(1.0 - np.abs(np.arange(n_in)[None, :] - coords[:, None]), 0.0, None)
+        if mode == "constant":  # scipy does not interpolate beyond the edge voxels
+            w[(coords < 0) | (coords > n_in - 1)] = 0.0
+        return w.astype(np.float32)
+    eye = np.eye(n_in)
+    return np.stack([ndimage.map_coordinates(eye[i], coords[None], order=order, mode=mode)
+                     for i in range(n_in)], axis=1).astype(np.float32)
+
+
+def resample_separable(data: np.ndarray, src_affine: np.ndarray, grid: Grid, order: int = 3,
+                       mode: str = "constant", antialias: bool = False) -> np.ndarray:
+    """Resample ``(X, Y, Z[, N])`` data between axis-aligned grids, one axis at a time.
+
+    Tensor-product splines are separable, so this equals ``affine_transform`` (same order and
+    ``mode``) but costs three small matrix products instead of an interpolation per voxel and
+    volume. ``antialias`` averages (triangle filter) along axes that are downsampled.
+    """
+    m = np.linalg.solve(src_affine, grid.affine)
+    if not np.allclose(m[:3, :3], np.diag(np.diag(m[:3, :3]))):
+        raise ValueError("resample_separable needs axis-aligned grids")
+    out = np.asarray(data, np.float32)
+    for axis in range(3):
+        coords = m[axis, axis] * np.arange(grid.shape[axis]) + m[axis, 3]
+        weights = _axis_weights(out.shape[axis], coords, order, mode, antialias)
+        out = np.moveaxis(np.tensordot(weights, out, axes=(1, axis)), 0, axis)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def spatial_transform(translation_mm: Sequence[float], rotation_deg: Sequence[float],
                       scale: float, center_mm: Sequence[float]) -> np.ndarray:
     """4x4 mm-space map ``y -> c + scale * R (y - c) + t`` (rotations about x, y, z)."""
@@ -267,13 +312,27 @@ def spatial_transform(translation_mm: Sequence[float], rotation_deg: Sequence[fl
     return out
 
 
-def warp(volume: np.ndarray, grid: Grid, transform_mm: np.ndarray, order: int = 1
-         ) -> np.ndarray:
-    """Move a volume on ``grid`` by the mm-space map ``transform_mm`` (same grid out)."""
+def warp(volume: np.ndarray, grid: Grid, transform_mm: np.ndarray, order: int = 1,
+         box: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+    """Move a volume on ``grid`` by the mm-space map ``transform_mm``.
+
+    The output is on the same grid, or only its sub-box ``box`` (slices) when given.
+    """
     # out(x) = in(T^-1 x), in voxel coordinates: A^-1 T^-1 A.
     m = np.linalg.solve(grid.affine, np.linalg.solve(transform_mm, grid.affine))
-    return ndimage.affine_transform(volume, m[:3, :3], m[:3, 3], order=order, mode="constant",
-                                    cval=0.0, output=np.float32)
+    offset, shape = m[:3, 3], grid.shape
+    if box is not None:
+        offset = offset + m[:3, :3] @ np.array([b.start for b in box], float)
+        shape = tuple(b.stop - b.start for b in box)
+    return ndimage.affine_transform(volume, m[:3, :3], offset, output_shape=shape, order=order,
+                                    mode="constant", cval=0.0, output=np.float32)
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """The smallest box of slices that holds every True voxel of ``mask``."""
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
 def gaussian_blob(grid: Grid, center_mm: Sequence[float], radius_mm: float) -> np.ndarray:
@@ -320,9 +379,8 @@ def icn_templates(res_mm: float, n_components: int = reference.N_ICN
     data = img.get_fdata(dtype=np.float32)
     mimg = nib.load(reference.mask_10mm_path())
     mask = resample(mimg.get_fdata(dtype=np.float32), mimg.affine, grid, order=1) > 0.5
-    maps = np.stack([resample(data[..., c], img.affine, grid, order=3)
-                     for c in range(n_components)])
-    maps *= mask
+    maps = np.moveaxis(resample_separable(data[..., :n_components], img.affine, grid), -1, 0)
+    maps = np.ascontiguousarray(maps * mask)
     maps.setflags(write=False)
     mask.setflags(write=False)
     return maps, mask
@@ -333,22 +391,34 @@ def _nilearn_file(name: str) -> Path:
     # file is located without importing it (load_mni152_gm_template reads this same file).
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
-        raise OutputError("nilearn is not installed; it provides the MNI152 templates.")
+        raise VaefusionError("nilearn is not installed; it provides the MNI152 templates.")
     path = Path(list(spec.submodule_search_locations)[0], *_NILEARN_DATA, name)
     if not path.is_file():
-        raise OutputError(f"{path} is missing from the nilearn installation.")
+        raise VaefusionError(f"{path} is missing from the nilearn installation.")
     return path
 
 
 @lru_cache(maxsize=4)
 def gm_template(res_mm: float) -> np.ndarray:
-    """nilearn's MNI152 GM probability map (scaled to [0, 1]) on the GM grid (unsmoothed)."""
+    """nilearn's MNI152 GM probability map (scaled to [0, 1]) on the GM grid (unsmoothed).
+
+    Resampled from 1 mm with area weighting, so coarse grids do not alias the cortex.
+    """
     img = nib.load(_nilearn_file(_GM_FILE))
     data = np.asarray(img.dataobj, dtype=np.float32)
     data /= data.max()
-    out = resample(data, img.affine, gm_grid(res_mm), order=1)
+    out = resample_separable(data, img.affine, gm_grid(res_mm), order=1, antialias=True)
     out.setflags(write=False)
     return out
+
+
+def gm_work_res(gm_res_mm: float, fwhm_mm: float) -> float:
+    """Voxel size the GM maps are simulated at before resampling to ``gm_res_mm``.
+
+    The maps end up smoothed by ``fwhm_mm``; sampling at a third of the FWHM loses nothing
+    visible and makes 1.5 mm output several times cheaper.
+    """
+    return max(gm_res_mm, fwhm_mm / 3.0)
 
 
 def _t1w_image() -> nib.Nifti1Image:
@@ -356,8 +426,9 @@ def _t1w_image() -> nib.Nifti1Image:
     lo = img.affine[:3, 3]
     hi = lo + np.array(img.shape[:3]) - 1
     shape = tuple(int(math.floor(e / T1W_RES_MM)) + 1 for e in hi - lo)
-    grid = Grid(shape, np.diag([T1W_RES_MM] * 3 + [1.0]), T1W_RES_MM)
-    grid.affine[:3, 3] = lo
+    affine = np.diag([T1W_RES_MM] * 3 + [1.0])
+    affine[:3, 3] = lo
+    grid = Grid(shape, affine, T1W_RES_MM)
     data = resample(np.asarray(img.dataobj, np.float32), img.affine, grid, order=1)
     out = nib.Nifti1Image(np.clip(np.rint(data), 0, 255).astype(np.uint8), grid.affine)
     out.header.set_xyzt_units("mm")
@@ -431,29 +502,35 @@ def simulate_icn_maps(rng: np.random.Generator, templates: np.ndarray, mask: np.
     by its own rigid+scale transform about ``centers_mm[c]``, scaled by its amplitude, given
     smooth noise of sd ``noise_sd[c]`` and masked.
     """
+    # Only the mask's bounding box is computed (a quarter fewer voxels); the rest is zero.
+    box = bounding_box(mask)
     n = templates.shape[0]
-    out = np.empty(templates.shape, np.float32)
+    inner = np.empty((n,) + tuple(b.stop - b.start for b in box), np.float32)
     for c in range(n):
         src = templates[c] * effects[c] if c in effects else templates[c]
         t = spatial_transform(var.translation_mm[c], var.rotation_deg[c], var.scale[c],
                               centers_mm[c])
-        out[c] = warp(src, grid, t)
-        out[c] *= np.float32(var.amplitude[c])
+        inner[c] = warp(src, grid, t, box=box)
+        inner[c] *= np.float32(var.amplitude[c])
     if np.any(noise_sd > 0):
-        fwhm_vox = noise_fwhm_mm / grid.res_mm
-        out += smooth_noise(rng, out.shape, fwhm_vox) * noise_sd.astype(np.float32)[:, None,
-                                                                                  None, None]
-    out *= mask
+        noise = smooth_noise(rng, inner.shape, noise_fwhm_mm / grid.res_mm)
+        noise *= noise_sd.astype(np.float32)[:, None, None, None]
+        inner += noise
+    inner *= mask[box]
+    out = np.zeros(templates.shape, np.float32)
+    out[(slice(None), *box)] = inner
     return out
 
 
 def simulate_gm_map(rng: np.random.Generator, template: np.ndarray, grid: Grid,
                     transform_mm: np.ndarray, scale: float, effect: np.ndarray | None,
-                    noise_sd: float, noise_fwhm_mm: float, fwhm_mm: float) -> np.ndarray:
+                    noise_sd: float, noise_fwhm_mm: float, fwhm_mm: float,
+                    out_grid: Grid | None = None) -> np.ndarray:
     """One subject's smoothed modulated GM map (``smwc1``), float32, non-negative.
 
-    The template is warped (global rigid+scale jitter), multiplied by the global GM scale,
-    the patient effect field and ``1 + smooth regional variability``, then smoothed like SPM.
+    The template (on ``grid``) is warped (global rigid+scale jitter), multiplied by the
+    global GM scale, the patient effect field and ``1 + smooth regional variability``, then
+    smoothed like SPM, and finally resampled (linear) onto ``out_grid`` when given.
     """
     gm = warp(np.asarray(template), grid, transform_mm)
     factor = np.full(grid.shape, np.float32(scale))
@@ -465,7 +542,12 @@ def simulate_gm_map(rng: np.random.Generator, template: np.ndarray, grid: Grid,
     gm *= np.clip(factor, 0.0, None)
     if fwhm_mm > 0:
         gm = ndimage.gaussian_filter(gm, fwhm_to_sigma_vox(fwhm_mm, grid.res_mm), truncate=3.0)
-    return np.clip(gm, 0.0, None, out=gm)
+    if out_grid is not None and out_grid.shape != grid.shape:
+        gm = resample_separable(gm, grid.affine, out_grid, order=1, mode="nearest")
+    # Smoothing tails far outside the brain (< 1e-5) are set to 0: nothing real is lost and
+    # the files compress a third faster.
+    gm[gm < GM_FLOOR] = 0.0
+    return gm
 
 
 def effect_field(blob: np.ndarray, strength: float) -> np.ndarray:
@@ -504,10 +586,15 @@ def _generated_by() -> list[dict[str, str]]:
              "Description": "Simulated data; see code/simulation.json in the raw dataset."}]
 
 
-def _derivative_description(name: str) -> dict[str, Any]:
+def _derivative_description(pipeline: str, name: str) -> dict[str, Any]:
+    # GeneratedBy[0].Name is the pipeline name pybids uses as the scope; it is the folder name
+    # (neuromark, spm, gift, cat12) so each derivative can be selected on its own.
+    generated_by = [{"Name": pipeline, "Description": f"simulated {pipeline} outputs"},
+                    *_generated_by()]
     return {"Name": name, "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
-            "License": "CC0", "GeneratedBy": _generated_by(),
-            "SourceDatasets": [{"URL": "bids::"}]}
+            "License": "CC0", "GeneratedBy": generated_by,
+            # The raw dataset is two levels up (derivatives/<name>/).
+            "DatasetLinks": {"raw": "../../"}, "SourceDatasets": [{"URL": "bids:raw:"}]}
 
 
 def _prepare_output(out_dir: Path, overwrite: bool) -> None:
@@ -527,17 +614,25 @@ def _prepare_output(out_dir: Path, overwrite: bool) -> None:
 
 
 def _readme(config: SimulationConfig, n_sz: int) -> str:
+    c = config
+    sessions = f", {c.sessions} session{'s' if c.sessions > 1 else ''} each" if c.sessions else ""
+    where = []
+    if c.naming in ("bids", "both"):
+        where.append("`derivatives/neuromark` (ICN maps, BIDS names) and `derivatives/spm` "
+                     "(gray matter, BIDS names)")
+    if c.naming in ("native", "both"):
+        where.append("`derivatives/gift` (ICN maps, GIFT names, with `gift_subjects.tsv`) and "
+                     f"`derivatives/cat12` (gray matter, `{c.gm_native_prefix}` names)")
     return (
         "# vaefusion simulated dataset\n\n"
-        f"Written by vaefusion-simulate {__version__} with seed {config.seed}: "
-        f"{config.n_subjects} participants ({n_sz} SZ, {config.n_subjects - n_sz} HC)"
-        f"{f', {config.sessions} sessions each' if config.sessions else ''}.\n\n"
-        "Every value is simulated. `derivatives/neuromark` holds NeuroMark-style ICN maps "
-        "(4D, one volume per ICN in NeuroMark fMRI 1.0 order) made from the real NeuroMark "
-        "template with SimTB-style per-subject variability; `derivatives/spm` holds smoothed "
-        "modulated gray-matter maps (smwc1) made from the MNI152 GM template. Patients (SZ) "
-        "carry local planted effects; `code/simulation.json` is the ground truth. The T1w "
-        "images are the MNI152 template at 4 mm, present only to make the raw dataset valid.\n"
+        f"Written by vaefusion-simulate {__version__} with seed {c.seed}: {c.n_subjects} "
+        f"participants ({n_sz} SZ, {c.n_subjects - n_sz} HC){sessions}.\n\n"
+        "Every value is simulated. The ICN maps (4D, one volume per ICN in NeuroMark fMRI 1.0 "
+        "order) are made from the real NeuroMark template with SimTB-style per-subject "
+        "variability; the gray-matter maps are smoothed modulated GM (smwc1) made from the "
+        f"MNI152 GM template. They are in {' and in '.join(where)}. Patients (SZ) carry local "
+        "planted effects; `code/simulation.json` is the ground truth. The T1w images are the "
+        "MNI152 template at 4 mm, present only to make the raw dataset valid.\n"
     )
 
 
@@ -561,7 +656,8 @@ def simulate_dataset(out_dir: str | Path, config: SimulationConfig | None = None
     igrid, ggrid = icn_grid(c.icn_res), gm_grid(c.gm_res)
     n = c.n_components
     templates, mask = icn_templates(c.icn_res, n)
-    gm_base = gm_template(c.gm_res)
+    wgrid = gm_grid(gm_work_res(c.gm_res, c.gm_fwhm_mm))  # GM is simulated here, then resampled
+    gm_base = gm_template(wgrid.res_mm)
     table = reference.icns()
     centers = np.array([table[i].peak_mm for i in range(n)])
     max_abs = np.abs(templates).reshape(n, -1).max(axis=1)
@@ -574,7 +670,7 @@ def simulate_dataset(out_dir: str | Path, config: SimulationConfig | None = None
     gm_effects = c.resolved_gm_effects()
     icn_blobs = [gaussian_blob(igrid, table[e.index - 1].peak_mm, e.radius_mm)
                  for e in icn_effects]
-    gm_blobs = [gaussian_blob(ggrid, e.center_mm, e.radius_mm) for e in gm_effects]
+    gm_blobs = [gaussian_blob(wgrid, e.center_mm, e.radius_mm) for e in gm_effects]
 
     sessions = [f"ses-{k}" for k in range(1, c.sessions + 1)] or [None]
     naming_bids = c.naming in ("bids", "both")
@@ -583,86 +679,104 @@ def simulate_dataset(out_dir: str | Path, config: SimulationConfig | None = None
     files: list[dict[str, Any]] = []
     gift_rows: list[dict[str, Any]] = []
     t1w_bytes: bytes | None = None
+    # Compressing a subject's files (zlib releases the GIL) overlaps simulating the next one;
+    # only the previous subject's writes may be pending, so memory stays bounded.
+    writer = ThreadPoolExecutor(max_workers=2)
+    pending: list[Future[None]] = []
 
-    for i, person in enumerate(people):
-        sub = person["participant_id"]
-        patient = person["diagnosis"] == "SZ"
-        site = sites[person["site"]]
-        rng = np.random.default_rng([c.seed, _STREAM_SUBJECT, i])
-        # Subject level: stable across sessions (anatomy, network topography, disease).
-        k_effect = float(max(0.0, rng.normal(1.0, c.effect_variability))) if patient else 0.0
-        person["effect_scale"] = k_effect
-        shift = rng.normal(0.0, c.translation_mm, 3)
-        subject_var = draw_icn_variability(rng, n, c, shift)
-        gm_scale = (site["gm_scale"] * float(np.exp(rng.normal(0.0, 0.05)))
-                    * (1.0 - 0.004 * (person["age"] - 40)))  # GM declines with age
-        gm_t = spatial_transform(rng.normal(0.0, c.translation_mm, 3),
-                                 rng.normal(0.0, 1.0, 3), float(np.exp(rng.normal(0.0, 0.02))),
-                                 BRAIN_CENTER_MM)
-        effects: dict[int, np.ndarray] = {}
-        gm_effect = None
-        if patient and c.effect_size > 0 and k_effect > 0:
-            for e, blob in zip(icn_effects, icn_blobs, strict=True):
-                f = effect_field(blob, e.strength * c.effect_size * k_effect)
-                effects[e.index - 1] = effects[e.index - 1] * f if e.index - 1 in effects else f
-            for e, blob in zip(gm_effects, gm_blobs, strict=True):
-                f = effect_field(blob, e.strength * c.effect_size * k_effect)
-                gm_effect = f if gm_effect is None else gm_effect * f
+    def save(data: np.ndarray, affine: np.ndarray, path: Path, description: str) -> None:
+        pending.append(writer.submit(_save, data, affine, path, description))
 
-        for k, ses in enumerate(sessions, start=1):
-            srng = np.random.default_rng([c.seed, _STREAM_SESSION, i, k])
-            # Session level: small test-retest jitter and fresh noise.
-            var = IcnVariability(
-                translation_mm=subject_var.translation_mm + srng.normal(0.0, 0.5, (n, 3)),
-                rotation_deg=subject_var.rotation_deg + srng.normal(0.0, 0.5, (n, 3)),
-                scale=subject_var.scale * np.exp(srng.normal(0.0, 0.01, n)),
-                amplitude=subject_var.amplitude * np.exp(srng.normal(0.0, 0.05, n))
-                * site["icn_amplitude"],
-            )
-            noise_sd = c.noise * c.icn_noise * site["icn_noise"] * max_abs
-            icn = simulate_icn_maps(srng, templates, mask, igrid, centers, var, effects,
-                                    noise_sd, c.icn_noise_fwhm_mm)
-            gm = simulate_gm_map(srng, gm_base, ggrid, gm_t, gm_scale, gm_effect,
-                                 c.noise * c.gm_noise, c.gm_noise_fwhm_mm, c.gm_fwhm_mm)
-            _check_volumes(icn, gm, sub, ses)
+    try:
+        for i, person in enumerate(people):
+            sub = person["participant_id"]
+            patient = person["diagnosis"] == "SZ"
+            site = sites[person["site"]]
+            rng = np.random.default_rng([c.seed, _STREAM_SUBJECT, i])
+            # Subject level: stable across sessions (anatomy, network topography, disease).
+            # Drawn for everyone, so a subject's other draws do not depend on the diagnosis.
+            k = float(rng.normal(1.0, c.effect_variability))
+            k_effect = max(0.0, k) if patient else 0.0
+            person["effect_scale"] = k_effect if c.effect_size > 0 else 0.0
+            shift = rng.normal(0.0, c.translation_mm, 3)
+            subject_var = draw_icn_variability(rng, n, c, shift)
+            gm_scale = (site["gm_scale"] * float(np.exp(rng.normal(0.0, 0.05)))
+                        * (1.0 - 0.004 * (person["age"] - 40)))  # GM declines with age
+            gm_t = spatial_transform(rng.normal(0.0, c.translation_mm, 3),
+                                     rng.normal(0.0, 1.0, 3), float(np.exp(rng.normal(0.0, 0.02))),
+                                     BRAIN_CENTER_MM)
+            effects: dict[int, np.ndarray] = {}
+            gm_effect = None
+            if patient and c.effect_size > 0 and k_effect > 0:
+                for e, blob in zip(icn_effects, icn_blobs, strict=True):
+                    f = effect_field(blob, e.strength * c.effect_size * k_effect)
+                    effects[e.index - 1] = effects[e.index - 1] * f if e.index - 1 in effects else f
+                for e, blob in zip(gm_effects, gm_blobs, strict=True):
+                    f = effect_field(blob, e.strength * c.effect_size * k_effect)
+                    gm_effect = f if gm_effect is None else gm_effect * f
 
-            stem = f"{sub}_{ses}" if ses else sub
-            sdir = Path(sub, ses) if ses else Path(sub)
-            record: dict[str, Any] = {"participant_id": sub, "session_id": ses or "n/a"}
-            # Raw placeholder T1w: identical bytes for everyone, so encode once.
-            t1_path = out / sdir / "anat" / f"{stem}_T1w.nii.gz"
-            t1_path.parent.mkdir(parents=True, exist_ok=True)
-            if t1w_bytes is None:
-                nib.save(_t1w_image(), t1_path)
-                t1w_bytes = t1_path.read_bytes()
-            else:
-                t1_path.write_bytes(t1w_bytes)
-            record["t1w"] = t1_path.relative_to(out).as_posix()
-            icn_4d = np.moveaxis(icn, 0, -1)
-            if naming_bids:
-                p = (deriv / "neuromark" / sdir / "func" /
-                     f"{stem}_task-rest_space-{SPACE}_res-{res_label(c.icn_res)}"
-                     "_desc-neuromark_components.nii.gz")
-                _save(icn_4d, igrid.affine, p, f"vaefusion-simulate ICNs {stem}")
-                record["icn"] = p.relative_to(out).as_posix()
-                p = (deriv / "spm" / sdir / "anat" /
-                     f"{stem}_space-{SPACE}_label-GM_desc-smwc1_probseg.nii.gz")
-                _save(gm, ggrid.affine, p, f"vaefusion-simulate smwc1 {stem}")
-                record["gm"] = p.relative_to(out).as_posix()
-            if naming_native:
-                p = deriv / "gift" / f"{GIFT_PREFIX}_sub{i + 1:03d}_component_ica_s{k}_.nii"
-                _save(icn_4d, igrid.affine, p, f"GIFT-style back-reconstruction {stem}")
-                record["icn_native"] = p.relative_to(out).as_posix()
-                gift_rows.append({"gift_index": i + 1, "participant_id": sub,
-                                  "session_id": ses or "n/a", "gift_session": k})
-                p = deriv / "cat12" / sdir / "anat" / f"{c.gm_native_prefix}{stem}_T1w.nii"
-                _save(gm, ggrid.affine, p, f"vaefusion-simulate {c.gm_native_prefix} {stem}")
-                record["gm_native"] = p.relative_to(out).as_posix()
-            files.append(record)
+            for k, ses in enumerate(sessions, start=1):
+                srng = np.random.default_rng([c.seed, _STREAM_SESSION, i, k])
+                # Session level: small test-retest jitter and fresh noise.
+                var = IcnVariability(
+                    translation_mm=subject_var.translation_mm + srng.normal(0.0, 0.5, (n, 3)),
+                    rotation_deg=subject_var.rotation_deg + srng.normal(0.0, 0.5, (n, 3)),
+                    scale=subject_var.scale * np.exp(srng.normal(0.0, 0.01, n)),
+                    amplitude=subject_var.amplitude * np.exp(srng.normal(0.0, 0.05, n))
+                    * site["icn_amplitude"],
+                )
+                noise_sd = c.noise * c.icn_noise * site["icn_noise"] * max_abs
+                icn = simulate_icn_maps(srng, templates, mask, igrid, centers, var, effects,
+                                        noise_sd, c.icn_noise_fwhm_mm)
+                gm = simulate_gm_map(srng, gm_base, wgrid, gm_t, gm_scale, gm_effect,
+                                     c.noise * c.gm_noise, c.gm_noise_fwhm_mm, c.gm_fwhm_mm,
+                                     out_grid=ggrid)
+                _check_volumes(icn, gm, sub, ses)
+                for future in pending:  # the previous subject's files are written by now
+                    future.result()
+                pending.clear()
+
+                stem = f"{sub}_{ses}" if ses else sub
+                sdir = Path(sub, ses) if ses else Path(sub)
+                record: dict[str, Any] = {"participant_id": sub, "session_id": ses or "n/a"}
+                # Raw placeholder T1w: identical bytes for everyone, so encode once.
+                t1_path = out / sdir / "anat" / f"{stem}_T1w.nii.gz"
+                t1_path.parent.mkdir(parents=True, exist_ok=True)
+                if t1w_bytes is None:
+                    nib.save(_t1w_image(), t1_path)
+                    t1w_bytes = t1_path.read_bytes()
+                else:
+                    t1_path.write_bytes(t1w_bytes)
+                record["t1w"] = t1_path.relative_to(out).as_posix()
+                icn_4d = np.moveaxis(icn, 0, -1)
+                if naming_bids:
+                    p = (deriv / "neuromark" / sdir / "func" /
+                         f"{stem}_task-rest_space-{SPACE}_res-{res_label(c.icn_res)}"
+                         "_desc-neuromark_components.nii.gz")
+                    save(icn_4d, igrid.affine, p, f"vaefusion-simulate ICNs {stem}")
+                    record["icn"] = p.relative_to(out).as_posix()
+                    p = (deriv / "spm" / sdir / "anat" /
+                         f"{stem}_space-{SPACE}_label-GM_desc-smwc1_probseg.nii.gz")
+                    save(gm, ggrid.affine, p, f"vaefusion-simulate smwc1 {stem}")
+                    record["gm"] = p.relative_to(out).as_posix()
+                if naming_native:
+                    p = deriv / "gift" / f"{GIFT_PREFIX}_sub{i + 1:03d}_component_ica_s{k}_.nii"
+                    save(icn_4d, igrid.affine, p, f"GIFT-style back-reconstruction {stem}")
+                    record["icn_native"] = p.relative_to(out).as_posix()
+                    gift_rows.append({"gift_index": i + 1, "participant_id": sub,
+                                      "session_id": ses or "n/a", "gift_session": k})
+                    p = deriv / "cat12" / sdir / "anat" / f"{c.gm_native_prefix}{stem}_T1w.nii"
+                    save(gm, ggrid.affine, p, f"vaefusion-simulate {c.gm_native_prefix} {stem}")
+                    record["gm_native"] = p.relative_to(out).as_posix()
+                files.append(record)
+        for future in pending:
+            future.result()
+    finally:
+        writer.shutdown(wait=True)
 
     truth = _ground_truth(c, igrid, ggrid, icn_effects, gm_effects, people, sites, files)
     _write_raw_metadata(out, c, people)
-    _write_derivative_metadata(deriv, c, igrid, naming_bids, naming_native, gift_rows)
+    _write_derivative_metadata(deriv, c, naming_bids, naming_native, gift_rows)
     _write_json(out / GROUND_TRUTH, truth)
     return truth
 
@@ -689,6 +803,7 @@ def _ground_truth(c: SimulationConfig, igrid: Grid, ggrid: Grid,
         "space": SPACE,
         "icn_grid": igrid.to_dict(),
         "gm_grid": ggrid.to_dict(),
+        "gm_simulated_at_res_mm": gm_work_res(c.gm_res, c.gm_fwhm_mm),
         "res_label": res_label(c.icn_res),
         "components": [table[i].name for i in range(c.n_components)],
         "effect_definition": "patients' map x max(0, 1 + strength * effect_scale * "
@@ -734,23 +849,31 @@ def _write_raw_metadata(out: Path, c: SimulationConfig, people: list[dict[str, A
     })
 
 
-def _write_derivative_metadata(deriv: Path, c: SimulationConfig, igrid: Grid, bids: bool,
-                               native: bool, gift_rows: list[dict[str, Any]]) -> None:
+def _write_derivative_metadata(deriv: Path, c: SimulationConfig, bids: bool, native: bool,
+                               gift_rows: list[dict[str, Any]]) -> None:
+    # Per-dataset .bidsignore files list what BIDS cannot name yet (a 4D stack of ICA
+    # components, GIFT's and SPM's own file names). bids-validator reads them when it
+    # validates a derivative dataset on its own (3.0.2's --recursive does not yet).
+    datasets: list[tuple[str, str, str]] = []  # folder, Name, .bidsignore
     if bids:
-        _write_json(deriv / "neuromark" / "dataset_description.json",
-                    _derivative_description("NeuroMark ICN maps (simulated)"))
-        _write_json(deriv / "spm" / "dataset_description.json",
-                    _derivative_description("SPM12 smoothed modulated gray matter (simulated)"))
+        datasets += [
+            ("neuromark", "NeuroMark ICN maps (simulated)", "*_components.nii.gz\n"),
+            ("spm", "SPM12 smoothed modulated gray matter (simulated)", ""),
+        ]
     if native:
-        _write_json(deriv / "gift" / "dataset_description.json",
-                    _derivative_description("GIFT NeuroMark back-reconstruction (simulated)"))
+        datasets += [
+            ("gift", "GIFT NeuroMark back-reconstruction (simulated)",
+             "*_component_ica_*\ngift_subjects.tsv\n"),
+            ("cat12", "SPM/CAT12 gray matter with native names (simulated)",
+             f"{c.gm_native_prefix}sub-*\n"),
+        ]
         _write_tsv(deriv / "gift" / "gift_subjects.tsv", gift_rows,
                    ["gift_index", "participant_id", "session_id", "gift_session"])
-        # GIFT's own names are not BIDS names.
-        (deriv / "gift" / ".bidsignore").write_text("*_component_ica_*\ngift_subjects.tsv\n")
-        _write_json(deriv / "cat12" / "dataset_description.json",
-                    _derivative_description("SPM/CAT12 gray matter, native names (simulated)"))
-        (deriv / "cat12" / ".bidsignore").write_text(f"{c.gm_native_prefix}sub-*\n")
+    for folder, name, ignore in datasets:
+        _write_json(deriv / folder / "dataset_description.json",
+                    _derivative_description(folder, name))
+        if ignore:
+            (deriv / folder / ".bidsignore").write_text(ignore)
 
 
 __all__ = [

@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from vaefusion.cache import atomic_write_text
@@ -22,9 +23,18 @@ def validator_errors(report: dict) -> list[dict]:
     return [i for i in items if i.get("severity") == "error"]
 
 
+def find_validator() -> str | None:
+    """The validator on PATH, or beside this Python (a virtualenv that is not activated)."""
+    exe = shutil.which(VALIDATOR)
+    if exe is None:
+        local = Path(sys.executable).parent / VALIDATOR
+        exe = str(local) if local.is_file() else None
+    return exe
+
+
 def run_validator(dataset: Path, timeout: float = 600) -> dict:
     """Run the validator on ``dataset`` and return its JSON report."""
-    exe = shutil.which(VALIDATOR)
+    exe = find_validator()
     if exe is None:
         raise FileNotFoundError(VALIDATOR)
     proc = subprocess.run([exe, str(dataset), "--format", "json"], capture_output=True,
