@@ -51,7 +51,7 @@ class Config:
     # execution
     work_dir: Path | None = None
     nprocs: int = 1
-    omp_nthreads: int = 1
+    omp_nthreads: int = 0  # 0 = auto: the CPUs available divided by nprocs
     mem_gb: float | None = None
     use_plugin: Path | None = None
     config_file: Path | None = None
@@ -106,8 +106,8 @@ class Config:
             raise UsageError(f"--device {self.device} is unknown; use auto, cpu or cuda.")
         if self.missing_modality not in MISSING_POLICIES:
             raise UsageError("--missing-modality must be skip, keep or error.")
-        if self.nprocs < 1 or self.omp_nthreads < 1:
-            raise UsageError("--nprocs and --omp-nthreads must be at least 1.")
+        if self.nprocs < 1 or self.omp_nthreads < 0:
+            raise UsageError("--nprocs must be at least 1 and --omp-nthreads at least 0 (auto).")
         if self.positive_label == self.negative_label:
             raise UsageError("--positive-label and --negative-label must differ.")
 

@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nprocs", "--nthreads", "--n-cpus", type=_positive_int, default=None,
                    help="processes for nipype MultiProc")
     g.add_argument("--omp-nthreads", type=_positive_int, default=None,
-                   help="threads per process (torch, BLAS)")
+                   help="threads per process for torch and BLAS (default: CPUs / nprocs)")
     g.add_argument("--mem", "--mem-gb", dest="mem_gb", type=float, default=None, metavar="GB",
                    help="memory limit for nipype scheduling, in GB")
     g.add_argument("--use-plugin", type=Path, default=None, metavar="FILE",

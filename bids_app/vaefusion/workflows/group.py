@@ -23,6 +23,7 @@ LOG = logging.getLogger("vaefusion.group")
 #: Settings that change no result: excluded from the nodes' inputs, so changing them (or the
 #: output folder) reuses every finished fold from the work dir.
 _EXECUTION_ONLY = {"bids_dir", "output_dir", "analysis_level", "work_dir", "nprocs", "mem_gb",
+                   "omp_nthreads",
                    "use_plugin", "config_file", "stop_on_first_crash", "verbose",
                    "skip_bids_validation", "participant_label", "session_label",
                    "bids_filters", "bids_filter_file", "derivatives", "missing_modality",
