@@ -161,8 +161,8 @@ def test_best_checkpoint_is_kept_and_early_stopping(cache, tmp_path, monkeypatch
     scripted = iter([5.0, 3.0, 4.0, 6.0, 7.0, 8.0])
     real = training._run_epoch
 
-    def fake(model, data, epoch, beta, device, bf16, optimizer, desc):
-        out = real(model, data, epoch, beta, device, bf16, optimizer, desc)
+    def fake(model, data, epoch, beta, device, bf16, optimizer, desc, chunk=None):
+        out = real(model, data, epoch, beta, device, bf16, optimizer, desc, chunk)
         if optimizer is None:  # validation: a scripted loss curve with its best at epoch 2
             return (next(scripted), *out[1:])
         return out

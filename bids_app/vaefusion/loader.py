@@ -205,7 +205,7 @@ class SubjectBatches:
         self._dtype = torch.float16 if self.dataset.downsample == 1 else torch.float32
         if resident is None:
             budget = memory_budget_bytes(self.device) if budget_bytes is None else budget_bytes
-            resident = not augment and self.dataset.nbytes(self._dtype) <= budget
+            resident = not augment and self.resident_bytes <= budget
         self.resident = bool(resident)
         if num_workers is None:
             cpus = os.cpu_count() or 1
@@ -223,6 +223,11 @@ class SubjectBatches:
     @property
     def n_volumes(self) -> int:
         return self.dataset.n_volumes
+
+    @property
+    def resident_bytes(self) -> int:
+        """Memory the whole set takes when resident (float16 at full grid, else float32)."""
+        return self.dataset.nbytes(self._dtype)
 
     def __len__(self) -> int:
         """Batches per epoch."""

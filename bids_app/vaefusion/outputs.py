@@ -27,8 +27,8 @@ CONTAINER_IMAGE = "vaefusion/vaefusion"
 #: What BIDS cannot name yet; the validator skips these.
 BIDSIGNORE = """\
 # vaefusion outputs that BIDS has no name for yet
-logs/
-group/
+logs
+group
 *_stack.nii.gz
 *_stack.json
 *_latents.tsv

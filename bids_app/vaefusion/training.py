@@ -266,7 +266,7 @@ def train_vae(cfg: Config, latent_dim: int, seed: int, train_paths: Sequence[Pat
                            budget_bytes=budget)
     val = None
     if val_paths:
-        left = budget - (train.dataset.nbytes() if train.resident else 0)
+        left = budget - (train.resident_bytes if train.resident else 0)
         val = SubjectBatches(val_paths, device=device, downsample=cfg.downsample,
                              batch_subjects=cfg.batch_subjects, seed=seed, budget_bytes=left)
         if val.grid != train.grid:
@@ -276,6 +276,8 @@ def train_vae(cfg: Config, latent_dim: int, seed: int, train_paths: Sequence[Pat
 
     model = VAE(train.grid, latent_dim, cfg.width).to(device)
     optimizer = make_optimizer(model, cfg.lr)
+    # fixed for the run: on CUDA free memory shrinks once the caching allocator holds blocks
+    chunk = chunk_volumes(train.grid, cfg.width, latent_dim, device)
     signature = _signature(cfg, latent_dim, seed, train_paths, val_paths)
     meta_base: dict[str, Any] = {
         "downsample": int(cfg.downsample), "modalities": _modalities(train_paths),
@@ -303,14 +305,13 @@ def train_vae(cfg: Config, latent_dim: int, seed: int, train_paths: Sequence[Pat
     log.info("training VAE l=%d seed=%d on %s: %d train / %d val subjects (%d volumes, "
              "grid %s, %s data, %d volumes per pass)", latent_dim, seed, device,
              train.n_subjects, val.n_subjects if val else 0, train.n_volumes,
-             "x".join(map(str, train.grid)), "resident" if train.resident else "streamed",
-             chunk_volumes(train.grid, cfg.width, latent_dim, device))
+             "x".join(map(str, train.grid)), "resident" if train.resident else "streamed", chunk)
     for epoch in range(start, cfg.epochs):
         if stopped:
             break
         t0 = time.perf_counter()
         tl, tr, tk, nvol = _run_epoch(model, train, epoch, cfg.beta, device, cfg.bf16,
-                                      optimizer, f"epoch {epoch + 1}")
+                                      optimizer, f"epoch {epoch + 1}", chunk)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
@@ -318,7 +319,8 @@ def train_vae(cfg: Config, latent_dim: int, seed: int, train_paths: Sequence[Pat
             raise VaefusionError(f"training diverged at epoch {epoch + 1} (loss {tl}); "
                                  f"lower --lr (now {cfg.lr}) or --beta.")
         if val is not None:
-            vl, vr, vk, _ = _run_epoch(model, val, epoch, cfg.beta, device, cfg.bf16, None, "val")
+            vl, vr, vk, _ = _run_epoch(model, val, epoch, cfg.beta, device, cfg.bf16, None,
+                                       "val", chunk)
         else:
             vl, vr, vk = tl, tr, tk
         stats = EpochStats(epoch + 1, tl, tr, tk, vl, vr, vk, nvol / dt, dt)

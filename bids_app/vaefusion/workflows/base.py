@@ -24,6 +24,8 @@ def configure_nipype(cfg: Config) -> None:
             "stop_on_first_crash": cfg.stop_on_first_crash,
             "remove_unnecessary_outputs": False,
             "parameterize_dirs": False,  # short, hashed folder names in the work dir
+            # nipype's 2 s default poll dominated MultiProc runs of many short nodes
+            "poll_sleep_duration": 0.05,
         },
         "monitoring": {"enabled": False},
         "logging": {"workflow_level": "WARNING", "interface_level": "WARNING"},

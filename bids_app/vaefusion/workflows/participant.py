@@ -28,7 +28,7 @@ def init_participant_wf(cfg: Config, subjects: list[SubjectInputs],
     inputnode = pe.Node(IdentityInterface(fields=["subject_json"]), name="inputnode")
     inputnode.iterables = ("subject_json", [s.to_json() for s in subjects])
 
-    bidssrc = pe.Node(BIDSSource(), name="bidssrc")
+    bidssrc = pe.Node(BIDSSource(), name="bidssrc", run_without_submitting=True)
     preproc = pe.Node(PreprocessSubject(cache_dir=str(cache_dir(cfg))), name="preprocess",
                       mem_gb=1.0)
     sink = pe.Node(DerivativesSink(output_dir=str(cfg.output_dir)), name="ds_preproc",

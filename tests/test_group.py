@@ -1,0 +1,116 @@
+"""The group level through the real CLI: cross-validated VAE and baselines, summary, --model."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_GROUP, make_read_only, simulate
+from vaefusion.cli.run import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def strong(tmp_path_factory) -> Path:
+    """16 subjects with strong planted ICN and GM effects (read-only)."""
+    ds = simulate(tmp_path_factory.mktemp("strong") / "ds", "--n-subjects", "16", "--seed", "3",
+                  "--icn-effect", "2:-0.6:15", "--icn-effect", "3:-0.6:15",
+                  "--effect-size", "1.5")
+    make_read_only(ds)
+    return ds
+
+
+@pytest.fixture(scope="module")
+def group_run(strong, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("grp") / "out"
+    code = main([str(strong), str(out), "group", "-w", str(out.parent / "work"), *TINY_GROUP,
+                 "--seed", "1"])
+    assert code == 0
+    return out
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def test_summary_and_tables(group_run):
+    summary = json.loads((group_run / "group" / "summary.json").read_text())
+    assert set(summary["methods"]) == {"vae", "pca-early", "pca-late", "pca-shared"}
+    vae = summary["methods"]["vae"]
+    assert vae["latent_dim"] == 4 and 0.0 <= vae["roc_auc_std"] <= 0.5
+    # strongly planted effects: the fused latents separate patients from controls
+    assert vae["roc_auc_mean"] > 0.6, summary
+    assert summary["n_subjects"] == 16
+    assert summary["classifier_backend"] == "sklearn"  # no cuML in CI
+    imp = summary["importance"]
+    assert len(imp) == 5 and abs(sum(i["mean"] for i in imp) - 1) < 1e-6
+    assert {"modality", "domain", "mean", "std"} <= set(imp[0])
+
+    metrics = _rows(group_run / "group" / "metrics.tsv")
+    assert len(metrics) == 4 * 3  # 4 methods x 3 folds
+    assert {r["backend"] for r in metrics} == {"sklearn"}
+    scores = _rows(group_run / "group" / "decision_scores.tsv")
+    vae_scores = [r for r in scores if r["method"] == "vae"]
+    assert sorted(r["participant_id"] for r in vae_scores) == [f"sub-{i:02d}" for i in range(1, 17)]
+
+
+def test_models_load_without_pickle_and_latents(group_run):
+    from safetensors.torch import load_file
+
+    models = sorted((group_run / "group" / "models").iterdir())
+    assert [m.name for m in models] == [f"vae_L4_seed1_fold{k}" for k in range(3)]
+    meta = json.loads((models[0] / "model.json").read_text())
+    assert meta["latent_dim"] == 4 and meta["modalities"][-1] == "GMV"
+    assert load_file(str(models[0] / "model.safetensors"))
+    tsv = _rows(group_run / "sub-01" / "sub-01_desc-vae_latents.tsv")
+    assert [r["modality"] for r in tsv] == ["ICN01", "ICN02", "ICN03", "ICN04", "GMV"]
+    assert list(tsv[0]) == ["modality", "domain", "z000", "z001", "z002", "z003"]
+    assert tsv[-1]["domain"] == "GM" and tsv[0]["domain"] == "SC"
+
+
+def test_output_is_valid_bids_derivatives(group_run):
+    from vaefusion.validation import find_validator, run_validator, validator_errors
+
+    if find_validator() is None:
+        pytest.skip("bids-validator-deno is not installed")
+    assert validator_errors(run_validator(group_run)) == []
+
+
+def test_rerun_reuses_finished_folds(strong, group_run, caplog):
+    """Same settings, new output folder: every fold comes from the work dir, none retrains."""
+    out = group_run.parent / "out2"
+    code = main([str(strong), str(out), "group", "-w", str(group_run.parent / "work"),
+                 *TINY_GROUP, "--seed", "1", "--nprocs", "2"])
+    assert code == 0
+    assert "training VAE" not in caplog.text
+    first = json.loads((group_run / "group" / "summary.json").read_text())
+    again = json.loads((out / "group" / "summary.json").read_text())
+    assert again["methods"] == first["methods"]
+
+
+def test_model_embeds_new_subjects(strong, group_run, tmp_path):
+    model = group_run / "group" / "models" / "vae_L4_seed1_fold0"
+    out = tmp_path / "embed"
+    code = main([str(strong), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--model", str(model), "--participant-label", "03", "04", *TINY_GROUP[-3:]])
+    assert code == 0
+    assert sorted(p.name for p in out.glob("sub-*/*_latents.tsv")) == [
+        "sub-03_desc-vae_latents.tsv", "sub-04_desc-vae_latents.tsv"]
+    # group level with --model embeds and reports, without training
+    code = main([str(strong), str(out), "group", "-w", str(tmp_path / "work"), "--model",
+                 str(model), *TINY_GROUP[-3:]])
+    assert code == 0
+    summary = json.loads((out / "group" / "summary.json").read_text())
+    assert summary["n_subjects"] == 16 and summary["model"] == str(model)
+
+
+def test_too_many_folds_is_refused(strong, tmp_path, caplog):
+    code = main([str(strong), str(tmp_path / "out"), "group", "-w", str(tmp_path / "work"),
+                 *TINY_GROUP, "--folds", "9"])
+    assert code == 65
+    assert "--folds" in caplog.text
