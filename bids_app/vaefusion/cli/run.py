@@ -130,6 +130,11 @@ def run(cfg: Config) -> int:
         LOG.info("BIDS validation skipped (--skip-bids-validation)")
     else:
         validate_input(cfg.bids_dir, cfg.output_dir / "logs")
+    if cfg.bf16 and cfg.analysis_level == "group":
+        import torch
+
+        if cfg.device == "cpu" or not torch.cuda.is_available():
+            LOG.warning("--bf16 applies to CUDA only: training runs in fp32 on the CPU.")
     if cfg.analysis_level == "participant":
         from vaefusion.workflows.participant import run_participant_level
 
