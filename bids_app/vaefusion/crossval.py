@@ -63,15 +63,24 @@ def build_manifest(files: list[Path], cfg: Config) -> Manifest:
     sets = [tuple(m.modalities) for m in metas]
     full = max(set(sets), key=lambda s: (len(s), sets.count(s)))
     labels = []
+    seen: set[str] = set()
     for meta, mods in zip(metas, sets, strict=True):
+        if meta.subject in seen:
+            # folds are over participants: a second session in another fold would leak
+            labels.append(-1)
+            LOG.warning("%s is another session of sub-%s: embedded, not classified (pick the "
+                        "session to classify with --session-label)", meta.key, meta.subject)
+            continue
         if mods != full:
             labels.append(-1)
             LOG.warning("%s has %d of %d modalities: embedded, not classified", meta.key,
                         len(mods), len(full))
         elif meta.label == cfg.positive_label:
             labels.append(1)
+            seen.add(meta.subject)
         elif meta.label == cfg.negative_label:
             labels.append(0)
+            seen.add(meta.subject)
         else:
             labels.append(-1)
             LOG.info("%s has label %r (not %s/%s): embedded, not classified", meta.key,

@@ -1,0 +1,32 @@
+"""The group manifest: who is classified, and no participant in two folds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vaefusion.cache import SubjectMeta, write_subject
+from vaefusion.config import Config
+from vaefusion.crossval import build_manifest
+
+
+def _write(cache, subject, session, label, n_mod=3):
+    meta = SubjectMeta(subject=subject, session=session,
+                       modalities=[f"ICN{i:02d}" for i in range(1, n_mod)] + ["GMV"],
+                       affine=np.eye(4).tolist(), shape=[4, 4, 4], label=label)
+    return write_subject(cache, np.ones((n_mod, 4, 4, 4), np.float32), meta)
+
+
+def test_manifest_classifies_one_session_per_participant_and_full_modalities(tmp_path, caplog):
+    files = [
+        _write(tmp_path, "01", "1", "SZ"), _write(tmp_path, "01", "2", "SZ"),
+        _write(tmp_path, "02", "1", "HC"), _write(tmp_path, "03", "1", "SZ"),
+        _write(tmp_path, "04", "1", "HC"), _write(tmp_path, "05", "1", "other"),
+        _write(tmp_path, "06", "1", "HC", n_mod=2),
+    ]
+    manifest = build_manifest(files, Config())
+    assert manifest.labels == [1, -1, 0, 1, 0, -1, -1]
+    assert manifest.keys[1] == "sub-01_ses-2"
+    assert "another session of sub-01" in caplog.text
+    assert "embedded, not classified" in caplog.text
+    assert manifest.modalities == ["ICN01", "ICN02", "GMV"]
+    assert list(manifest.classified) == [0, 2, 3, 4]
