@@ -214,3 +214,15 @@ def test_chunked_batches_give_the_full_batch_gradient(cache):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert training.chunk_volumes((53, 63, 52), 1.0, 128, torch.device("cpu")) == 1
     assert training.chunk_volumes((14, 16, 13), 0.125, 128, torch.device("cpu")) > 54
+
+
+def test_memory_budget_is_shared_by_parallel_trainings(monkeypatch):
+    import torch
+
+    from vaefusion import loader
+
+    monkeypatch.setattr(loader, "available_ram_bytes", lambda: 8 * 2**30)
+    monkeypatch.delenv("VAEFUSION_CONCURRENCY", raising=False)
+    one = loader.memory_budget_bytes(torch.device("cpu"))
+    monkeypatch.setenv("VAEFUSION_CONCURRENCY", "4")
+    assert loader.memory_budget_bytes(torch.device("cpu")) == one // 4

@@ -66,12 +66,24 @@ def available_ram_bytes() -> int:
     return avail
 
 
+def concurrent_trainings() -> int:
+    """How many trainings may run at once (``VAEFUSION_CONCURRENCY``, set from --nprocs)."""
+    try:
+        return max(1, int(os.environ.get("VAEFUSION_CONCURRENCY", "1")))
+    except ValueError:
+        return 1
+
+
 def memory_budget_bytes(device: torch.device) -> int:
-    """Bytes a resident training set may occupy on ``device``."""
+    """Bytes a resident training set may occupy on ``device``.
+
+    Folds that train in parallel (nipype MultiProc) share the memory, so the budget is split
+    between them: each one sees the free memory before the others have loaded their data.
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(GPU_FRACTION * free)
-    return int(RAM_FRACTION * available_ram_bytes())
+        return int(GPU_FRACTION * free / concurrent_trainings())
+    return int(RAM_FRACTION * available_ram_bytes() / concurrent_trainings())
 
 
 # --------------------------------------------------------------------------- seeding helpers

@@ -125,6 +125,8 @@ def run(cfg: Config) -> int:
         cfg.omp_nthreads = max(1, (cpus or 1) // cfg.nprocs)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(cfg.omp_nthreads)
+    # parallel folds split the memory budget for resident training data (see loader.py)
+    os.environ["VAEFUSION_CONCURRENCY"] = str(cfg.nprocs)
     LOG.info("vaefusion %s: %s level on %s", __version__, cfg.analysis_level, cfg.bids_dir)
     if cfg.skip_bids_validation:
         LOG.info("BIDS validation skipped (--skip-bids-validation)")
