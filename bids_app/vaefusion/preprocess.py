@@ -122,5 +122,6 @@ def preprocess_subject(
         sources=[p for p in (icn_path, gmv_path) if p],
     )
     npy = write_subject(cache_dir, scaled, meta)
-    LOG.debug("%s: %d volumes on %s", meta.key, len(names), meta.shape)
+    LOG.info("%s: preprocessed %d volumes onto %s", meta.key, len(names),
+             "x".join(map(str, meta.shape)))
     return npy, meta
