@@ -164,3 +164,33 @@ def test_participant_end_to_end_valid_and_resumable(tiny_bids, tmp_path):
     assert main([str(tiny_bids), str(out), "participant", "-w", str(tmp_path / "work"),
                  *BASE]) == 0
     assert [p.stat().st_mtime_ns for p in cache] == before
+
+
+def test_use_plugin_yaml(tmp_path):
+    from vaefusion.config import Config
+    from vaefusion.errors import UsageError
+    from vaefusion.workflows.base import plugin_settings
+
+    good = tmp_path / "slurm.yml"
+    good.write_text("plugin: SLURM\nplugin_args:\n  sbatch_args: --time=2:00:00\n")
+    assert plugin_settings(Config(use_plugin=good)) == (
+        "SLURM", {"sbatch_args": "--time=2:00:00"})
+    assert plugin_settings(Config(nprocs=3, mem_gb=8))[0] == "MultiProc"
+    bad = tmp_path / "bad.yml"
+    bad.write_text("plugin_args: {}\n")
+    with pytest.raises(UsageError, match="no 'plugin' key"):
+        plugin_settings(Config(use_plugin=bad))
+
+
+def test_a_crash_writes_a_crash_file_and_exits_1(tiny_bids, tmp_path, monkeypatch, capsys):
+    import vaefusion.discovery
+
+    def broken(cfg):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(vaefusion.discovery, "discover", broken)
+    out = tmp_path / "out"
+    assert run_cli(tiny_bids, out) == 1
+    crash = list((out / "logs").glob("crash-*.txt"))
+    assert len(crash) == 1 and "simulated bug" in crash[0].read_text()
+    assert "Traceback" not in capsys.readouterr().err
