@@ -30,3 +30,17 @@ def test_manifest_classifies_one_session_per_participant_and_full_modalities(tmp
     assert "embedded, not classified" in caplog.text
     assert manifest.modalities == ["ICN01", "ICN02", "GMV"]
     assert list(manifest.classified) == [0, 2, 3, 4]
+
+
+def test_gram_cache_is_keyed_by_the_exact_subjects(tmp_path):
+    import os
+
+    from vaefusion.crossval import gram_cache_path
+
+    files = [_write(tmp_path, f"{i:02d}", None, "SZ") for i in range(1, 4)]
+    key = gram_cache_path(tmp_path / "pca", files)
+    assert gram_cache_path(tmp_path / "pca", files) == key
+    assert gram_cache_path(tmp_path / "pca", files[:2]) != key  # another selection
+    st = files[0].stat()
+    os.utime(files[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # re-preprocessed
+    assert gram_cache_path(tmp_path / "pca", files) != key

@@ -7,6 +7,7 @@ runs the units as parallel branches and joins their results; nothing here knows 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -180,8 +181,21 @@ def run_vae_fold(cfg: Config, manifest: Manifest, latent_dim: int, seed: int, fo
     }
 
 
+def gram_cache_path(cache_dir: Path, files: list[Path]) -> Path:
+    """Where the Gram matrices of exactly these cached subjects (and versions) are kept.
+
+    The name hashes each file's path, size and mtime, so another selection of subjects, or a
+    re-preprocessed subject, never reuses stale Grams.
+    """
+    digest = hashlib.sha1()
+    for f in files:
+        st = Path(f).stat()
+        digest.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return Path(cache_dir) / f"grams-{digest.hexdigest()[:16]}.npy"
+
+
 def run_pca_baseline(cfg: Config, manifest: Manifest, method: str, latent_dim: int,
-                     seed: int, gram_cache: Path | None = None) -> list[dict[str, Any]]:
+                     seed: int, cache_dir: Path | None = None) -> list[dict[str, Any]]:
     """One PCA baseline over all folds of ``seed``; one result dict per fold.
 
     Not-available (more components than training samples) gives one dict per fold with
@@ -205,6 +219,7 @@ def run_pca_baseline(cfg: Config, manifest: Manifest, method: str, latent_dim: i
     mask = brain_mask(load_stack(p) for p in files)
     load = cache_loader(files, mask)
     grams = None
+    gram_cache = gram_cache_path(cache_dir, files) if cache_dir is not None else None
     if method != "pca-shared":
         # the Gram matrices do not depend on fold, seed or latent dim: share them on disk
         if gram_cache is not None and gram_cache.exists():

@@ -159,6 +159,25 @@ def write_subject_stack(
     return nii
 
 
+def _cell(value: object) -> str:
+    """A TSV cell: ``n/a`` for missing or NaN (BIDS), floats with 6 significant digits."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def tsv_text(rows: list[dict], columns: list[str]) -> str:
+    """Rows (dicts) as tab-separated text with a header; missing keys become ``n/a``."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(c)) for c in columns])
+    return buf.getvalue()
+
+
 def write_latents_tsv(
     out: Path, subject: str, session: str | None, modalities: list[str], mu: np.ndarray,
     desc: str = "vae", meta: dict | None = None,
@@ -166,12 +185,11 @@ def write_latents_tsv(
     """``sub-<label>_desc-vae_latents.tsv``: a row per modality; modality, domain, z000..."""
     prefix = entity_prefix(subject, session)
     path = subject_dir(out, subject, session) / f"{prefix}_desc-{desc}_latents.tsv"
-    buf = io.StringIO()
-    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
-    writer.writerow(["modality", "domain", *[f"z{j:03d}" for j in range(mu.shape[1])]])
-    for name, row in zip(modalities, mu, strict=True):
-        writer.writerow([name, modality_domain(name), *[f"{v:.6g}" for v in row]])
-    atomic_write_text(path, buf.getvalue())
+    columns = ["modality", "domain", *[f"z{j:03d}" for j in range(mu.shape[1])]]
+    rows = [{"modality": name, "domain": modality_domain(name),
+             **{f"z{j:03d}": float(v) for j, v in enumerate(row)}}
+            for name, row in zip(modalities, mu, strict=True)]
+    atomic_write_text(path, tsv_text(rows, columns))
     if meta:
         atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     return path

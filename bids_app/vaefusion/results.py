@@ -7,8 +7,6 @@ Choosing the best latent dim after seeing test AUCs would be optimistic, so it i
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import shutil
@@ -22,28 +20,11 @@ from vaefusion import __version__
 from vaefusion.cache import atomic_write_text
 from vaefusion.config import Config
 from vaefusion.crossval import Manifest, unit_name
-from vaefusion.outputs import write_latents_tsv
+from vaefusion.outputs import tsv_text, write_latents_tsv
 from vaefusion.reference import modality_domain
 
 METRIC_COLUMNS = ["method", "latent_dim", "seed", "fold", "roc_auc", "n_train", "n_test",
                   "available", "backend"]
-
-
-def _tsv(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_cell(row.get(c)) for c in columns])
-    return buf.getvalue()
-
-
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -95,17 +76,18 @@ def write_group_outputs(cfg: Config, manifest: Manifest, results: list[dict[str,
     group.mkdir(parents=True, exist_ok=True)
     results = sorted(results, key=lambda r: (r["method"], r["latent_dim"], r["seed"], r["fold"]))
 
-    atomic_write_text(group / "metrics.tsv", _tsv(results, METRIC_COLUMNS))
+    atomic_write_text(group / "metrics.tsv", tsv_text(results, METRIC_COLUMNS))
     scores = [
         {"method": r["method"], "latent_dim": r["latent_dim"], "seed": r["seed"],
          "fold": r["fold"], "participant_id": key, "label": lab, "decision": d}
         for r in results if r["available"]
         for key, lab, d in zip(r["test_subjects"], r["test_labels"], r["decision"], strict=True)
     ]
-    atomic_write_text(group / "decision_scores.tsv", _tsv(
+    atomic_write_text(group / "decision_scores.tsv", tsv_text(
         scores, ["method", "latent_dim", "seed", "fold", "participant_id", "label", "decision"]))
     table = auc_table(results)
-    atomic_write_text(group / "auc_by_latent_dim.tsv", _tsv(table, list(table[0]) if table else []))
+    columns = list(table[0]) if table else []
+    atomic_write_text(group / "auc_by_latent_dim.tsv", tsv_text(table, columns))
 
     primary = cfg.latent_dims[0]
     vae = [r for r in results if r["method"] == "vae"]
@@ -115,7 +97,7 @@ def write_group_outputs(cfg: Config, manifest: Manifest, results: list[dict[str,
          "domain": modality_domain(m), "importance": v}
         for r in vae for m, v in zip(manifest.modalities, r["importance"], strict=True)
     ]
-    atomic_write_text(group / "importance.tsv", _tsv(
+    atomic_write_text(group / "importance.tsv", tsv_text(
         imp_rows, ["latent_dim", "seed", "fold", "modality", "domain", "importance"]))
     if vae:
         _write_models_and_latents(cfg, manifest, vae, group)
@@ -193,11 +175,11 @@ def _write_models_and_latents(cfg: Config, manifest: Manifest, vae: list[dict[st
                                             "OutOfFold": key in tested})
         cols = ["participant_id", "session_id", "fold", "modality", "domain",
                 *[f"z{j:03d}" for j in range(dim)]]
-        atomic_write_text(group / f"latents_vae_L{dim}_seed{seed}.tsv", _tsv(rows, cols))
+        atomic_write_text(group / f"latents_vae_L{dim}_seed{seed}.tsv", tsv_text(rows, cols))
 
 
 def _write_history(vae: list[dict[str, Any]], group: Path) -> None:
     rows = [{"latent_dim": r["latent_dim"], "seed": r["seed"], "fold": r["fold"], **h}
             for r in vae for h in r.get("history", [])]
     if rows:
-        atomic_write_text(group / "training_history.tsv", _tsv(rows, list(rows[0])))
+        atomic_write_text(group / "training_history.tsv", tsv_text(rows, list(rows[0])))

@@ -58,7 +58,7 @@ class VAEFold(SimpleInterface):
 
 class _PCAInputSpec(_UnitInputSpec):
     method = traits.Enum("pca-early", "pca-late", "pca-shared", mandatory=True)
-    gram_cache = traits.Str(mandatory=True, desc="where the shared Gram matrices are kept")
+    cache_dir = traits.Str(mandatory=True, desc="folder for the shared Gram matrices")
 
 
 class PCABaseline(SimpleInterface):
@@ -73,7 +73,7 @@ class PCABaseline(SimpleInterface):
         rows = run_pca_baseline(_config(self.inputs.config_json),
                                 Manifest.read(self.inputs.manifest), self.inputs.method,
                                 self.inputs.latent_dim, self.inputs.seed,
-                                Path(self.inputs.gram_cache))
+                                Path(self.inputs.cache_dir))
         path = Path(runtime.cwd) / "result.json"
         path.write_text(json.dumps(rows))
         self._results["result"] = str(path)

@@ -58,7 +58,7 @@ def init_group_wf(cfg: Config, manifest_path: Path, name: str = "vaefusion_group
         src = pe.Node(IdentityInterface(fields=["method", "latent_dim", "seed"]), name="pca_src")
         src.iterables = [("method", baselines), ("latent_dim", cfg.latent_dims),
                          ("seed", cfg.seeds)]
-        pca = pe.Node(PCABaseline(gram_cache=str(Path(cfg.work_dir) / "pca_grams.npy"),
+        pca = pe.Node(PCABaseline(cache_dir=str(Path(cfg.work_dir) / "pca"),
                                   **common), name="pca_baseline", mem_gb=2.0)
         join = pe.JoinNode(GatherResults(), joinsource="pca_src", joinfield=["results"],
                            name="pca_join")
@@ -124,8 +124,7 @@ def embed_with_model(cfg: Config, files: list[Path], group: bool = False) -> Non
     from vaefusion.crossval import embed_groups
     from vaefusion.errors import DataError
     from vaefusion.model import load_model
-    from vaefusion.outputs import write_latents_tsv
-    from vaefusion.results import _tsv
+    from vaefusion.outputs import tsv_text, write_latents_tsv
     from vaefusion.training import select_device
 
     assert cfg.model is not None and cfg.output_dir is not None
@@ -154,7 +153,7 @@ def embed_with_model(cfg: Config, files: list[Path], group: bool = False) -> Non
 
         out = Path(cfg.output_dir) / "group"
         cols = ["participant_id", "modality", *[f"z{j:03d}" for j in range(model.latent_dim)]]
-        atomic_write_text(out / "latents_model.tsv", _tsv(rows, cols))
+        atomic_write_text(out / "latents_model.tsv", tsv_text(rows, cols))
         atomic_write_text(out / "summary.json", json.dumps({
             "methods": {}, "importance": [], "n_subjects": len(files),
             "model": str(cfg.model), "latent_dim": model.latent_dim,
