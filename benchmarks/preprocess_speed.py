@@ -30,9 +30,9 @@ import numpy as np  # noqa: E402
 
 
 def ours(icn: str, gmv: str, key: str, cache: Path, out: Path) -> dict[str, float]:
-    from vaefusion.cache import load_stack, read_meta
-    from vaefusion.outputs import write_subject_stack
-    from vaefusion.preprocess import preprocess_subject
+    from vaefusion.derivatives.subject import write_subject_stack
+    from vaefusion.inputs.cache import load_stack, read_meta
+    from vaefusion.inputs.preprocess import preprocess_subject
 
     t0 = time.perf_counter()
     npy, meta = preprocess_subject(icn, gmv, key, None, None, cache)
@@ -71,7 +71,7 @@ def main() -> None:
 
     from vaefusion.cli.simulate import main as simulate
     from vaefusion.config import Config
-    from vaefusion.discovery import discover
+    from vaefusion.inputs.discovery import discover
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)

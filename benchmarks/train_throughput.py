@@ -34,10 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaefusion.cache import SubjectMeta, write_subject
-from vaefusion.loader import SubjectBatches
-from vaefusion.model import VAE, downsample_volumes, downsampled_grid, flops_per_volume, loss_terms
-from vaefusion.training import _run_epoch, make_optimizer, set_seed
+from vaefusion.inputs.cache import SubjectMeta, write_subject
+from vaefusion.model.flops import flops_per_volume
+from vaefusion.model.likelihood import loss_terms
+from vaefusion.model.network import VAE, downsample_volumes, downsampled_grid
+from vaefusion.training.data import SubjectBatches
+from vaefusion.training.device import set_seed
+from vaefusion.training.trainer import _run_epoch, make_optimizer
 
 FULL_GRID = (53, 63, 52)
 LATENT = 128

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from vaefusion import __version__
-from vaefusion.boutiques import descriptor, descriptor_text
+from vaefusion.cli.boutiques import descriptor, descriptor_text
 from vaefusion.cli.parser import ANALYSIS_LEVELS, build_parser
 from vaefusion.errors import EXIT_CODES
 

@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import vaefusion.validation
+import vaefusion.inputs.validation
 from vaefusion.cli.run import main
-from vaefusion.validation import find_validator, run_validator
+from vaefusion.inputs.validation import find_validator, run_validator
 
 BASE = ["--n-components", "4", "--skip-bids-validation"]
 
@@ -134,7 +134,7 @@ def test_invalid_bids_exit_16(writable_copy, tmp_path):
 def validator_errors(path: Path) -> list[dict]:
     if find_validator() is None:
         pytest.skip("bids-validator-deno is not installed")
-    return vaefusion.validation.validator_errors(run_validator(path))
+    return vaefusion.inputs.validation.validator_errors(run_validator(path))
 
 
 @pytest.mark.slow
@@ -183,12 +183,12 @@ def test_use_plugin_yaml(tmp_path):
 
 
 def test_a_crash_writes_a_crash_file_and_exits_1(tiny_bids, tmp_path, monkeypatch, capsys):
-    import vaefusion.discovery
+    import vaefusion.inputs.discovery
 
     def broken(cfg):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(vaefusion.discovery, "discover", broken)
+    monkeypatch.setattr(vaefusion.inputs.discovery, "discover", broken)
     out = tmp_path / "out"
     assert run_cli(tiny_bids, out) == 1
     crash = list((out / "logs").glob("crash-*.txt"))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from vaefusion.cache import SubjectMeta, write_subject
 from vaefusion.config import Config
-from vaefusion.crossval import build_manifest
+from vaefusion.evaluation.manifest import build_manifest
+from vaefusion.inputs.cache import SubjectMeta, write_subject
 
 
 def _write(cache, subject, session, label, n_mod=3):
@@ -35,7 +35,7 @@ def test_manifest_classifies_one_session_per_participant_and_full_modalities(tmp
 def test_gram_cache_is_keyed_by_the_exact_subjects(tmp_path):
     import os
 
-    from vaefusion.crossval import gram_cache_path
+    from vaefusion.evaluation.crossval import gram_cache_path
 
     files = [_write(tmp_path, f"{i:02d}", None, "SZ") for i in range(1, 4)]
     key = gram_cache_path(tmp_path / "pca", files)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from vaefusion.config import Config
-from vaefusion.discovery import discover
 from vaefusion.errors import EXIT_NO_DATA, EXIT_NO_INPUT, VaefusionError
+from vaefusion.inputs.discovery import discover
 
 
 def _cfg(ds: Path, tmp_path: Path, **kw) -> Config:

@@ -10,27 +10,39 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from vaefusion import classify
-from vaefusion.cache import atomic_save_npy
+from vaefusion.derivatives.io import atomic_save_npy
 from vaefusion.errors import EXIT_DATA, DataError
-from vaefusion.evaluation import (
+from vaefusion.evaluation import classifier as classify
+from vaefusion.evaluation.baselines import (
     PCA_METHODS,
     NotAvailable,
-    auc_summary,
     brain_mask,
     cache_loader,
-    choose_backend,
-    evaluate_features,
     evaluate_pca_baselines,
-    fit_linear_svm,
     gram_pca_scores,
-    make_folds,
     modality_grams,
+    shared_pca_scores,
+)
+from vaefusion.evaluation.classifier import (
+    choose_backend,
+    evaluate_fold,
+    fit_linear_svm,
     modality_importance,
     roc_auc,
-    shared_pca_scores,
     summarize_importance,
 )
+from vaefusion.evaluation.folds import make_folds
+
+
+def evaluate_features(x, y, folds, backend):
+    """Per-fold metrics of fixed features (what the cross-validation units do per fold)."""
+    return [evaluate_fold(np.asarray(x, dtype=float), np.asarray(y), f, backend) for f in folds]
+
+
+def auc_summary(metrics):
+    aucs = np.array([m.roc_auc for m in metrics])
+    return float(np.nanmean(aucs)), float(np.nanstd(aucs))
+
 
 
 def _labels(n0: int, n1: int, seed: int = 0) -> np.ndarray:

@@ -74,7 +74,7 @@ def test_models_load_without_pickle_and_latents(group_run):
 
 
 def test_output_is_valid_bids_derivatives(group_run):
-    from vaefusion.validation import find_validator, run_validator, validator_errors
+    from vaefusion.inputs.validation import find_validator, run_validator, validator_errors
 
     if find_validator() is None:
         pytest.skip("bids-validator-deno is not installed")

@@ -11,19 +11,16 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vaefusion.errors import MissingInputError
-from vaefusion.model import (
+from vaefusion.model.checkpoint import load_model, save_model
+from vaefusion.model.flops import count_parameters, flops_per_volume
+from vaefusion.model.likelihood import kl_divergence, loss_terms
+from vaefusion.model.network import (
     VAE,
     channel_plan,
-    count_parameters,
     downsample_volumes,
     downsampled_grid,
     encoder_shapes,
-    flops_per_volume,
-    kl_divergence,
-    load_model,
-    loss_terms,
     resize_volumes,
-    save_model,
 )
 
 FULL = (53, 63, 52)

@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 
 from vaefusion.errors import DataError
-from vaefusion.preprocess import resample_to_grid, scale_maxabs, stack_subject
-from vaefusion.reference import GRID_AFFINE, GRID_SHAPE
+from vaefusion.inputs.preprocess import resample_to_grid, scale_maxabs, stack_subject
+from vaefusion.inputs.reference import GRID_AFFINE, GRID_SHAPE
 
 
 def _affine(voxel: float) -> np.ndarray:

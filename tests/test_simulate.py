@@ -15,16 +15,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vaefusion import reference
 from vaefusion.cli.simulate import main
-from vaefusion.simulate import (
-    GmEffect,
-    IcnEffect,
-    gm_grid,
-    icn_grid,
-    res_label,
-    simulate_dataset,
-)
+from vaefusion.inputs import reference
+from vaefusion.simulate import GmEffect, IcnEffect, gm_grid, icn_grid, res_label, simulate_dataset
 
 TINY = ["--icn-res", "9", "--gm-res", "6", "--n-components", "4"]
 ICN_NAME = "task-rest_space-MNI152NLin6Asym_res-{res}_desc-neuromark_components.nii.gz"

@@ -9,13 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from vaefusion import training
-from vaefusion.cache import SubjectMeta, write_subject
 from vaefusion.config import Config
 from vaefusion.errors import UsageError
-from vaefusion.loader import SubjectBatches, epoch_order
-from vaefusion.model import VAE, load_model, loss_terms
-from vaefusion.training import embed, select_device, set_seed, train_vae
+from vaefusion.inputs.cache import SubjectMeta, write_subject
+from vaefusion.model.checkpoint import load_model
+from vaefusion.model.likelihood import loss_terms
+from vaefusion.model.network import VAE
+from vaefusion.training import inference, trainer
+from vaefusion.training.data import SubjectBatches, epoch_order
+from vaefusion.training.device import select_device, set_seed
+from vaefusion.training.inference import embed
+from vaefusion.training.trainer import train_vae
 
 GRID = (16, 18, 16)
 
@@ -159,7 +163,7 @@ def test_interrupted_run_resumes_and_matches(cache, tmp_path):
 
 def test_best_checkpoint_is_kept_and_early_stopping(cache, tmp_path, monkeypatch):
     scripted = iter([5.0, 3.0, 4.0, 6.0, 7.0, 8.0])
-    real = training._run_epoch
+    real = trainer._run_epoch
 
     def fake(model, data, epoch, beta, device, bf16, optimizer, desc, chunk=None):
         out = real(model, data, epoch, beta, device, bf16, optimizer, desc, chunk)
@@ -167,7 +171,7 @@ def test_best_checkpoint_is_kept_and_early_stopping(cache, tmp_path, monkeypatch
             return (next(scripted), *out[1:])
         return out
 
-    monkeypatch.setattr(training, "_run_epoch", fake)
+    monkeypatch.setattr(trainer, "_run_epoch", fake)
     cfg = tiny_config(epochs=6, patience=2)
     res = train_vae(cfg, 8, 0, cache[:4], cache[4:], tmp_path / "run")
     assert res.best_epoch == 2 and res.best_val_loss == 3.0
@@ -192,7 +196,7 @@ def test_embed_shape_and_values(cache, tmp_path):
     with torch.no_grad():
         mu, _ = res.model.encode(x)
     np.testing.assert_allclose(z[0], mu.numpy(), rtol=1e-5, atol=1e-6)
-    decoded = training.decode_latents(res.model, z[0])
+    decoded = inference.decode_latents(res.model, z[0])
     assert decoded.shape == (3, 8, 9, 8)
 
 
@@ -205,21 +209,21 @@ def test_chunked_batches_give_the_full_batch_gradient(cache):
         # decode mu: no sampling, so both runs see the same function
         model.forward = lambda x, sample=None, m=model: VAE.forward(m, x, sample=False)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps .grad after the step
-        loss = training._run_epoch(model, data, 0, 1.0, torch.device("cpu"), False, opt, "t",
+        loss = trainer._run_epoch(model, data, 0, 1.0, torch.device("cpu"), False, opt, "t",
                                    chunk=chunk)[0]
         grads.append((loss, [p.grad.clone() for p in model.parameters()]))
     (l6, g6), (l1, g1) = grads
     assert l6 == pytest.approx(l1, rel=1e-5)
     for a, b in zip(g6, g1, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    assert training.chunk_volumes((53, 63, 52), 1.0, 128, torch.device("cpu")) == 1
-    assert training.chunk_volumes((14, 16, 13), 0.125, 128, torch.device("cpu")) > 54
+    assert trainer.chunk_volumes((53, 63, 52), 1.0, 128, torch.device("cpu")) == 1
+    assert trainer.chunk_volumes((14, 16, 13), 0.125, 128, torch.device("cpu")) > 54
 
 
 def test_memory_budget_is_shared_by_parallel_trainings(monkeypatch):
     import torch
 
-    from vaefusion import loader
+    from vaefusion.training import data as loader
 
     monkeypatch.setattr(loader, "available_ram_bytes", lambda: 8 * 2**30)
     monkeypatch.delenv("VAEFUSION_CONCURRENCY", raising=False)

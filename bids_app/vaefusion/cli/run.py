@@ -113,8 +113,8 @@ def setup_logging(cfg: Config | None, verbose: int = 0) -> Path | None:
 
 def run(cfg: Config) -> int:
     """Run one analysis level with a validated configuration."""
-    from vaefusion.outputs import init_output_dir
-    from vaefusion.validation import validate_input
+    from vaefusion.derivatives.dataset import init_output_dir
+    from vaefusion.inputs.validation import validate_input
 
     check_paths(cfg)
     init_output_dir(cfg)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console script ``vaefusion``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--boutiques" in argv:
-        from vaefusion.boutiques import descriptor_text
+        from vaefusion.cli.boutiques import descriptor_text
 
         print(descriptor_text())
         return EXIT_OK

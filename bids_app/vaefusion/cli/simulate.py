@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from vaefusion import __version__, reference
+from vaefusion import __version__
 from vaefusion.errors import EXIT_CANT_CREATE, EXIT_OK, EXIT_USAGE, VaefusionError
+from vaefusion.inputs import reference
 from vaefusion.simulate import (
     DEFAULT_GM_EFFECTS,
     DEFAULT_ICN_EFFECTS,

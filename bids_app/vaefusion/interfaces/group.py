@@ -44,7 +44,8 @@ class VAEFold(SimpleInterface):
     output_spec = _ResultOutputSpec
 
     def _run_interface(self, runtime):
-        from vaefusion.crossval import Manifest, run_vae_fold
+        from vaefusion.evaluation.crossval import run_vae_fold
+        from vaefusion.evaluation.manifest import Manifest
 
         out = Path(runtime.cwd)
         row = run_vae_fold(_config(self.inputs.config_json), Manifest.read(self.inputs.manifest),
@@ -68,7 +69,8 @@ class PCABaseline(SimpleInterface):
     output_spec = _ResultOutputSpec
 
     def _run_interface(self, runtime):
-        from vaefusion.crossval import Manifest, run_pca_baseline
+        from vaefusion.evaluation.crossval import run_pca_baseline
+        from vaefusion.evaluation.manifest import Manifest
 
         rows = run_pca_baseline(_config(self.inputs.config_json),
                                 Manifest.read(self.inputs.manifest), self.inputs.method,

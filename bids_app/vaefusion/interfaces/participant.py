@@ -40,7 +40,7 @@ class BIDSSource(SimpleInterface):
     output_spec = _BIDSSourceOutputSpec
 
     def _run_interface(self, runtime):
-        from vaefusion.discovery import SubjectInputs
+        from vaefusion.inputs.discovery import SubjectInputs
 
         item = SubjectInputs.from_json(self.inputs.subject_json)
         self._results.update(icn=item.icn, gmv=item.gmv, subject=item.subject,
@@ -69,7 +69,7 @@ class PreprocessSubject(SimpleInterface):
     output_spec = _PreprocessOutputSpec
 
     def _run_interface(self, runtime):
-        from vaefusion.preprocess import preprocess_subject
+        from vaefusion.inputs.preprocess import preprocess_subject
 
         try:
             npy, _ = preprocess_subject(
@@ -106,8 +106,9 @@ class DerivativesSink(SimpleInterface):
     def _run_interface(self, runtime):
         import numpy as np
 
-        from vaefusion.cache import load_stack, read_meta
-        from vaefusion.outputs import subject_dir, write_subject_stack
+        from vaefusion.derivatives.naming import subject_dir
+        from vaefusion.derivatives.subject import write_subject_stack
+        from vaefusion.inputs.cache import load_stack, read_meta
 
         self._results["error"] = self.inputs.error
         cache = self.inputs.cache_file

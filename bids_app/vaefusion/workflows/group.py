@@ -15,7 +15,7 @@ from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
 from vaefusion.config import Config
-from vaefusion.crossval import build_manifest
+from vaefusion.evaluation.manifest import build_manifest
 from vaefusion.interfaces.group import GatherResults, PCABaseline, VAEFold
 
 LOG = logging.getLogger("vaefusion.group")
@@ -89,7 +89,7 @@ def run_group_level(cfg: Config) -> dict | None:
         embed_with_model(cfg, files, group=True)
         return None
     manifest = build_manifest(files, cfg)
-    from vaefusion.folds import make_folds
+    from vaefusion.evaluation.folds import make_folds
 
     for seed in cfg.seeds:  # refuse an impossible K before any training starts
         make_folds(manifest.y(), cfg.folds, seed, cfg.val_fraction)
@@ -102,7 +102,7 @@ def run_group_level(cfg: Config) -> dict | None:
              " ".join(cfg.methods))
     configure_nipype(cfg)
     graph = run_workflow(init_group_wf(cfg, manifest_path), cfg)
-    from vaefusion.results import write_group_outputs
+    from vaefusion.derivatives.group import write_group_outputs
 
     summary = write_group_outputs(cfg, manifest, gathered_results(graph))
     for method, info in summary["methods"].items():
@@ -120,12 +120,13 @@ def embed_with_model(cfg: Config, files: list[Path], group: bool = False) -> Non
     Writes each subject's latents TSV, and at the group level a latents table and a
     ``summary.json`` that records the model used.
     """
-    from vaefusion.cache import read_meta
-    from vaefusion.crossval import embed_groups
+    from vaefusion.derivatives.io import tsv_text
+    from vaefusion.derivatives.subject import write_latents_tsv
     from vaefusion.errors import DataError
-    from vaefusion.model import load_model
-    from vaefusion.outputs import tsv_text, write_latents_tsv
-    from vaefusion.training import select_device
+    from vaefusion.inputs.cache import read_meta
+    from vaefusion.model.checkpoint import load_model
+    from vaefusion.training.device import select_device
+    from vaefusion.training.inference import embed_groups
 
     assert cfg.model is not None and cfg.output_dir is not None
     device = select_device(cfg.device)
@@ -149,7 +150,7 @@ def embed_with_model(cfg: Config, files: list[Path], group: bool = False) -> Non
             rows.append({"participant_id": f"sub-{m.subject}", "modality": name,
                          **{f"z{j:03d}": float(v) for j, v in enumerate(z)}})
     if group:
-        from vaefusion.cache import atomic_write_text
+        from vaefusion.derivatives.io import atomic_write_text
 
         out = Path(cfg.output_dir) / "group"
         cols = ["participant_id", "modality", *[f"z{j:03d}" for j in range(model.latent_dim)]]

@@ -8,7 +8,7 @@ from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
 from vaefusion.config import Config
-from vaefusion.discovery import SubjectInputs
+from vaefusion.inputs.discovery import SubjectInputs
 from vaefusion.interfaces.participant import BIDSSource, DerivativesSink, PreprocessSubject
 
 
@@ -62,9 +62,9 @@ def run_participant_level(cfg: Config, embed: bool = True) -> list[Path]:
     """
     import logging
 
-    from vaefusion.cache import subject_key
-    from vaefusion.discovery import discover
+    from vaefusion.derivatives.naming import subject_key
     from vaefusion.errors import DataError
+    from vaefusion.inputs.discovery import discover
     from vaefusion.workflows.base import configure_nipype, run_workflow
 
     log = logging.getLogger("vaefusion.participant")

@@ -1,4 +1,4 @@
-"""Training the shared VAE: seeding, device choice, the resumable training loop, embedding.
+"""The resumable training loop of the shared VAE.
 
 ``train_vae`` trains one model (one latent dim, one seed, one fold's training subjects) with
 Adam on batches of whole subjects, evaluates the validation subjects every epoch, keeps the best
@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import shutil
 import sys
 import time
@@ -29,69 +28,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from vaefusion import __version__
-from vaefusion.cache import read_meta
 from vaefusion.config import Config
-from vaefusion.errors import DataError, UsageError, VaefusionError
-from vaefusion.loader import SubjectBatches, SubjectDataset, memory_budget_bytes
-from vaefusion.model import VAE, activation_count, load_model, loss_terms, save_model
+from vaefusion.errors import DataError, VaefusionError
+from vaefusion.inputs.cache import read_meta
+from vaefusion.model.checkpoint import load_model, save_model
+from vaefusion.model.flops import activation_count
+from vaefusion.model.likelihood import loss_terms
+from vaefusion.model.network import VAE
+from vaefusion.training.data import SubjectBatches, memory_budget_bytes
+from vaefusion.training.device import configure_threads, select_device, set_seed
 
 LOGGER = logging.getLogger("vaefusion.training")
+
+
 CHECKPOINT = "checkpoint.pt"
-#: Inference keeps no activations for a backward pass: passes may be this many times larger.
-INFER_CHUNK_FACTOR = 4
+
+
 #: Layer-output elements per forward/backward chunk on CPU (~one full-grid volume). Measured on
 #: 2 cores at 53x63x52: CPU time per volume is flat from 1 to 4 volumes per pass while page
 #: faults (kernel time) and memory grow with the chunk, so one 54-volume subject is processed
 #: as 54 chunks, ~100 MB each instead of ~6 GB at once; tiny grids get the whole batch at once.
 CPU_CHUNK_ACTIVATIONS = 16_000_000
+
+
 #: Fraction of free GPU memory one chunk may use (bytes estimated as 4 x activations x 4 B).
 GPU_CHUNK_FRACTION = 0.5
-
-
-# --------------------------------------------------------------------------- setup
-def set_seed(seed: int, device: torch.device | str | None = None) -> None:
-    """Seed python, numpy and torch (CPU and CUDA).
-
-    For CPU work (``device`` None or cpu) torch is also switched to deterministic algorithms,
-    which makes CPU runs bit-reproducible. For CUDA training speed wins instead: cuDNN picks
-    its fastest kernels (``cudnn.benchmark``), some of them non-deterministic (3D transposed
-    convolutions' backward), so GPU runs with one seed agree to a tolerance, not bit for bit.
-    Data order and augmentation are seeded separately (:mod:`vaefusion.loader`).
-    """
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-    if device is None or torch.device(device).type == "cpu":
-        torch.use_deterministic_algorithms(True)
-    else:
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.benchmark = True
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is a usage error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but torch sees no CUDA GPU; "
-                         "use --device cpu or auto.")
-    if name not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name} is unknown; use auto, cpu or cuda.")
-    return torch.device(name)
-
-
-def configure_threads(n: int) -> None:
-    """Intra-op threads for torch on CPU (``--omp-nthreads``); 1 keeps torch's default, since
-    one training process should use every core and 1 is the per-process default of nipype."""
-    if n > 1:
-        torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------- results
@@ -364,50 +329,3 @@ def clear_checkpoint(out_dir: Path) -> None:
     """Remove the resumable checkpoint of a finished run (the best model stays)."""
     shutil.rmtree(Path(out_dir) / "last", ignore_errors=True)
 
-
-# --------------------------------------------------------------------------- inference
-@torch.inference_mode()
-def embed(model: VAE, paths: Sequence[Path], device: torch.device | str | None = None,
-          downsample: int = 1, batch_volumes: int | None = None) -> np.ndarray:
-    """Posterior means mu, ``(n_subjects, n_modalities, latent_dim)`` float32.
-
-    Eval mode, no sampling, no gradient; volumes go through the network in batches of
-    ``batch_volumes`` (default: memory-bounded, see :func:`chunk_volumes`; results do not
-    depend on it beyond float rounding). ``downsample`` must be the model's (``meta``).
-    """
-    model.eval()
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device)
-    if batch_volumes is None:
-        batch_volumes = INFER_CHUNK_FACTOR * chunk_volumes(model.grid, model.width,
-                                                           model.latent_dim, device)
-    ds = SubjectDataset(list(paths), downsample)
-    if tuple(ds.grid) != tuple(model.grid):
-        raise DataError(f"cached subjects at grid {ds.grid} (downsample {downsample}) do not "
-                        f"match the model's grid {model.grid}.")
-    counts = {len(m) for m in ds.modalities}
-    if len(counts) != 1:
-        raise DataError("subjects have different numbers of modalities; embed them separately.")
-    out = np.empty((len(ds), counts.pop(), model.latent_dim), dtype=np.float32)
-    for i in range(len(ds)):
-        x = ds.load(i)
-        mus = [model.encode(x[j:j + batch_volumes].to(device))[0].float().cpu()
-               for j in range(0, x.shape[0], batch_volumes)]
-        out[i] = torch.cat(mus).numpy()
-    return out
-
-
-@torch.inference_mode()
-def decode_latents(model: VAE, z: np.ndarray | torch.Tensor,
-                   batch_volumes: int | None = None) -> np.ndarray:
-    """Decode latent points ``(n, latent_dim)`` to volumes ``(n, X, Y, Z)`` float32 at the
-    model's grid (see :func:`vaefusion.model.resize_volumes` to go back to the full grid)."""
-    model.eval()
-    device = next(model.parameters()).device
-    if batch_volumes is None:
-        batch_volumes = INFER_CHUNK_FACTOR * chunk_volumes(model.grid, model.width,
-                                                           model.latent_dim, device)
-    z = torch.as_tensor(np.asarray(z, dtype=np.float32)).reshape(-1, model.latent_dim)
-    vols = [model.decode(z[j:j + batch_volumes].to(device)).float().cpu()
-            for j in range(0, z.shape[0], batch_volumes)]
-    return torch.cat(vols)[:, 0].numpy()

@@ -35,11 +35,21 @@ from vaefusion.errors import DataError, MissingInputError, NoDataError, UsageErr
 
 LOG = logging.getLogger("vaefusion.discovery")
 
+
 NIFTI_EXT = [".nii", ".nii.gz"]
+
+
 GIFT_RE = re.compile(r"_sub(?P<index>\d+)_component_ica_s(?P<session>\d+)_?\.nii(\.gz)?$")
+
+
 SPM_GM_RE = re.compile(r"^(smwc1|mwc1|smwp1|mwp1)[^/]*\.nii(\.gz)?$")
+
+
 SUB_RE = re.compile(r"sub-(?P<subject>[A-Za-z0-9]+)")
+
+
 SES_RE = re.compile(r"ses-(?P<session>[A-Za-z0-9]+)")
+
 
 #: Default pybids queries for the two inputs; ``--bids-filter-file`` entries update them.
 DEFAULT_QUERIES: dict[str, dict[str, Any]] = {
@@ -408,3 +418,4 @@ def log_inventory(subjects: list[SubjectInputs]) -> None:
     for s in subjects:
         LOG.info("  %-20s ICN=%-3s GMV=%-3s label=%s", s.key, "yes" if s.icn else "no",
                  "yes" if s.gmv else "no", s.label or "n/a")
+

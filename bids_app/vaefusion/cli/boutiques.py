@@ -29,3 +29,4 @@ def descriptor_text() -> str:
 def descriptor() -> dict[str, Any]:
     """The descriptor as a dict."""
     return json.loads(descriptor_text())
+

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from .errors import DataError, UsageError
+from vaefusion.errors import DataError, UsageError
 
 #: Fewest subjects in a validation set and in the training set that remains beside it.
 MIN_VAL_SUBJECTS = 2
+
+
 MIN_TRAIN_SUBJECTS = 2
 
 
@@ -126,3 +128,4 @@ def make_folds(labels: np.ndarray, k: int, seed: int, val_fraction: float = 0.1)
         train = np.setdiff1d(pool, val).astype(int)
         folds.append(Fold(index=i, train=train, val=val, test=np.sort(test).astype(int)))
     return folds
+

@@ -8,122 +8,25 @@ runs the units as parallel branches and joins their results; nothing here knows 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vaefusion.cache import atomic_save_npy, atomic_write_text, read_meta
 from vaefusion.config import Config
-from vaefusion.errors import DataError
+from vaefusion.derivatives.io import atomic_save_npy
+from vaefusion.evaluation.manifest import Manifest, unit_name
+from vaefusion.training.inference import embed_groups
 
 LOG = logging.getLogger("vaefusion.crossval")
 
 
-@dataclass
-class Manifest:
-    """The subjects of a group run.
-
-    ``files`` are cache ``.npy`` paths of every subject; ``labels`` are 1 (patient), 0
-    (control) or -1 (not classified: another label, no label, or missing modalities);
-    ``modalities`` are those of the classified subjects.
-    """
-
-    files: list[str]
-    keys: list[str]
-    labels: list[int]
-    modalities: list[str]
-
-    @property
-    def classified(self) -> np.ndarray:
-        """Indices (into ``files``) of the subjects that take part in classification."""
-        return np.flatnonzero(np.asarray(self.labels) >= 0)
-
-    def y(self) -> np.ndarray:
-        return np.asarray(self.labels)[self.classified]
-
-    def write(self, path: Path) -> bool:
-        """Write unless an identical manifest is there (its timestamp keys nipype's cache)."""
-        text = json.dumps(asdict(self), indent=1)
-        if path.exists() and path.read_text() == text:
-            return False
-        atomic_write_text(path, text)
-        return True
-
-    @classmethod
-    def read(cls, path: Path | str) -> Manifest:
-        return cls(**json.loads(Path(path).read_text()))
-
-
-def build_manifest(files: list[Path], cfg: Config) -> Manifest:
-    """Labels from the cache sidecars; the full modality set is the most common one."""
-    metas = [read_meta(f) for f in files]
-    sets = [tuple(m.modalities) for m in metas]
-    full = max(set(sets), key=lambda s: (len(s), sets.count(s)))
-    labels = []
-    seen: set[str] = set()
-    for meta, mods in zip(metas, sets, strict=True):
-        if meta.subject in seen:
-            # folds are over participants: a second session in another fold would leak
-            labels.append(-1)
-            LOG.warning("%s is another session of sub-%s: embedded, not classified (pick the "
-                        "session to classify with --session-label)", meta.key, meta.subject)
-            continue
-        if mods != full:
-            labels.append(-1)
-            LOG.warning("%s has %d of %d modalities: embedded, not classified", meta.key,
-                        len(mods), len(full))
-        elif meta.label == cfg.positive_label:
-            labels.append(1)
-            seen.add(meta.subject)
-        elif meta.label == cfg.negative_label:
-            labels.append(0)
-            seen.add(meta.subject)
-        else:
-            labels.append(-1)
-            LOG.info("%s has label %r (not %s/%s): embedded, not classified", meta.key,
-                     meta.label, cfg.positive_label, cfg.negative_label)
-    n_pos, n_neg = labels.count(1), labels.count(0)
-    if n_pos < 2 or n_neg < 2:
-        raise DataError(
-            f"Only {n_pos} {cfg.positive_label} and {n_neg} {cfg.negative_label} subjects have "
-            f"all modalities; classification needs at least 2 of each (check --label-column, "
-            f"--positive-label and --negative-label against participants.tsv)."
-        )
-    return Manifest(files=[str(f) for f in files], keys=[m.key for m in metas], labels=labels,
-                    modalities=list(full))
-
-
-def unit_name(method: str, latent_dim: int, seed: int, fold: int | None = None) -> str:
-    """A stable name for a unit's folders: ``vae_L128_seed0_fold3``."""
-    name = f"{method}_L{latent_dim}_seed{seed}"
-    return name if fold is None else f"{name}_fold{fold}"
-
-
 def _fold(manifest: Manifest, cfg: Config, seed: int, fold: int):
-    from vaefusion.folds import make_folds
+    from vaefusion.evaluation.folds import make_folds
 
     return make_folds(manifest.y(), cfg.folds, seed, cfg.val_fraction)[fold]
-
-
-def embed_groups(model, files: list[str], device, downsample: int) -> dict[int, np.ndarray]:
-    """Posterior means of every subject, embedding subjects with equal modality counts together.
-
-    Returns ``{subject index: (n_modalities, latent_dim)}``.
-    """
-    from vaefusion.training import embed
-
-    by_count: dict[int, list[int]] = {}
-    for i, f in enumerate(files):
-        by_count.setdefault(len(read_meta(Path(f)).modalities), []).append(i)
-    out: dict[int, np.ndarray] = {}
-    for idx in by_count.values():
-        mu = embed(model, [Path(files[i]) for i in idx], device, downsample)
-        out.update(zip(idx, mu, strict=True))
-    return out
 
 
 def run_vae_fold(cfg: Config, manifest: Manifest, latent_dim: int, seed: int, fold: int,
@@ -134,9 +37,9 @@ def run_vae_fold(cfg: Config, manifest: Manifest, latent_dim: int, seed: int, fo
     The model and the latents are saved under ``out_dir``; training checkpoints live in
     ``train_root`` so that a killed run resumes whatever the workflow engine does.
     """
-    from vaefusion.classify import choose_backend, evaluate_fold, modality_importance
-    from vaefusion.model import save_model
-    from vaefusion.training import clear_checkpoint, train_vae
+    from vaefusion.evaluation.classifier import choose_backend, evaluate_fold, modality_importance
+    from vaefusion.model.checkpoint import save_model
+    from vaefusion.training.trainer import clear_checkpoint, train_vae
 
     cls = manifest.classified
     f = _fold(manifest, cfg, seed, fold)
@@ -201,16 +104,16 @@ def run_pca_baseline(cfg: Config, manifest: Manifest, method: str, latent_dim: i
     Not-available (more components than training samples) gives one dict per fold with
     ``available: False`` and ``roc_auc: NaN``: the paper's "X".
     """
-    from vaefusion.baselines import (
+    from vaefusion.evaluation.baselines import (
         NotAvailable,
         brain_mask,
         cache_loader,
         evaluate_pca_baselines,
         modality_grams,
     )
-    from vaefusion.cache import load_stack
-    from vaefusion.classify import choose_backend
-    from vaefusion.folds import make_folds
+    from vaefusion.evaluation.classifier import choose_backend
+    from vaefusion.evaluation.folds import make_folds
+    from vaefusion.inputs.cache import load_stack
 
     cls = manifest.classified
     files = [Path(manifest.files[i]) for i in cls]
@@ -246,3 +149,4 @@ def run_pca_baseline(cfg: Config, manifest: Manifest, method: str, latent_dim: i
     if isinstance(result, NotAvailable):
         LOG.info("%s with %d components: not available (%s)", method, latent_dim, result)
     return rows
+

@@ -16,11 +16,19 @@ import numpy as np
 
 #: The 3 mm MNI grid of NeuroMark / GIFT (SPM's 3 mm template): 53 x 63 x 52 voxels.
 GRID_SHAPE: tuple[int, int, int] = (53, 63, 52)
+
+
 GRID_AFFINE: np.ndarray = np.array(
     [[-3.0, 0.0, 0.0, 78.0], [0.0, 3.0, 0.0, -112.0], [0.0, 0.0, 3.0, -70.0], [0, 0, 0, 1.0]]
 )
+
+
 N_ICN = 53
+
+
 GMV_MODALITY = "GMV"
+
+
 #: Domain colour/order used in figures.
 DOMAINS: tuple[str, ...] = ("SC", "AU", "SM", "VI", "CC", "DM", "CB")
 
@@ -97,3 +105,4 @@ def citation() -> str:
         "- Kingma D.P., Welling M. (2014) Auto-Encoding Variational Bayes. ICLR.\n"
         "- Gorgolewski K.J. et al. (2017) BIDS apps. PLoS Comput Biol 13(3):e1005209.\n"
     )
+

@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vaefusion.cache import atomic_write_text
+from vaefusion.derivatives.io import atomic_write_text
 from vaefusion.errors import EXIT_BIDS_INVALID, VaefusionError
 
 LOG = logging.getLogger("vaefusion.validation")
+
+
 VALIDATOR = "bids-validator-deno"
 
 
@@ -72,3 +74,4 @@ def validate_input(bids_dir: Path, log_dir: Path) -> None:
             EXIT_BIDS_INVALID,
         )
     LOG.info("BIDS validation passed (%s)", VALIDATOR)
+

@@ -45,32 +45,58 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from vaefusion import __version__, reference
+from vaefusion import __version__
 from vaefusion.errors import OutputError, UsageError, VaefusionError
+from vaefusion.inputs import reference
 
 SPACE = "MNI152NLin6Asym"
+
+
 BIDS_VERSION = "1.10.0"
+
+
 CODE_URL = "https://github.com/vaefusion/vaefusion"
+
+
 GIFT_PREFIX = "neuromark"
+
+
 NAMINGS = ("bids", "native", "both")
+
+
 GM_NATIVE_PREFIXES = ("smwc1", "mwc1", "mwp1", "smwp1")
+
+
 #: SPM12 Segment's default bounding box for normalised tissue maps (121x145x121 at 1.5 mm).
 GM_BBOX_MM = ((-90.0, -126.0, -72.0), (90.0, 90.0, 108.0))
+
+
 #: GM values below this are written as 0 (far tails of the smoothing kernel).
 GM_FLOOR = 1e-5
+
+
 #: Voxel size of the placeholder raw T1w (only there so the raw dataset is valid).
 T1W_RES_MM = 4.0
+
+
 #: Centre of rotation/scaling for the whole-brain GM jitter (roughly the brain's centre).
 BRAIN_CENTER_MM = (0.0, -18.0, 10.0)
+
+
 GROUND_TRUTH = Path("code") / "simulation.json"
+
+
 _NILEARN_DATA = ("datasets", "data")
+
+
 _GM_FILE = "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"
+
+
 _T1_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+
+
 # Random streams: (seed, stream, ...) keeps every draw independent of the others.
 _STREAM_DEMOGRAPHICS, _STREAM_SITES, _STREAM_SUBJECT, _STREAM_SESSION = 0, 1, 2, 3
-
-
-# --------------------------------------------------------------------------- effects and config
 
 
 @dataclass(frozen=True)
@@ -101,6 +127,8 @@ DEFAULT_ICN_EFFECTS: tuple[IcnEffect, ...] = (
     IcnEffect(45, -0.5, 8.0),
     IcnEffect(27, -0.5, 8.0),
 )
+
+
 DEFAULT_GM_EFFECTS: tuple[GmEffect, ...] = (
     GmEffect((-38.0, 12.0, 0.0), 12.0, -0.25),
     GmEffect((-54.0, -20.0, 6.0), 12.0, -0.25),
@@ -189,9 +217,6 @@ def _check_effect(strength: float, radius: float, what: str) -> None:
     if not strength > -1.0:
         raise UsageError(f"{what}: strength x effect size is {strength:g}; a decrease must stay "
                          "above -1 (-1 would remove the signal entirely).")
-
-
-# --------------------------------------------------------------------------------------- grids
 
 
 @dataclass(frozen=True, eq=False)
@@ -363,9 +388,6 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], fwhm_vox: flo
     return noise
 
 
-# --------------------------------------------------------------------------- template sources
-
-
 @lru_cache(maxsize=4)
 def icn_templates(res_mm: float, n_components: int = reference.N_ICN
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -435,9 +457,6 @@ def _t1w_image() -> nib.Nifti1Image:
     return out
 
 
-# ------------------------------------------------------------------------------ participants
-
-
 def draw_participants(rng: np.random.Generator, n_subjects: int, patient_fraction: float,
                       n_sites: int) -> list[dict[str, Any]]:
     """Participants with diagnosis (exactly round(n * fraction) SZ), age, sex and site."""
@@ -466,9 +485,6 @@ def draw_sites(rng: np.random.Generator, n_sites: int) -> dict[str, dict[str, fl
         }
         for s in range(n_sites)
     }
-
-
-# ------------------------------------------------------------------------------ per subject
 
 
 @dataclass
@@ -553,9 +569,6 @@ def simulate_gm_map(rng: np.random.Generator, template: np.ndarray, grid: Grid,
 def effect_field(blob: np.ndarray, strength: float) -> np.ndarray:
     """Multiplicative field ``max(0, 1 + strength * blob)``."""
     return np.clip(1.0 + np.float32(strength) * blob, 0.0, None).astype(np.float32)
-
-
-# ------------------------------------------------------------------------------------ writing
 
 
 def _save(data: np.ndarray, affine: np.ndarray, path: Path, description: str) -> None:
@@ -882,3 +895,4 @@ __all__ = [
     "icn_grid", "icn_templates", "res_label", "simulate_dataset", "simulate_gm_map",
     "simulate_icn_maps", "validate_config",
 ]
+

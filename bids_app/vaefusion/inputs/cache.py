@@ -13,13 +13,14 @@ read in a single disk access (``np.load(..., mmap_mode="r")``).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vaefusion.derivatives.io import atomic_save_npy, atomic_write_text
+from vaefusion.derivatives.naming import subject_key
 
 
 @dataclass
@@ -38,36 +39,6 @@ class SubjectMeta:
     def key(self) -> str:
         """File stem: ``sub-01`` or ``sub-01_ses-1``."""
         return subject_key(self.subject, self.session)
-
-
-def subject_key(subject: str, session: str | None = None) -> str:
-    return f"sub-{subject}" + (f"_ses-{session}" if session else "")
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """Write an ``.npy`` so that readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text atomically (temp file in the same directory, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_subject(cache_dir: Path, stack: np.ndarray, meta: SubjectMeta) -> Path:
@@ -92,7 +63,3 @@ def load_stack(npy_path: Path, mmap: bool = True) -> np.ndarray:
     """The subject's (n_modalities, X, Y, Z) float16 stack, memory-mapped by default."""
     return np.load(npy_path, mmap_mode="r" if mmap else None)
 
-
-def list_cached(cache_dir: Path) -> list[Path]:
-    """Complete cache entries (a .npy with its sidecar), sorted by key."""
-    return sorted(p for p in Path(cache_dir).glob("sub-*.npy") if p.with_suffix(".json").exists())

@@ -10,62 +10,21 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vaefusion import __version__
-from vaefusion.cache import atomic_write_text
 from vaefusion.config import Config
-from vaefusion.crossval import Manifest, unit_name
-from vaefusion.outputs import tsv_text, write_latents_tsv
-from vaefusion.reference import modality_domain
+from vaefusion.derivatives.io import atomic_write_text, tsv_text
+from vaefusion.derivatives.subject import write_latents_tsv
+from vaefusion.evaluation.manifest import Manifest, unit_name
+from vaefusion.evaluation.summary import auc_table, importance_summary
+from vaefusion.inputs.reference import modality_domain
 
 METRIC_COLUMNS = ["method", "latent_dim", "seed", "fold", "roc_auc", "n_train", "n_test",
                   "available", "backend"]
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    arr = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
-    if arr.size == 0:
-        return float("nan"), float("nan")
-    return float(arr.mean()), float(arr.std())
-
-
-def auc_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per method and latent dim: mean/std of the fold AUCs, and mean/std over seeds of each
-    seed's mean AUC (the seed-robustness figure); not-available cells stay NaN."""
-    by: dict[tuple[str, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    avail: dict[tuple[str, int], bool] = {}
-    for r in results:
-        key = (r["method"], r["latent_dim"])
-        by[key][r["seed"]].append(r["roc_auc"])
-        avail[key] = avail.get(key, True) and bool(r["available"])
-    rows = []
-    for (method, dim), seeds in sorted(by.items()):
-        all_folds = [v for vals in seeds.values() for v in vals]
-        mean, std = _mean_std(all_folds)
-        seed_means = [_mean_std(v)[0] for v in seeds.values()]
-        s_mean, s_std = _mean_std(seed_means)
-        rows.append({"method": method, "latent_dim": dim, "roc_auc_mean": mean,
-                     "roc_auc_std": std, "seed_mean": s_mean, "seed_std": s_std,
-                     "n_seeds": len(seeds), "n_folds": len(all_folds),
-                     "available": avail[(method, dim)]})
-    return rows
-
-
-def importance_summary(results: list[dict[str, Any]], modalities: list[str],
-                       latent_dim: int) -> list[dict[str, Any]]:
-    """VAE modality importance at ``latent_dim``: mean and std over folds (and seeds)."""
-    from vaefusion.classify import summarize_importance
-
-    per_fold = [r["importance"] for r in results
-                if r["method"] == "vae" and r["latent_dim"] == latent_dim]
-    if not per_fold:
-        return []
-    return summarize_importance(np.asarray(per_fold), modalities)
 
 
 def write_group_outputs(cfg: Config, manifest: Manifest, results: list[dict[str, Any]]) -> dict:
@@ -148,7 +107,7 @@ def _write_models_and_latents(cfg: Config, manifest: Manifest, vae: list[dict[st
         shutil.rmtree(dst, ignore_errors=True)
         tmp.rename(dst)
 
-    from vaefusion.cache import read_meta
+    from vaefusion.inputs.cache import read_meta
 
     metas = {manifest.keys[i]: read_meta(Path(f)) for i, f in enumerate(manifest.files)}
     settings = sorted({(r["latent_dim"], r["seed"]) for r in vae})
@@ -183,3 +142,4 @@ def _write_history(vae: list[dict[str, Any]], group: Path) -> None:
             for r in vae for h in r.get("history", [])]
     if rows:
         atomic_write_text(group / "training_history.tsv", tsv_text(rows, list(rows[0])))
+

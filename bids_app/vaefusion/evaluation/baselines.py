@@ -41,14 +41,17 @@ import numpy as np
 from scipy import linalg
 from threadpoolctl import threadpool_limits
 
-from .cache import load_stack
-from .classify import FoldMetrics, evaluate_fold
-from .errors import DataError
-from .folds import Fold, check_labels
+from vaefusion.errors import DataError
+from vaefusion.evaluation.classifier import FoldMetrics, evaluate_fold
+from vaefusion.evaluation.folds import Fold, check_labels
+from vaefusion.inputs.cache import load_stack
 
 PCA_METHODS: tuple[str, ...] = ("pca-early", "pca-late", "pca-shared")
+
+
 #: One subject's volumes as an (n_modalities, n_voxels) array, by index or as a list.
 SubjectArrays = Sequence[np.ndarray] | Callable[[int], np.ndarray]
+
 
 #: Components whose singular value is below this fraction of the largest carry no variance
 #: (e.g. the n-th component of n centred samples); their scores are set to 0 instead of an
@@ -325,3 +328,4 @@ def evaluate_pca_baselines(method: str, subject_arrays: SubjectArrays, labels: n
                                 seed=seed)
         metrics.append(evaluate_fold(features, y, fold, backend))
     return metrics
+

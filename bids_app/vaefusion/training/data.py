@@ -29,12 +29,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vaefusion.cache import load_stack, read_meta
 from vaefusion.errors import DataError, MissingInputError
-from vaefusion.model import Grid, downsample_volumes, downsampled_grid
+from vaefusion.inputs.cache import load_stack, read_meta
+from vaefusion.model.network import downsample_volumes, downsampled_grid
+from vaefusion.simulate import Grid
 
 #: Fraction of available host RAM a resident training set may take.
 RAM_FRACTION = 0.5
+
+
 #: Fraction of free GPU memory a resident training set may take (activations need the rest).
 GPU_FRACTION = 0.4
 
@@ -282,3 +285,4 @@ class SubjectBatches:
         )
         for batch in loader:
             yield batch.to(self.device, non_blocking=True)
+

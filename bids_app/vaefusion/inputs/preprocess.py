@@ -12,9 +12,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from vaefusion.cache import SubjectMeta, write_subject
 from vaefusion.errors import DataError
-from vaefusion.reference import GMV_MODALITY
+from vaefusion.inputs.cache import SubjectMeta, write_subject
+from vaefusion.inputs.reference import GMV_MODALITY
 
 LOG = logging.getLogger("vaefusion.preprocess")
 
@@ -125,3 +125,4 @@ def preprocess_subject(
     LOG.info("%s: preprocessed %d volumes onto %s", meta.key, len(names),
              "x".join(map(str, meta.shape)))
     return npy, meta
+

@@ -32,13 +32,18 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from .folds import Fold, check_labels
-from .reference import modality_domain
+from vaefusion.evaluation.folds import Fold
+from vaefusion.inputs.reference import modality_domain
 
 LOG = logging.getLogger("vaefusion.evaluation")
 
+
 BACKENDS: tuple[str, ...] = ("sklearn", "cuml")
+
+
 SVM_C = 1.0
+
+
 SVM_CLASS_WEIGHT = "balanced"
 
 
@@ -195,28 +200,6 @@ def evaluate_fold(
     )
 
 
-def evaluate_features(
-    features: np.ndarray, labels: np.ndarray, folds: Sequence[Fold], backend: str
-) -> list[FoldMetrics]:
-    """Per-fold SVM metrics for fixed subject features (n_subjects, n_features).
-
-    The common path for the VAE (``mu`` of each modality concatenated modality-major) and for
-    features computed once for all folds. Fold-dependent features (the PCA baselines) call
-    :func:`evaluate_fold` per fold instead.
-    """
-    x = np.asarray(features, dtype=np.float64)
-    y = check_labels(labels)
-    if x.ndim != 2 or x.shape[0] != y.size:
-        raise ValueError(f"features {x.shape} do not match {y.size} subjects")
-    return [evaluate_fold(x, y, fold, backend) for fold in folds]
-
-
-def auc_summary(metrics: Sequence[FoldMetrics]) -> tuple[float, float]:
-    """Mean and standard deviation (ddof=0, over folds) of the per-fold ROC-AUC."""
-    aucs = np.array([m.roc_auc for m in metrics], dtype=np.float64)
-    return float(np.nanmean(aucs)), float(np.nanstd(aucs))
-
-
 # --------------------------------------------------------------------------------- importance
 def modality_importance(weights: np.ndarray, n_modalities: int, latent_dim: int) -> np.ndarray:
     """|SVM weight| summed over each modality's ``latent_dim`` features, normalized to sum 1.
@@ -256,3 +239,4 @@ def summarize_importance(
         }
         for i in order
     ]
+

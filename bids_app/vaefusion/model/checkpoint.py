@@ -1,0 +1,100 @@
+"""Trained models on disk without pickle: ``model.safetensors`` (weights) + ``model.json``.
+
+``model.json`` holds everything needed to rebuild the network (grid, latent_dim, width) plus the
+caller's metadata; it is written last, so its presence marks a complete model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vaefusion import __version__
+from vaefusion.derivatives.io import atomic_write_text
+from vaefusion.errors import MissingInputError, VaefusionError
+from vaefusion.model.flops import count_parameters
+from vaefusion.model.network import VAE
+
+#: Version of the model.json layout, bumped when it changes incompatibly.
+MODEL_FORMAT: int = 1
+
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+META_FILE = "model.json"
+
+
+# --------------------------------------------------------------------------- save / load
+def _unwrap(model: nn.Module) -> nn.Module:
+    # torch.compile wraps the module; its state dict keys carry an "_orig_mod." prefix
+    return getattr(model, "_orig_mod", model)
+
+
+def save_model(model: nn.Module, directory: Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into ``directory``; returns ``directory``.
+
+    ``meta`` (JSON-serializable: downsample, modalities, training info ...) is stored next to
+    the architecture keys (grid, latent_dim, width), which always win over same-named keys in
+    ``meta``. No pickle is involved, so a model can be shared and loaded safely. The JSON is
+    written last, so its presence marks a complete model.
+    """
+    net = _unwrap(model)
+    if not isinstance(net, VAE):
+        raise TypeError(f"save_model expects a VAE, got {type(net).__name__}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    tmp = directory / (WEIGHTS_FILE + ".part")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.replace(directory / WEIGHTS_FILE)
+    info: dict[str, Any] = dict(meta or {})
+    info.setdefault("downsample", 1)
+    info.update(net.config())
+    info["format"] = MODEL_FORMAT
+    info.setdefault("version", __version__)
+    info["n_parameters"] = count_parameters(net)
+    atomic_write_text(directory / META_FILE, json.dumps(info, indent=2, sort_keys=True))
+    return directory
+
+
+def read_model_meta(directory: Path) -> dict[str, Any]:
+    """The ``model.json`` of a saved model (raises a user-facing error if it is missing)."""
+    path = Path(directory) / META_FILE
+    if not path.is_file() or not (Path(directory) / WEIGHTS_FILE).is_file():
+        raise MissingInputError(
+            f"{directory} is not a vaefusion model: it needs {META_FILE} and {WEIGHTS_FILE} "
+            f"(as written to group/models/ by a training run)."
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise VaefusionError(
+            f"{path} is not valid JSON ({exc}); re-train or re-copy the model."
+        ) from None
+
+
+def load_model(directory: Path, device: torch.device | str = "cpu"
+               ) -> tuple[VAE, dict[str, Any]]:
+    """Rebuild the VAE from ``model.json``, load ``model.safetensors``; eval mode on ``device``."""
+    meta = read_model_meta(directory)
+    if int(meta.get("format", MODEL_FORMAT)) > MODEL_FORMAT:
+        raise VaefusionError(
+            f"{directory}/{META_FILE} has format {meta['format']}, newer than this vaefusion "
+            f"({__version__}) reads; upgrade vaefusion."
+        )
+    model = VAE(meta["grid"], int(meta["latent_dim"]), float(meta["width"]))
+    state = load_file(str(Path(directory) / WEIGHTS_FILE), device="cpu")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise VaefusionError(
+            f"{directory}/{WEIGHTS_FILE} does not match its {META_FILE} ({exc})."
+        ) from None
+    return model.to(device).eval(), meta
+

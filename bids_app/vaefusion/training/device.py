@@ -1,0 +1,52 @@
+"""Where and how training runs: the torch device, seeding and CPU threads."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from vaefusion.errors import UsageError
+
+
+# --------------------------------------------------------------------------- setup
+def set_seed(seed: int, device: torch.device | str | None = None) -> None:
+    """Seed python, numpy and torch (CPU and CUDA).
+
+    For CPU work (``device`` None or cpu) torch is also switched to deterministic algorithms,
+    which makes CPU runs bit-reproducible. For CUDA training speed wins instead: cuDNN picks
+    its fastest kernels (``cudnn.benchmark``), some of them non-deterministic (3D transposed
+    convolutions' backward), so GPU runs with one seed agree to a tolerance, not bit for bit.
+    Data order and augmentation are seeded separately (:mod:`vaefusion.loader`).
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if device is None or torch.device(device).type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is a usage error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but torch sees no CUDA GPU; "
+                         "use --device cpu or auto.")
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name} is unknown; use auto, cpu or cuda.")
+    return torch.device(name)
+
+
+def configure_threads(n: int) -> None:
+    """Intra-op threads for torch on CPU (``--omp-nthreads``); 1 keeps torch's default, since
+    one training process should use every core and 1 is the per-process default of nipype."""
+    if n > 1:
+        torch.set_num_threads(n)
+
