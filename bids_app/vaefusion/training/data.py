@@ -31,8 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vaefusion.errors import DataError, MissingInputError
 from vaefusion.inputs.cache import load_stack, read_meta
-from vaefusion.model.network import downsample_volumes, downsampled_grid
-from vaefusion.simulate import Grid
+from vaefusion.model.network import Grid, downsample_volumes, downsampled_grid
 
 #: Fraction of available host RAM a resident training set may take.
 RAM_FRACTION = 0.5
