@@ -8,7 +8,7 @@ default architecture (53x63x52, width 1), for
 
 * ``naive``: a first-draft fp32 eager loop: one volume per optimizer step, each subject read
   from the cache (``np.load``) when its turn comes;
-* ``vaefusion``: the production loop (:func:`vaefusion.training._run_epoch` on
+* ``vaefusion``: the production loop (:func:`vaefusion.training.trainer._run_epoch` on
   :class:`vaefusion.loader.SubjectBatches`): one optimizer step (fused Adam) per whole subject,
   its volumes pushed through in memory-bounded chunks (all 54 at once on the tiny grid, one at
   a time at full size, where bigger passes only add page faults on CPU), data resident in

@@ -64,7 +64,7 @@ def tiny_config(**kw) -> Config:
     base = dict(epochs=3, patience=5, width=0.125, downsample=1, batch_subjects=2, lr=2e-3,
                 device="cpu")
     base.update(kw)
-    return Config(**base)
+    return Config(**base).resolve()
 
 
 # --------------------------------------------------------------------------- basics
@@ -127,9 +127,9 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def test_same_seed_gives_identical_latents(cache, tmp_path):
     cfg = tiny_config(epochs=2)
-    a = train_vae(cfg, 8, 7, cache[:4], cache[4:], tmp_path / "a")
-    b = train_vae(cfg, 8, 7, cache[:4], cache[4:], tmp_path / "b")
-    c = train_vae(cfg, 8, 8, cache[:4], cache[4:], tmp_path / "c")
+    a = train_vae(cfg, cfg.runtime(), 8, 7, cache[:4], cache[4:], tmp_path / "a")
+    b = train_vae(cfg, cfg.runtime(), 8, 7, cache[:4], cache[4:], tmp_path / "b")
+    c = train_vae(cfg, cfg.runtime(), 8, 8, cache[:4], cache[4:], tmp_path / "c")
     za, zb, zc = (embed(r.model, cache, "cpu", 1) for r in (a, b, c))
     assert np.array_equal(za, zb)
     assert not np.allclose(za, zc)
@@ -138,7 +138,7 @@ def test_same_seed_gives_identical_latents(cache, tmp_path):
 
 def test_interrupted_run_resumes_and_matches(cache, tmp_path):
     cfg = tiny_config(epochs=3)
-    full = train_vae(cfg, 8, 0, cache[:4], cache[4:], tmp_path / "full")
+    full = train_vae(cfg, cfg.runtime(), 8, 0, cache[:4], cache[4:], tmp_path / "full")
 
     class Killed(Exception):
         pass
@@ -148,16 +148,17 @@ def test_interrupted_run_resumes_and_matches(cache, tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        train_vae(cfg, 8, 0, cache[:4], cache[4:], tmp_path / "cut", on_epoch_end=kill_after_first)
+        train_vae(cfg, cfg.runtime(), 8, 0, cache[:4], cache[4:], tmp_path / "cut",
+                  on_epoch_end=kill_after_first)
     assert (tmp_path / "cut" / "last" / "checkpoint.pt").is_file()
-    resumed = train_vae(cfg, 8, 0, cache[:4], cache[4:], tmp_path / "cut")
+    resumed = train_vae(cfg, cfg.runtime(), 8, 0, cache[:4], cache[4:], tmp_path / "cut")
     assert resumed.resumed_from == 1
     assert resumed.epochs_run == 3 and len(resumed.history) == 3
     assert [h.val_loss for h in resumed.history] == [h.val_loss for h in full.history]
     sa, sb = _state(full.model), _state(resumed.model)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     # a finished run asked again does no more work and returns the same best model
-    again = train_vae(cfg, 8, 0, cache[:4], cache[4:], tmp_path / "cut")
+    again = train_vae(cfg, cfg.runtime(), 8, 0, cache[:4], cache[4:], tmp_path / "cut")
     assert again.resumed_from == 3 and again.best_epoch == full.best_epoch
 
 
@@ -173,7 +174,7 @@ def test_best_checkpoint_is_kept_and_early_stopping(cache, tmp_path, monkeypatch
 
     monkeypatch.setattr(trainer, "_run_epoch", fake)
     cfg = tiny_config(epochs=6, patience=2)
-    res = train_vae(cfg, 8, 0, cache[:4], cache[4:], tmp_path / "run")
+    res = train_vae(cfg, cfg.runtime(), 8, 0, cache[:4], cache[4:], tmp_path / "run")
     assert res.best_epoch == 2 and res.best_val_loss == 3.0
     assert res.stopped_early and res.epochs_run == 4  # epochs 3 and 4 did not improve
     info = json.loads((tmp_path / "run" / "best" / "model.json").read_text())
@@ -187,8 +188,8 @@ def test_best_checkpoint_is_kept_and_early_stopping(cache, tmp_path, monkeypatch
 
 
 def test_embed_shape_and_values(cache, tmp_path):
-    res = train_vae(tiny_config(epochs=1, downsample=2), 6, 0, cache[:4], cache[4:],
-                    tmp_path / "run")
+    cfg = tiny_config(epochs=1, downsample=2)
+    res = train_vae(cfg, cfg.runtime(), 6, 0, cache[:4], cache[4:], tmp_path / "run")
     assert res.model.grid == (8, 9, 8)
     z = embed(res.model, cache, "cpu", downsample=2, batch_volumes=2)
     assert z.shape == (6, 3, 6) and z.dtype == np.float32
@@ -220,13 +221,8 @@ def test_chunked_batches_give_the_full_batch_gradient(cache):
     assert trainer.chunk_volumes((14, 16, 13), 0.125, 128, torch.device("cpu")) > 54
 
 
-def test_memory_budget_is_shared_by_parallel_trainings(monkeypatch):
-    import torch
-
-    from vaefusion.training import data as loader
-
-    monkeypatch.setattr(loader, "available_ram_bytes", lambda: 8 * 2**30)
-    monkeypatch.delenv("VAEFUSION_CONCURRENCY", raising=False)
-    one = loader.memory_budget_bytes(torch.device("cpu"))
-    monkeypatch.setenv("VAEFUSION_CONCURRENCY", "4")
-    assert loader.memory_budget_bytes(torch.device("cpu")) == one // 4
+def test_memory_budget_is_shared_by_parallel_trainings():
+    one = Config(device="cpu", mem_gb=8.0).resolve().runtime()
+    four = Config(device="cpu", mem_gb=8.0, nprocs=4).resolve().runtime()
+    assert one.data_budget_bytes == 4 * 2**30  # half of --mem for resident data
+    assert four.data_budget_bytes == one.data_budget_bytes // 4

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,36 @@ ALL_METHODS: tuple[str, ...] = ("vae", "pca-early", "pca-late", "pca-shared")
 MISSING_POLICIES: tuple[str, ...] = ("skip", "keep", "error")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
+#: Fraction of the run's memory (``--mem`` or the available RAM) that resident training data
+#: may take, and of the free GPU memory on CUDA (activations need the rest); shared between the
+#: ``--nprocs`` trainings that may run at once.
+RAM_FRACTION = 0.5
+GPU_FRACTION = 0.4
+
 #: Fields that hold paths (serialized as strings, restored as Path).
 _PATH_FIELDS = {"bids_dir", "output_dir", "work_dir", "bids_filter_file", "use_plugin",
                 "config_file", "model"}
+
+
+#: Field metadata of the settings that change results (the "method"). Only these are hashed by
+#: the workflow engine, so changing anything else (threads, folders, plugin) reuses finished work.
+METHOD = {"method": True}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Resolved execution settings handed to every unit of work (never hashed by nipype)."""
+
+    device: str  # "cpu" or "cuda"
+    threads: int  # torch and BLAS threads per process
+    data_budget_bytes: int  # memory one training may use to keep its data resident
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Runtime:
+        return cls(**json.loads(text))
 
 
 @dataclass
@@ -45,9 +73,9 @@ class Config:
     missing_modality: str = "skip"
     n_components: int = 53
     # labels
-    label_column: str = "diagnosis"
-    positive_label: str = "SZ"
-    negative_label: str = "HC"
+    label_column: str = field(default="diagnosis", metadata=METHOD)
+    positive_label: str = field(default="SZ", metadata=METHOD)
+    negative_label: str = field(default="HC", metadata=METHOD)
     # execution
     work_dir: Path | None = None
     nprocs: int = 1
@@ -56,22 +84,22 @@ class Config:
     use_plugin: Path | None = None
     config_file: Path | None = None
     device: str = "auto"
-    bf16: bool = False
+    bf16: bool = field(default=False, metadata=METHOD)
     stop_on_first_crash: bool = False
     verbose: int = 0
     # method (defaults: the paper's)
     latent_dims: list[int] = field(default_factory=lambda: [128])
     seeds: list[int] = field(default_factory=lambda: [0])
-    folds: int = 10
-    val_fraction: float = 0.1
-    epochs: int = 100
-    patience: int = 10
-    batch_subjects: int = 1
-    lr: float = 1e-4
-    beta: float = 1.0
-    width: float = 1.0
-    downsample: int = 1
-    augment: bool = False
+    folds: int = field(default=10, metadata=METHOD)
+    val_fraction: float = field(default=0.1, metadata=METHOD)
+    epochs: int = field(default=100, metadata=METHOD)
+    patience: int = field(default=10, metadata=METHOD)
+    batch_subjects: int = field(default=1, metadata=METHOD)
+    lr: float = field(default=1e-4, metadata=METHOD)
+    beta: float = field(default=1.0, metadata=METHOD)
+    width: float = field(default=1.0, metadata=METHOD)
+    downsample: int = field(default=1, metadata=METHOD)
+    augment: bool = field(default=False, metadata=METHOD)
     model: Path | None = None
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
 
@@ -110,6 +138,52 @@ class Config:
             raise UsageError("--nprocs must be at least 1 and --omp-nthreads at least 0 (auto).")
         if self.positive_label == self.negative_label:
             raise UsageError("--positive-label and --negative-label must differ.")
+
+    # ----------------------------------------------------------------- resolution
+    def resolve(self) -> Config:
+        """A copy with every "auto" value made concrete, once, in the parent process.
+
+        ``device`` becomes cpu or cuda (cuda without a GPU is a usage error), ``omp_nthreads``
+        the CPUs available divided by ``nprocs``, and ``mem_gb`` the memory the run may use
+        (``--mem``, else the available RAM). Resolving a resolved config changes nothing.
+        """
+        import torch  # lazily: the CLI parses options without loading torch
+
+        cfg = dataclasses.replace(self)
+        has_cuda = torch.cuda.is_available()
+        if cfg.device == "auto":
+            cfg.device = "cuda" if has_cuda else "cpu"
+        elif cfg.device == "cuda" and not has_cuda:
+            raise UsageError("--device cuda was asked for but torch sees no CUDA GPU; "
+                             "use --device cpu or auto.")
+        if cfg.omp_nthreads == 0:
+            cfg.omp_nthreads = max(1, available_cpus() // cfg.nprocs)
+        if cfg.mem_gb is None:
+            cfg.mem_gb = round(available_ram_bytes() / 2**30, 2)
+        return cfg
+
+    @property
+    def resolved(self) -> bool:
+        return self.device != "auto" and self.omp_nthreads > 0 and self.mem_gb is not None
+
+    def runtime(self) -> Runtime:
+        """The execution settings of one unit of work (needs a resolved config)."""
+        if not self.resolved:
+            raise ValueError("Config.runtime() needs a resolved config (call resolve() first)")
+        if self.device == "cuda":
+            import torch
+
+            free, _ = torch.cuda.mem_get_info()
+            budget = GPU_FRACTION * free
+        else:
+            budget = RAM_FRACTION * float(self.mem_gb) * 2**30
+        return Runtime(device=self.device, threads=self.omp_nthreads,
+                       data_budget_bytes=int(budget / self.nprocs))
+
+    def method_settings(self) -> dict[str, Any]:
+        """The settings that change results (fields marked ``METHOD``), JSON-able."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata.get("method")}
 
     # ----------------------------------------------------------------- serialization
     def to_dict(self) -> dict[str, Any]:
@@ -171,3 +245,37 @@ def load_toml(path: Path) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a SLURM or container limit)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def available_ram_bytes() -> int:
+    """Available host memory: MemAvailable, capped by a cgroup (container) limit if any."""
+    avail = 0
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if not avail:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 2 * 1024**3  # conservative guess on exotic platforms
+    # a container's own limit (cgroup v2) can be far below the host's free memory
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            avail = min(avail, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return avail

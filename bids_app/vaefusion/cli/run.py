@@ -59,7 +59,8 @@ def build_config(args) -> Config:
         if value is not None:
             setattr(cfg, name, Path(value).expanduser().resolve())
     cfg.validate()
-    return cfg
+    # "auto" values (device, threads, memory) become concrete once, here in the parent process
+    return cfg.resolve()
 
 
 def check_paths(cfg: Config) -> None:
@@ -119,14 +120,6 @@ def run(cfg: Config) -> int:
     check_paths(cfg)
     init_output_dir(cfg)
     setup_logging(cfg, cfg.verbose)
-    # threads per process (torch, BLAS); "auto" shares the CPUs between the nprocs processes
-    if cfg.omp_nthreads == 0:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        cfg.omp_nthreads = max(1, (cpus or 1) // cfg.nprocs)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(cfg.omp_nthreads)
-    # parallel folds split the memory budget for resident training data (see loader.py)
-    os.environ["VAEFUSION_CONCURRENCY"] = str(cfg.nprocs)
     LOG.info("vaefusion %s: %s level on %s", __version__, cfg.analysis_level, cfg.bids_dir)
     if cfg.skip_bids_validation:
         LOG.info("BIDS validation skipped (--skip-bids-validation)")

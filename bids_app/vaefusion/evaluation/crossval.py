@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from vaefusion.config import Config
+from vaefusion.config import Config, Runtime
 from vaefusion.derivatives.io import atomic_save_npy
 from vaefusion.evaluation.manifest import Manifest, unit_name
+from vaefusion.training.device import configure_threads
 from vaefusion.training.inference import embed_groups
 
 LOG = logging.getLogger("vaefusion.crossval")
@@ -29,8 +30,8 @@ def _fold(manifest: Manifest, cfg: Config, seed: int, fold: int):
     return make_folds(manifest.y(), cfg.folds, seed, cfg.val_fraction)[fold]
 
 
-def run_vae_fold(cfg: Config, manifest: Manifest, latent_dim: int, seed: int, fold: int,
-                 train_root: Path, out_dir: Path) -> dict[str, Any]:
+def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: int,
+                 seed: int, fold: int, train_root: Path, out_dir: Path) -> dict[str, Any]:
     """Train the fold's VAE on its train subjects (validation for model selection), embed
     every subject with it, and score the SVM on the fold's test subjects.
 
@@ -47,11 +48,11 @@ def run_vae_fold(cfg: Config, manifest: Manifest, latent_dim: int, seed: int, fo
     name = unit_name("vae", latent_dim, seed, fold)
     LOG.info("%s: training on %d subjects (validation %d), testing on %d", name, f.train.size,
              f.val.size, f.test.size)
-    result = train_vae(cfg, latent_dim, seed, [files[cls[i]] for i in f.train],
+    result = train_vae(cfg, runtime, latent_dim, seed, [files[cls[i]] for i in f.train],
                        [files[cls[i]] for i in f.val], train_root / name)
     mus = embed_groups(result.model, manifest.files, result.device, cfg.downsample)
     features = np.stack([mus[i] for i in cls]).reshape(cls.size, -1)
-    backend = choose_backend()
+    backend = choose_backend("auto" if runtime.device == "cuda" else "sklearn")
     metrics = evaluate_fold(features, manifest.y(), f, backend)
     importance = modality_importance(metrics.weights, len(manifest.modalities), latent_dim)
 
@@ -97,8 +98,9 @@ def gram_cache_path(cache_dir: Path, files: list[Path]) -> Path:
     return Path(cache_dir) / f"grams-{digest.hexdigest()[:16]}.npy"
 
 
-def run_pca_baseline(cfg: Config, manifest: Manifest, method: str, latent_dim: int,
-                     seed: int, cache_dir: Path | None = None) -> list[dict[str, Any]]:
+def run_pca_baseline(cfg: Config, runtime: Runtime, manifest: Manifest, method: str,
+                     latent_dim: int, seed: int, cache_dir: Path | None = None
+                     ) -> list[dict[str, Any]]:
     """One PCA baseline over all folds of ``seed``; one result dict per fold.
 
     Not-available (more components than training samples) gives one dict per fold with
@@ -115,6 +117,7 @@ def run_pca_baseline(cfg: Config, manifest: Manifest, method: str, latent_dim: i
     from vaefusion.evaluation.folds import make_folds
     from vaefusion.inputs.cache import load_stack
 
+    configure_threads(runtime.threads)
     cls = manifest.classified
     files = [Path(manifest.files[i]) for i in cls]
     y = manifest.y()
@@ -131,7 +134,7 @@ def run_pca_baseline(cfg: Config, manifest: Manifest, method: str, latent_dim: i
             grams = modality_grams(load, len(files))
             if gram_cache is not None:
                 atomic_save_npy(gram_cache, grams)
-    backend = choose_backend()
+    backend = choose_backend("auto" if runtime.device == "cuda" else "sklearn")
     result = evaluate_pca_baselines(method, load, y, folds, latent_dim, backend, grams=grams,
                                     seed=seed)
     rows = []

@@ -17,7 +17,10 @@ from nipype.interfaces.base import (
 
 class _UnitInputSpec(BaseInterfaceInputSpec):
     manifest = File(exists=True, mandatory=True, desc="the group manifest (JSON)")
-    config_json = traits.Str(mandatory=True, desc="method settings (Config JSON)")
+    method_json = traits.Str(mandatory=True, desc="the settings that change results (hashed)")
+    runtime_json = traits.Str(mandatory=True, nohash=True,
+                              desc="device, threads and memory budget (not hashed: changing "
+                                   "them reuses finished units)")
     latent_dim = traits.Int(mandatory=True)
     seed = traits.Int(mandatory=True)
 
@@ -31,10 +34,11 @@ class _ResultOutputSpec(TraitedSpec):
     result = File(exists=True, desc="JSON list of per-fold result dicts")
 
 
-def _config(text: str):
-    from vaefusion.config import Config
+def _settings(inputs):
+    """The unit's method settings and runtime, rebuilt from the node's two JSON inputs."""
+    from vaefusion.config import Config, Runtime
 
-    return Config.from_dict(json.loads(text))
+    return Config.from_dict(json.loads(inputs.method_json)), Runtime.from_json(inputs.runtime_json)
 
 
 class VAEFold(SimpleInterface):
@@ -48,7 +52,7 @@ class VAEFold(SimpleInterface):
         from vaefusion.evaluation.manifest import Manifest
 
         out = Path(runtime.cwd)
-        row = run_vae_fold(_config(self.inputs.config_json), Manifest.read(self.inputs.manifest),
+        row = run_vae_fold(*_settings(self.inputs), Manifest.read(self.inputs.manifest),
                            self.inputs.latent_dim, self.inputs.seed, self.inputs.fold,
                            Path(self.inputs.train_root), out)
         path = out / "result.json"
@@ -72,7 +76,7 @@ class PCABaseline(SimpleInterface):
         from vaefusion.evaluation.crossval import run_pca_baseline
         from vaefusion.evaluation.manifest import Manifest
 
-        rows = run_pca_baseline(_config(self.inputs.config_json),
+        rows = run_pca_baseline(*_settings(self.inputs),
                                 Manifest.read(self.inputs.manifest), self.inputs.method,
                                 self.inputs.latent_dim, self.inputs.seed,
                                 Path(self.inputs.cache_dir))

@@ -29,63 +29,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vaefusion.config import RAM_FRACTION, available_ram_bytes
 from vaefusion.errors import DataError, MissingInputError
 from vaefusion.inputs.cache import load_stack, read_meta
 from vaefusion.model.network import Grid, downsample_volumes, downsampled_grid
-
-#: Fraction of available host RAM a resident training set may take.
-RAM_FRACTION = 0.5
-
-
-#: Fraction of free GPU memory a resident training set may take (activations need the rest).
-GPU_FRACTION = 0.4
-
-
-# --------------------------------------------------------------------------- memory budget
-def available_ram_bytes() -> int:
-    """Available host memory: MemAvailable, capped by a cgroup (container) limit if any."""
-    avail = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
-                break
-    except OSError:
-        pass
-    if not avail:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            avail = 2 * 1024**3  # conservative guess on exotic platforms
-    # a container's own limit (cgroup v2) can be far below the host's free memory
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            avail = min(avail, max(0, int(limit) - used))
-    except (OSError, ValueError):
-        pass
-    return avail
-
-
-def concurrent_trainings() -> int:
-    """How many trainings may run at once (``VAEFUSION_CONCURRENCY``, set from --nprocs)."""
-    try:
-        return max(1, int(os.environ.get("VAEFUSION_CONCURRENCY", "1")))
-    except ValueError:
-        return 1
-
-
-def memory_budget_bytes(device: torch.device) -> int:
-    """Bytes a resident training set may occupy on ``device``.
-
-    Folds that train in parallel (nipype MultiProc) share the memory, so the budget is split
-    between them: each one sees the free memory before the others have loaded their data.
-    """
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(GPU_FRACTION * free / concurrent_trainings())
-    return int(RAM_FRACTION * available_ram_bytes() / concurrent_trainings())
 
 
 # --------------------------------------------------------------------------- seeding helpers
@@ -218,7 +165,9 @@ class SubjectBatches:
         # downsampled volumes are averages and stay float32
         self._dtype = torch.float16 if self.dataset.downsample == 1 else torch.float32
         if resident is None:
-            budget = memory_budget_bytes(self.device) if budget_bytes is None else budget_bytes
+            # without a budget (library use), half of the available host RAM
+            budget = (int(RAM_FRACTION * available_ram_bytes()) if budget_bytes is None
+                      else budget_bytes)
             resident = not augment and self.resident_bytes <= budget
         self.resident = bool(resident)
         if num_workers is None:

@@ -45,8 +45,13 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def configure_threads(n: int) -> None:
-    """Intra-op threads for torch on CPU (``--omp-nthreads``); 1 keeps torch's default, since
-    one training process should use every core and 1 is the per-process default of nipype."""
-    if n > 1:
-        torch.set_num_threads(n)
+    """Use ``n`` threads for torch's intra-op work and for BLAS in this process.
 
+    ``n`` is the resolved ``--omp-nthreads`` (:meth:`vaefusion.config.Config.resolve`), passed
+    explicitly to every unit of work: no environment variable carries it.
+    """
+    from threadpoolctl import threadpool_limits
+
+    n = max(1, int(n))
+    torch.set_num_threads(n)
+    threadpool_limits(limits=n)  # numpy/scipy BLAS and OpenMP pools, for this process

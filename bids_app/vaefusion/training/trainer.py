@@ -32,14 +32,14 @@ import torch
 from tqdm import tqdm
 
 from vaefusion import __version__
-from vaefusion.config import Config
+from vaefusion.config import Config, Runtime
 from vaefusion.errors import DataError, VaefusionError
 from vaefusion.inputs.cache import read_meta
 from vaefusion.model.checkpoint import load_model, save_model
 from vaefusion.model.flops import activation_count
 from vaefusion.model.likelihood import loss_terms
 from vaefusion.model.network import VAE
-from vaefusion.training.data import SubjectBatches, memory_budget_bytes
+from vaefusion.training.data import SubjectBatches
 from vaefusion.training.device import configure_threads, select_device, set_seed
 
 LOGGER = logging.getLogger("vaefusion.training")
@@ -206,8 +206,8 @@ def _run_epoch(model: VAE, data: SubjectBatches, epoch: int, beta: float, device
     return mean[0], mean[1], mean[2], n
 
 
-def train_vae(cfg: Config, latent_dim: int, seed: int, train_paths: Sequence[Path],
-              val_paths: Sequence[Path], out_dir: Path,
+def train_vae(cfg: Config, runtime: Runtime, latent_dim: int, seed: int,
+              train_paths: Sequence[Path], val_paths: Sequence[Path], out_dir: Path,
               log: logging.Logger | None = None,
               on_epoch_end: Callable[[EpochStats], None] | None = None) -> TrainResult:
     """Train one VAE; resume from ``out_dir/last/`` when it holds a compatible checkpoint.
@@ -219,13 +219,13 @@ def train_vae(cfg: Config, latent_dim: int, seed: int, train_paths: Sequence[Pat
     """
     log = log or LOGGER
     out_dir = Path(out_dir)
-    device = select_device(cfg.device)
-    configure_threads(cfg.omp_nthreads)
+    device = select_device(runtime.device)
+    configure_threads(runtime.threads)
     set_seed(seed, device)
     train_paths = [Path(p) for p in train_paths]
     val_paths = [Path(p) for p in val_paths]
 
-    budget = memory_budget_bytes(device)
+    budget = runtime.data_budget_bytes
     train = SubjectBatches(train_paths, device=device, downsample=cfg.downsample,
                            batch_subjects=cfg.batch_subjects, augment=cfg.augment, seed=seed,
                            budget_bytes=budget)

@@ -20,27 +20,14 @@ from vaefusion.interfaces.group import GatherResults, PCABaseline, VAEFold
 
 LOG = logging.getLogger("vaefusion.group")
 
-#: Settings that change no result: excluded from the nodes' inputs, so changing them (or the
-#: output folder) reuses every finished fold from the work dir.
-_EXECUTION_ONLY = {"bids_dir", "output_dir", "analysis_level", "work_dir", "nprocs", "mem_gb",
-                   "omp_nthreads",
-                   "use_plugin", "config_file", "stop_on_first_crash", "verbose",
-                   "skip_bids_validation", "participant_label", "session_label",
-                   "bids_filters", "bids_filter_file", "derivatives", "missing_modality",
-                   "model", "methods", "latent_dims", "seeds"}
-
-
-def method_config_json(cfg: Config) -> str:
-    data = {k: v for k, v in cfg.to_dict().items() if k not in _EXECUTION_ONLY}
-    return json.dumps(data, sort_keys=True)
-
-
 def init_group_wf(cfg: Config, manifest_path: Path, name: str = "vaefusion_group_wf"
                   ) -> pe.Workflow:
     """The group workflow over a written manifest."""
     assert cfg.work_dir is not None
     wf = pe.Workflow(name=name, base_dir=str(cfg.work_dir))
-    common = {"manifest": str(manifest_path), "config_json": method_config_json(cfg)}
+    common = {"manifest": str(manifest_path),
+              "method_json": json.dumps(cfg.method_settings(), sort_keys=True),
+              "runtime_json": cfg.runtime().to_json()}
     if "vae" in cfg.methods:
         src = pe.Node(IdentityInterface(fields=["latent_dim", "seed", "fold"]), name="vae_src")
         src.iterables = [("latent_dim", cfg.latent_dims), ("seed", cfg.seeds),
