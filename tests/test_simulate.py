@@ -13,7 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import ndimage, stats
 
 from vaefusion.cli.simulate import main
 from vaefusion.inputs import reference
@@ -215,6 +215,16 @@ def test_no_effects_means_no_planted_truth(tmp_path: Path) -> None:
     ["--gm-effect", "1,2:3"],
     ["--gm-effect", "200,0,0:5:-0.2"],
     ["--naming", "gift"],
+    ["--arm", "wobble"],
+    ["--arm", "shift", "--no-effects"],
+    ["--arm", "null", "--shift-mm", "3"],
+    ["--shift-icn", "2", "--n-components", "3"],
+    ["--arm", "shift", "--icn-effect", "2:-0.3", "--n-components", "3"],
+    ["--arm", "null", "--effect-size", "2"],
+    ["--arm", "shift", "--n-components", "3"],  # the default shifted ICNs (45, 27) do not fit
+    ["--arm", "shift", "--shift-icn", "5", "--n-components", "3"],
+    ["--arm", "shift", "--shift-icn", "2", "--shift-mm", "0", "--n-components", "3"],
+    ["--arm", "shift", "--shift-icn", "2", "--widen", "-0.7", "--n-components", "3"],
 ])
 def test_bad_option_exits_64(tmp_path: Path, argv: list[str],
                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -239,3 +249,113 @@ def test_existing_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main([str(new), "--n-subjects", "3", "--overwrite", "-q", *TINY]) == 0
     assert len(json.loads((new / "code" / "simulation.json").read_text())["files"]) == 3
     assert "Traceback" not in capsys.readouterr().err
+
+
+# Arms. Each is checked against a seed-matched dataset: a subject's anatomy, jitter and noise
+# come from its own streams, so the same seed differs only by what the arm plants.
+ARM_TINY = {"n_subjects": 6, "seed": 5, "icn_res": 9, "gm_res": 6, "n_components": 4}
+
+
+def _maps(root: Path, truth: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(nib.load(root / f["icn"]).get_fdata(dtype=np.float32),
+             nib.load(root / f["gm"]).get_fdata(dtype=np.float32)) for f in truth["files"]]
+
+
+def _same(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
+    return np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_null_arm_plants_nothing(tmp_path: Path) -> None:
+    null = simulate_dataset(tmp_path / "null", arm="null", **ARM_TINY)
+    assert null["arm"]["name"] == "null"
+    assert null["icn_effects"] == [] and null["gm_effects"] == []
+    diagnosis = [p["diagnosis"] for p in null["participants"]]
+    assert diagnosis.count("SZ") == 3 and all(p["effect_scale"] == 0 for p in null["participants"])
+    assert "no planted effect" in (tmp_path / "null" / "README").read_text()
+    # The same seed with nobody a patient: in the null arm a subject's maps do not depend on
+    # its diagnosis at all, so patients and controls are draws from one distribution.
+    controls = simulate_dataset(tmp_path / "hc", arm="null", patient_fraction=0.0, **ARM_TINY)
+    assert all(p["diagnosis"] == "HC" for p in controls["participants"])
+    base = _maps(tmp_path / "hc", controls)
+    assert all(_same(a, b) for a, b in zip(_maps(tmp_path / "null", null), base, strict=True))
+    # The comparison can fail: the amplitude arm changes the patients, and only them.
+    amp = simulate_dataset(tmp_path / "amp", arm="amplitude",
+                           icn_effects=(IcnEffect(3, -0.5, 12.0),), **ARM_TINY)
+    assert amp["arm"]["name"] == "amplitude"
+    for d, a, b in zip(diagnosis, _maps(tmp_path / "amp", amp), base, strict=True):
+        assert _same(a, b) == (d == "HC")
+
+
+def _center_of_mass(img: nib.Nifti1Image, component: int) -> np.ndarray:
+    w = np.clip(img.get_fdata()[..., component], 0.0, None)
+    return (img.affine @ np.r_[ndimage.center_of_mass(w), 1.0])[:3]
+
+
+def test_shift_arm_moves_the_icn_by_the_requested_distance(tmp_path: Path) -> None:
+    # Noise off so the centre of mass measures the displacement; every subject's own
+    # translation, rotation and spread stay. Effect multiplier fixed at 1: every patient's ICN
+    # moves by exactly --shift-mm.
+    kw = {**ARM_TINY, "icn_res": 3, "n_components": 3, "noise": 0.0, "effect_variability": 0.0}
+    shift = simulate_dataset(tmp_path / "shift", arm="shift", shift_icns=(3,), shift_mm=4.0, **kw)
+    null = simulate_dataset(tmp_path / "null", arm="null", **kw)
+    arm = shift["arm"]
+    assert arm["name"] == "shift" and arm["shift_mm"] == 4.0 and arm["shift_direction"] == "random"
+    assert [i["index"] for i in arm["icns"]] == [3] and arm["icns"][0]["modality"] == "ICN03"
+    assert shift["icn_effects"] == [] and shift["gm_effects"] == []
+    moved = []
+    for p, fs, fn in zip(shift["participants"], shift["files"], null["files"], strict=True):
+        a, b = nib.load(tmp_path / "shift" / fs["icn"]), nib.load(tmp_path / "null" / fn["icn"])
+        planted = np.array(p["icn_shift_mm"]["ICN03"])
+        # Only ICN03 of patients changes; the other ICNs and the gray matter are untouched.
+        np.testing.assert_array_equal(a.get_fdata()[..., :2], b.get_fdata()[..., :2])
+        np.testing.assert_array_equal(nib.load(tmp_path / "shift" / fs["gm"]).get_fdata(),
+                                      nib.load(tmp_path / "null" / fn["gm"]).get_fdata())
+        if p["diagnosis"] == "HC":
+            assert planted.tolist() == [0.0, 0.0, 0.0]
+            np.testing.assert_array_equal(a.get_fdata(), b.get_fdata())
+            continue
+        assert np.linalg.norm(planted) == pytest.approx(4.0, abs=1e-3)
+        moved_by = _center_of_mass(a, 2) - _center_of_mass(b, 2)
+        assert 0.75 * 4.0 < np.linalg.norm(moved_by) < 1.25 * 4.0, (moved_by, planted)
+        assert moved_by @ planted / (np.linalg.norm(moved_by) * 4.0) > 0.9, (moved_by, planted)
+        moved.append(planted / 4.0)
+    assert len(moved) == 3
+    # Random directions: each patient's own, not one shared vector.
+    assert max(abs(u @ v) for i, u in enumerate(moved) for v in moved[i + 1:]) < 0.99
+
+
+def _radius_of_gyration(img: nib.Nifti1Image, component: int) -> float:
+    w = np.clip(img.get_fdata()[..., component], 0.0, None)
+    xyz = np.indices(w.shape).reshape(3, -1).T @ img.affine[:3, :3].T
+    center = (xyz * w.reshape(-1, 1)).sum(axis=0) / w.sum()
+    return float(np.sqrt((((xyz - center) ** 2).sum(axis=1) * w.ravel()).sum() / w.sum()))
+
+
+def test_shift_arm_fixed_direction_and_widening(tmp_path: Path) -> None:
+    kw = {**ARM_TINY, "noise": 0.0, "effect_variability": 0.0}
+    shift = simulate_dataset(tmp_path / "shift", arm="shift", shift_icns=(3, 1), shift_mm=3.0,
+                             shift_direction="fixed", widen=0.3, **kw)
+    null = simulate_dataset(tmp_path / "null", arm="null", **kw)
+    directions = {i["modality"]: np.array(i["direction"]) for i in shift["arm"]["icns"]}
+    assert set(directions) == {"ICN01", "ICN03"} and shift["arm"]["widen"] == 0.3
+    for p, fs, fn in zip(shift["participants"], shift["files"], null["files"], strict=True):
+        if p["diagnosis"] == "HC":
+            continue
+        for name, direction in directions.items():  # every patient moves along the same one
+            np.testing.assert_allclose(p["icn_shift_mm"][name], 3.0 * direction, atol=1e-3)
+        a, b = nib.load(tmp_path / "shift" / fs["icn"]), nib.load(tmp_path / "null" / fn["icn"])
+        assert _radius_of_gyration(a, 2) > 1.05 * _radius_of_gyration(b, 2)  # widened
+        np.testing.assert_array_equal(a.get_fdata()[..., 1], b.get_fdata()[..., 1])  # ICN02
+
+
+def test_default_arm_and_no_effects_alias(tmp_path: Path) -> None:
+    args = ["--n-subjects", "4", "--seed", "2", "-q", *TINY]
+    assert main([str(tmp_path / "default"), *args]) == 0
+    assert main([str(tmp_path / "amplitude"), "--arm", "amplitude", *args]) == 0
+    assert main([str(tmp_path / "no-effects"), "--no-effects", *args]) == 0
+    assert main([str(tmp_path / "null"), "--arm", "null", *args]) == 0
+    assert _tree_digest(tmp_path / "default") == _tree_digest(tmp_path / "amplitude")
+    assert _tree_digest(tmp_path / "no-effects") == _tree_digest(tmp_path / "null")
+    truth = json.loads((tmp_path / "default" / "code" / "simulation.json").read_text())
+    assert truth["arm"]["name"] == "amplitude" and truth["config"]["arm"] == "amplitude"
+    assert len(truth["gm_effects"]) == 2  # today's default local effects

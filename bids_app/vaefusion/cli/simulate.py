@@ -18,10 +18,13 @@ from vaefusion import __version__
 from vaefusion.errors import EXIT_CANT_CREATE, EXIT_OK, EXIT_USAGE, VaefusionError
 from vaefusion.inputs import reference
 from vaefusion.simulate import (
+    ARMS,
     DEFAULT_GM_EFFECTS,
     DEFAULT_ICN_EFFECTS,
+    DEFAULT_SHIFT_ICNS,
     GM_NATIVE_PREFIXES,
     NAMINGS,
+    SHIFT_DIRECTIONS,
     GmEffect,
     IcnEffect,
     SimulationConfig,
@@ -105,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a simulated BIDS dataset: participants.tsv with diagnosis (SZ/HC), "
         "NeuroMark ICN maps (derivatives/neuromark, from the real NeuroMark template with "
         "SimTB-style per-subject variability) and smoothed modulated gray matter "
-        "(derivatives/spm, from the MNI152 GM template), with planted local patient effects. "
-        "The ground truth is written to OUT_DIR/code/simulation.json.",
+        "(derivatives/spm, from the MNI152 GM template), with a chosen patient-control "
+        "difference (--arm: local amplitude effects, none, or displaced ICNs). The ground "
+        "truth is written to OUT_DIR/code/simulation.json.",
         epilog="Values that start with '-' work as they are (--gm-effect -38,12,0:12:-0.2) or "
         "with '=' (--gm-effect=-38,12,0:12:-0.2). Exit codes: 0 success, 64 bad option, "
         "73 cannot write OUT_DIR.",
@@ -141,7 +145,30 @@ def build_parser() -> argparse.ArgumentParser:
                    default=d.n_components, metavar="N",
                    help="write only the first N NeuroMark ICNs (default 53)")
 
-    g = p.add_argument_group("planted patient effects (SZ only)")
+    g = p.add_argument_group("arm: what distinguishes patients (SZ) from controls")
+    g.add_argument("--arm", choices=ARMS, default=None,
+                   help="amplitude: local amplitude effects (--icn-effect, --gm-effect, "
+                   "--effect-size); null: no difference at all, every method must land at "
+                   "chance; shift: patients' chosen ICNs are displaced by --shift-mm (and "
+                   "widened by --widen), a non-linear change (default amplitude)")
+    g.add_argument("--no-effects", action="store_true",
+                   help="plant no effect at all (a null dataset; the same as --arm null)")
+    g.add_argument("--shift-icn", dest="shift_icns", action="append",
+                   type=_number(int, 1, reference.N_ICN), metavar="INDEX",
+                   help="shift arm: an ICN to displace in patients; repeatable (default: "
+                   + " ".join(map(str, DEFAULT_SHIFT_ICNS)) + ", those within --n-components)")
+    g.add_argument("--shift-mm", type=_number(float, 0, 30), metavar="MM",
+                   help=f"shift arm: displacement of a patient's ICN, times its effect "
+                   f"multiplier (see --effect-variability) (default {d.shift_mm:g})")
+    g.add_argument("--shift-direction", choices=SHIFT_DIRECTIONS,
+                   help="shift arm: random = each patient's own direction, so the patients' mean "
+                   "map barely moves; fixed = one direction per ICN drawn from --seed (default "
+                   f"{d.shift_direction})")
+    g.add_argument("--widen", type=_number(float), metavar="F",
+                   help="shift arm: also widen a patient's ICN about its peak by the factor "
+                   f"1 + F (0.1 = 10%%; default {d.widen:g} = no widening)")
+
+    g = p.add_argument_group("amplitude arm (SZ only)")
     g.add_argument("--icn-effect", dest="icn_effects", action="append", type=parse_icn_effect,
                    metavar="INDEX:STRENGTH[:RADIUS_MM]",
                    help="multiply ICN INDEX by 1 + STRENGTH x a Gaussian at its NeuroMark peak "
@@ -157,13 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plant no ICN effect (GM effects stay)")
     g.add_argument("--no-gm-effects", action="store_true",
                    help="plant no GM effect (ICN effects stay)")
-    g.add_argument("--effect-size", type=_number(float, 0), default=d.effect_size, metavar="X",
+    g.add_argument("--effect-size", type=_number(float, 0), default=None, metavar="X",
                    help="multiplies every effect's strength (default 1; 0 = no effects)")
-    g.add_argument("--no-effects", action="store_true",
-                   help="plant no effect at all (a null dataset; same as --effect-size 0)")
     g.add_argument("--effect-variability", type=_number(float, 0), metavar="SD",
                    default=d.effect_variability,
-                   help="sd of each patient's effect multiplier (default %(default)s)")
+                   help="sd of each patient's effect multiplier, in every arm "
+                   "(default %(default)s)")
 
     g = p.add_argument_group("variability")
     g.add_argument("--noise", type=_number(float, 0), default=d.noise, metavar="X",
@@ -185,8 +211,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def arm_conflict(args: argparse.Namespace) -> str | None:
+    """Why the options of one arm cannot go with the chosen one, or None."""
+    arm = args.arm or ("null" if args.no_effects else "amplitude")
+    if args.no_effects and arm != "null":
+        return f"--no-effects is --arm null; it cannot be combined with --arm {arm}"
+    shift_options = {"--shift-icn": args.shift_icns, "--shift-mm": args.shift_mm,
+                     "--shift-direction": args.shift_direction, "--widen": args.widen}
+    given = [name for name, value in shift_options.items() if value is not None]
+    if given and arm != "shift":
+        return f"{', '.join(given)}: only for --arm shift, not --arm {arm}"
+    amplitude_options = {"--icn-effect": args.icn_effects, "--gm-effect": args.gm_effects,
+                         "--effect-size": args.effect_size}
+    given = [name for name, value in amplitude_options.items() if value is not None]
+    if given and arm != "amplitude":
+        return f"{', '.join(given)}: only for --arm amplitude, not --arm {arm}"
+    return None
+
+
 def config_from_args(args: argparse.Namespace) -> SimulationConfig:
     """The :class:`SimulationConfig` that the parsed options describe."""
+    d = SimulationConfig()
     icn_effects = tuple(args.icn_effects) if args.icn_effects else None
     gm_effects = tuple(args.gm_effects) if args.gm_effects else None
     if args.no_icn_effects:
@@ -197,9 +242,15 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
         n_subjects=args.n_subjects, seed=args.seed, patient_fraction=args.patient_fraction,
         n_sites=args.n_sites, sessions=args.sessions, icn_res=args.icn_res,
         gm_res=args.gm_res, n_components=args.n_components, icn_effects=icn_effects,
-        gm_effects=gm_effects, effect_size=0.0 if args.no_effects else args.effect_size,
+        gm_effects=gm_effects,
+        effect_size=d.effect_size if args.effect_size is None else args.effect_size,
         effect_variability=args.effect_variability, noise=args.noise,
         gm_fwhm_mm=args.gm_fwhm, naming=args.naming, gm_native_prefix=args.gm_native_prefix,
+        arm=args.arm or ("null" if args.no_effects else d.arm),
+        shift_icns=tuple(args.shift_icns) if args.shift_icns else None,
+        shift_mm=d.shift_mm if args.shift_mm is None else args.shift_mm,
+        shift_direction=args.shift_direction or d.shift_direction,
+        widen=d.widen if args.widen is None else args.widen,
     )
 
 
@@ -207,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``vaefusion-simulate``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    conflict = arm_conflict(args)
+    if conflict:
+        parser.error(conflict)
     config = config_from_args(args)
     start = time.perf_counter()
     try:
