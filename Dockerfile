@@ -115,7 +115,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 # numeric, so that runtimes that enforce non-root (runAsNonRoot) can check it
 USER 1000:1000
-# The default --work-dir is ./work: under --read-only only /tmp is writable. Give -w on a
+# Without -w the work dir is /tmp/vaefusion_work_* (/out/../out_work is not writable): give -w on a
 # scratch volume for real data (a tmpfs lives in memory).
 WORKDIR /tmp
 ENTRYPOINT ["vaefusion"]

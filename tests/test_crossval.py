@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
+import pytest
 
 from vaefusion.config import Config
 from vaefusion.evaluation.manifest import build_manifest
+from vaefusion.evaluation.results import FoldResult, VAETraining
 from vaefusion.inputs.cache import SubjectMeta, write_subject
 
 
@@ -44,3 +49,22 @@ def test_gram_cache_is_keyed_by_the_exact_subjects(tmp_path):
     st = files[0].stat()
     os.utime(files[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # re-preprocessed
     assert gram_cache_path(tmp_path / "pca", files) != key
+
+
+def test_fold_results_cross_json_unchanged():
+    """What a unit returns is what the join reads back: typed, NaN and nested record kept."""
+    vae = FoldResult(method="vae", latent_dim=4, seed=1, fold=2, roc_auc=0.75, n_train=10,
+                     n_test=4, backend="sklearn", test_subjects=["sub-01", "sub-02_ses-1"],
+                     test_labels=[1, 0], decision=[0.5, -0.25], importance=[0.6, 0.4],
+                     training=VAETraining(best_epoch=3, epochs_run=5, best_val_loss=1.5,
+                                          stopped_early=True, device="cpu", model_dir="m",
+                                          latents="l.npz", history=[{"epoch": 1, "loss": 2.0}]))
+    back = FoldResult.from_dict(json.loads(json.dumps(vae.to_dict())))
+    assert back == vae and isinstance(back.training, VAETraining)
+    missing = FoldResult(method="pca-late", latent_dim=64, seed=0, fold=0, roc_auc=math.nan,
+                         n_train=5, n_test=2, backend="sklearn", available=False,
+                         reason="at most 4 components")
+    back = FoldResult.from_dict(json.loads(json.dumps(missing.to_dict())))
+    assert math.isnan(back.roc_auc) and back.training is None and back.reason == missing.reason
+    with pytest.raises(TypeError):
+        FoldResult.from_dict({**vae.to_dict(), "auc": 1.0})  # a typo is not silently dropped

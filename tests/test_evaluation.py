@@ -237,6 +237,25 @@ def test_roc_auc() -> None:
     assert np.isnan(roc_auc(np.array([1, 1]), np.array([0.1, 0.2])))
 
 
+def test_auc_table_over_folds_and_seeds() -> None:
+    """Fold AUCs pool every seed; the seed spread is over each seed's mean; NaN is "X"."""
+    from vaefusion.evaluation.results import FoldResult
+    from vaefusion.evaluation.summary import auc_table
+
+    def res(method: str, seed: int, fold: int, auc: float) -> FoldResult:
+        return FoldResult(method=method, latent_dim=8, seed=seed, fold=fold, roc_auc=auc,
+                          n_train=10, n_test=5, backend="sklearn", available=not np.isnan(auc))
+
+    rows = auc_table([res("vae", 0, 0, 0.6), res("vae", 0, 1, 0.8), res("vae", 1, 0, 1.0),
+                      res("vae", 1, 1, 1.0), res("pca-late", 0, 0, np.nan)])
+    late, vae = rows  # sorted by method
+    assert vae["roc_auc_mean"] == pytest.approx(0.85)
+    assert vae["roc_auc_std"] == pytest.approx(np.std([0.6, 0.8, 1.0, 1.0]))
+    assert vae["seed_mean"] == pytest.approx(0.85) and vae["seed_std"] == pytest.approx(0.15)
+    assert (vae["n_seeds"], vae["n_folds"], vae["available"]) == (2, 4, True)
+    assert np.isnan(late["roc_auc_mean"]) and late["available"] is False
+
+
 # --------------------------------------------------------------------------------- importance
 def test_importance_finds_informative_modality() -> None:
     rng = np.random.default_rng(2)

@@ -122,6 +122,16 @@ def test_model_embeds_new_subjects(strong, group_run, tmp_path):
     assert code == 0
     summary = json.loads((out / "group" / "summary.json").read_text())
     assert summary["n_subjects"] == 16 and summary["model"] == str(model)
+    # one latents schema: the same columns and sidecar keys as cross-validation writes
+    cv = group_run / "sub-03" / "sub-03_desc-vae_latents"
+    emb = out / "sub-03" / "sub-03_desc-vae_latents"
+    assert list(_rows(emb.with_suffix(".tsv"))[0]) == list(_rows(cv.with_suffix(".tsv"))[0])
+    side = json.loads(emb.with_suffix(".json").read_text())
+    assert list(side) == list(json.loads(cv.with_suffix(".json").read_text()))
+    assert (side["Seed"], side["Fold"], side["Model"]) == (1, 0, str(model))
+    table = _rows(out / "group" / "latents_model.tsv")
+    assert list(table[0]) == list(_rows(group_run / "group" / "latents_vae_L4_seed1.tsv")[0])
+    assert len(table) == 16 * 5 and {r["fold"] for r in table} == {"0"}
 
 
 def test_too_many_folds_is_refused(strong, tmp_path, caplog):

@@ -131,15 +131,16 @@ def test_flops_match_torch_flop_counter():
     assert flops_per_volume(FULL) == pytest.approx(37.14e9, rel=1e-3)
 
 
-def test_loss_is_half_sse_plus_beta_kl():
+def test_unit_loss_is_half_sse_plus_constant_plus_beta_kl():
     x = torch.zeros(2, 1, 2, 2, 2)
     recon = torch.ones(2, 1, 2, 2, 2) * 0.5
     mu = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     logvar = torch.zeros(2, 2)
-    terms = loss_terms(recon, x, mu, logvar, beta=2.0)
-    assert terms.recon.item() == pytest.approx(0.5 * 8 * 0.25)
+    terms = loss_terms(recon, x, mu, logvar, beta=2.0, likelihood="unit")
+    const = 0.5 * 8 * math.log(2 * math.pi)  # the Gaussian's normaliser over 8 voxels
+    assert terms.recon.item() == pytest.approx(0.5 * 8 * 0.25 + const)
     assert terms.kl.item() == pytest.approx((0.5 + 0.0) / 2)  # mean over the two volumes
-    assert terms.loss.item() == pytest.approx(1.0 + 2.0 * 0.25)
+    assert terms.loss.item() == pytest.approx(1.0 + const + 2.0 * 0.25)
     # KL(N(0, sigma^2) || N(0, 1)) for sigma^2 = e: 0.5 * (e - 1 - 1)
     kl = kl_divergence(torch.zeros(1, 1), torch.ones(1, 1))
     assert kl.item() == pytest.approx(0.5 * (math.e - 2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -77,22 +78,25 @@ def test_select_device():
             select_device("cuda")
 
 
-def test_a_few_steps_lower_the_loss(cache):
+@pytest.mark.parametrize("likelihood", ["sigma", "unit"])
+def test_a_few_steps_lower_the_loss(cache, likelihood):
     set_seed(0)
     data = SubjectBatches(cache[:2], batch_subjects=2)
     x = next(data.epoch(0))
     assert x.shape == (6, 1, *GRID) and x.dtype == torch.float32
     model = VAE(GRID, 8, 0.25)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    losses = []
+    losses, errors = [], []
     for _ in range(25):
         recon, mu, logvar = model(x)
-        terms = loss_terms(recon, x, mu, logvar)
+        terms = loss_terms(recon, x, mu, logvar, likelihood=likelihood)
         opt.zero_grad()
         terms.loss.backward()
         opt.step()
         losses.append(terms.loss.item())
-    assert losses[-1] < 0.8 * losses[0]
+        errors.append(terms.sse.mean().item())
+    assert losses[-1] < losses[0]
+    assert errors[-1] < 0.9 * errors[0]
 
 
 # --------------------------------------------------------------------------- loader
@@ -166,10 +170,10 @@ def test_best_checkpoint_is_kept_and_early_stopping(cache, tmp_path, monkeypatch
     scripted = iter([5.0, 3.0, 4.0, 6.0, 7.0, 8.0])
     real = trainer._run_epoch
 
-    def fake(model, data, epoch, beta, device, bf16, optimizer, desc, chunk=None):
-        out = real(model, data, epoch, beta, device, bf16, optimizer, desc, chunk)
+    def fake(model, data, epoch, beta, device, bf16, optimizer, desc, chunk=None, **kw):
+        out = real(model, data, epoch, beta, device, bf16, optimizer, desc, chunk, **kw)
         if optimizer is None:  # validation: a scripted loss curve with its best at epoch 2
-            return (next(scripted), *out[1:])
+            return out._replace(loss=next(scripted))
         return out
 
     monkeypatch.setattr(trainer, "_run_epoch", fake)
@@ -201,17 +205,19 @@ def test_embed_shape_and_values(cache, tmp_path):
     assert decoded.shape == (3, 8, 9, 8)
 
 
-def test_chunked_batches_give_the_full_batch_gradient(cache):
+@pytest.mark.parametrize("likelihood", ["sigma", "unit"])
+def test_chunked_batches_give_the_full_batch_gradient(cache, likelihood):
+    """Chunks only bound memory; with ``sigma`` the variance is still the whole batch's."""
     data = SubjectBatches(cache[:2], batch_subjects=2)
     grads = []
     for chunk in (6, 1):
         torch.manual_seed(0)
         model = VAE(GRID, 8, 0.25)
         # decode mu: no sampling, so both runs see the same function
-        model.forward = lambda x, sample=None, m=model: VAE.forward(m, x, sample=False)
+        model.forward = lambda x, sample=None, eps=None, m=model: VAE.forward(m, x, sample=False)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps .grad after the step
         loss = trainer._run_epoch(model, data, 0, 1.0, torch.device("cpu"), False, opt, "t",
-                                   chunk=chunk)[0]
+                                  chunk=chunk, likelihood=likelihood).loss
         grads.append((loss, [p.grad.clone() for p in model.parameters()]))
     (l6, g6), (l1, g1) = grads
     assert l6 == pytest.approx(l1, rel=1e-5)
@@ -219,6 +225,22 @@ def test_chunked_batches_give_the_full_batch_gradient(cache):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert trainer.chunk_volumes((53, 63, 52), 1.0, 128, torch.device("cpu")) == 1
     assert trainer.chunk_volumes((14, 16, 13), 0.125, 128, torch.device("cpu")) > 54
+
+
+def test_chunked_sigma_decodes_the_same_z_in_both_passes(cache):
+    """With sampling, the gradient pass of a chunked batch uses the noise of the pass that set
+    sigma^2, so sigma^2 is exactly the MSE of what is differentiated: then the NLL per volume
+    is 0.5 * N * (log(2 pi sigma^2) + 1)."""
+    data = SubjectBatches(cache[:2], batch_subjects=2)
+    torch.manual_seed(0)
+    model = VAE(GRID, 8, 0.25)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    stats = trainer._run_epoch(model, data, 0, 1.0, torch.device("cpu"), False, opt, "t",
+                               chunk=1, likelihood="sigma")
+    n = math.prod(GRID)
+    assert stats.volumes == 6 and stats.sigma < 1.0
+    assert stats.recon == pytest.approx(0.5 * n * (math.log(2 * math.pi * stats.sigma ** 2) + 1),
+                                        rel=1e-6)
 
 
 def test_memory_budget_is_shared_by_parallel_trainings():

@@ -11,6 +11,8 @@ import dataclasses
 import json
 import os
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from vaefusion.errors import UsageError
 ALL_METHODS: tuple[str, ...] = ("vae", "pca-early", "pca-late", "pca-shared")
 MISSING_POLICIES: tuple[str, ...] = ("skip", "keep", "error")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: Decoder likelihoods (vaefusion.model.likelihood): calibrated shared variance, or unit.
+LIKELIHOODS: tuple[str, ...] = ("sigma", "unit")
 
 #: Fraction of the run's memory (``--mem`` or the available RAM) that resident training data
 #: may take, and of the free GPU memory on CUDA (activations need the rest); shared between the
@@ -100,6 +104,7 @@ class Config:
     width: float = field(default=1.0, metadata=METHOD)
     downsample: int = field(default=1, metadata=METHOD)
     augment: bool = field(default=False, metadata=METHOD)
+    likelihood: str = field(default="unit", metadata=METHOD)
     model: Path | None = None
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
 
@@ -130,6 +135,9 @@ class Config:
             raise UsageError(
                 f"--methods got {' '.join(bad) or 'nothing'}; choose from {' '.join(ALL_METHODS)}."
             )
+        if self.likelihood not in LIKELIHOODS:
+            raise UsageError(f"--likelihood {self.likelihood} is unknown; use "
+                             f"{' or '.join(LIKELIHOODS)}.")
         if self.device not in DEVICES:
             raise UsageError(f"--device {self.device} is unknown; use auto, cpu or cuda.")
         if self.missing_modality not in MISSING_POLICIES:
@@ -218,11 +226,43 @@ class Config:
         if unknown:
             raise UsageError(
                 f"{source} has unknown setting(s) {', '.join(unknown)}; "
-                f"valid settings are listed in the documentation (or a written logs/config.toml)."
+                f"valid settings are listed in the documentation (or a written "
+                f"logs/config-<level>.toml)."
             )
+        hints = typing.get_type_hints(cls)
+        for key, value in data.items():
+            if not _type_ok(value, hints[key]):
+                raise UsageError(f"{source}: {key} = {value!r} is not a valid value (expected "
+                                 f"{_type_name(hints[key])}); fix the setting.")
         kwargs = {k: (Path(v) if k in _PATH_FIELDS and v is not None else v)
                   for k, v in data.items()}
         return cls(**kwargs)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a TOML/JSON value fits a Config field's type (paths as strings, ints as floats)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is Path:
+        return isinstance(value, (str, Path))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("pathlib.", "")
 
 
 def load_toml(path: Path) -> dict[str, Any]:

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vaefusion.cli.run import main as vaefusion
     from vaefusion.cli.simulate import main as simulate
+    from vaefusion.derivatives import naming
 
     root = args.out_dir.resolve()
     ds, out, work = root / "bids", root / "derivatives", root / "work"
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         code = vaefusion([*common[:2], level, *common[2:], *extra])
         if code:
             return code
-    summary = json.loads((out / "group" / "summary.json").read_text())
+    summary = json.loads((naming.group_dir(out) / naming.SUMMARY).read_text())
     print(f"\n[demo] done in {time.monotonic() - start:.0f} s; "
           f"{summary['n_subjects']} subjects, {summary['folds']}-fold cross-validation")
     print(f"{'method':<12}{'ROC-AUC (mean ± std over folds)':>34}")

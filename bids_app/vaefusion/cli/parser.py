@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from vaefusion import __version__
-from vaefusion.config import ALL_METHODS, DEVICES, MISSING_POLICIES
+from vaefusion.config import ALL_METHODS, DEVICES, LIKELIHOODS, MISSING_POLICIES
 from vaefusion.errors import EXIT_CODES, EXIT_USAGE
 
 ANALYSIS_LEVELS = ("participant", "group")
@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and evaluate schizophrenia-vs-control classification against PCA baselines.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=epilog,
+        # no prefix matching: a typo (--epoch) is an error, and names stay stable as options grow
+        allow_abbrev=False,
     )
     p.add_argument("bids_dir", type=Path, help="the root of the input BIDS dataset")
     p.add_argument("output_dir", type=Path, help="where the BIDS-Derivatives output goes")
@@ -94,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("execution")
     g.add_argument("-w", "--work-dir", type=Path, default=None, metavar="DIR",
-                   help="work directory (resumable; default ./work)")
+                   help="work directory, resumable (default: OUTPUT_DIR/../<OUTPUT_DIR "
+                   "name>_work, or $TMPDIR/vaefusion_work_<uid>_<hash> where that cannot be "
+                   "created; never the current directory)")
     g.add_argument("--nprocs", "--nthreads", "--n-cpus", type=_positive_int, default=None,
                    help="processes for nipype MultiProc")
     g.add_argument("--omp-nthreads", type=_positive_int, default=None,
@@ -104,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--use-plugin", type=Path, default=None, metavar="FILE",
                    help="nipype plugin YAML (e.g. SLURM)")
     g.add_argument("--config-file", type=Path, default=None, metavar="FILE",
-                   help="TOML configuration (as written to OUTPUT_DIR/logs/config.toml)")
+                   help="TOML configuration (as every run writes to "
+                   "OUTPUT_DIR/logs/config-<level>.toml)")
     g.add_argument("--device", choices=DEVICES, default=None,
                    help="auto (CUDA if present), cpu, cuda")
     g.add_argument("--bf16", action="store_true", default=None,
@@ -127,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whole subjects per training batch (1)")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (1e-4)")
     g.add_argument("--beta", type=float, default=None, help="KL weight (1.0)")
+    g.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
+                   help="decoder likelihood: sigma = Gaussian with a calibrated shared variance "
+                   "(the batch's mean squared error, Rybkin et al. 2021), unit = fixed unit "
+                   "variance of earlier versions, which collapses the posterior on data in "
+                   "[-1, 1] (unit)")
     g.add_argument("--width", type=float, default=None, metavar="W",
                    help="channel multiplier (1.0; e.g. 0.125 for CPU demos)")
     g.add_argument("--downsample", type=_positive_int, default=None, metavar="F",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 from vaefusion import __version__
 from vaefusion.cli.parser import ANALYSIS_LEVELS, build_parser
 from vaefusion.config import Config, load_toml
+from vaefusion.derivatives import naming
 from vaefusion.errors import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -30,7 +33,7 @@ _DIRECT = ("participant_label", "session_label", "bids_filter_file", "skip_bids_
            "negative_label", "work_dir", "nprocs", "omp_nthreads", "mem_gb", "use_plugin",
            "config_file", "device", "bf16", "stop_on_first_crash", "verbose", "latent_dims",
            "seeds", "folds", "epochs", "patience", "batch_subjects", "lr", "beta", "width",
-           "downsample", "augment", "model", "methods")
+           "downsample", "augment", "model", "methods", "likelihood")
 
 
 def build_config(args) -> Config:
@@ -53,7 +56,8 @@ def build_config(args) -> Config:
         )
     cfg.bids_dir = Path(cfg.bids_dir).expanduser().resolve()
     cfg.output_dir = Path(cfg.output_dir).expanduser().resolve()
-    cfg.work_dir = Path(cfg.work_dir or Path.cwd() / "work").expanduser().resolve()
+    cfg.work_dir = (Path(cfg.work_dir).expanduser().resolve() if cfg.work_dir
+                    else default_work_dir(cfg.output_dir))
     for name in ("bids_filter_file", "use_plugin", "model"):
         value = getattr(cfg, name)
         if value is not None:
@@ -63,11 +67,52 @@ def build_config(args) -> Config:
     return cfg.resolve()
 
 
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def creatable(path: Path) -> str | None:
+    """Why ``path`` cannot be used as a folder to write in (None if it can); creates nothing."""
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        return f"{base} is a file, not a folder"
+    if not os.access(base, os.W_OK | os.X_OK):
+        return f"{base} is not writable"
+    return None
+
+
+def default_work_dir(output_dir: Path) -> Path:
+    """The work dir when ``-w`` is not given: never the current directory.
+
+    ``OUTPUT_DIR/../<name>_work`` (next to the outputs, on the same disk, one per output
+    dataset, so reruns resume), or, where that folder cannot be created (e.g. ``/out`` in a
+    container), ``$TMPDIR/vaefusion_work_<uid>_<hash of OUTPUT_DIR>``.
+    """
+    sibling = output_dir.parent / f"{output_dir.name}_work"
+    if creatable(sibling) is None:
+        return sibling
+    key = hashlib.sha1(str(output_dir).encode()).hexdigest()[:8]
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()).resolve() / f"vaefusion_work_{uid}_{key}"
+
+
 def check_paths(cfg: Config) -> None:
-    """The input must exist; outputs and work must not be inside it and must be creatable."""
+    """The input must be a dataset folder; outputs and work must be creatable outside it.
+
+    Nothing is created here (see :func:`run`), so a refused run leaves nothing behind.
+    """
     assert cfg.bids_dir and cfg.output_dir and cfg.work_dir
-    if not cfg.bids_dir.is_dir():
+    if not cfg.bids_dir.exists():
         raise MissingInputError(f"BIDS_DIR {cfg.bids_dir} does not exist; give the dataset root.")
+    if not cfg.bids_dir.is_dir():
+        raise MissingInputError(
+            f"BIDS_DIR {cfg.bids_dir} is not a folder; give the dataset root folder (the one "
+            f"holding dataset_description.json)."
+        )
     if not (cfg.bids_dir / "dataset_description.json").is_file():
         raise MissingInputError(
             f"{cfg.bids_dir / 'dataset_description.json'} is missing; BIDS_DIR must be the root "
@@ -79,11 +124,15 @@ def check_paths(cfg: Config) -> None:
                 f"{what} {path} is inside BIDS_DIR {cfg.bids_dir}; the input is never written "
                 f"to, so choose a folder outside it."
             )
-    if cfg.model is not None and not (cfg.model / "model.json").is_file():
-        raise MissingInputError(
-            f"--model {cfg.model} holds no model.json; give a folder written by a group run "
-            f"(OUTPUT_DIR/group/models/...)."
-        )
+    for what, path in (("the output folder", cfg.output_dir), ("the work dir", cfg.work_dir)):
+        why = creatable(path)
+        if why:
+            option = "OUTPUT_DIR" if path == cfg.output_dir else "-w/--work-dir"
+            raise OutputError(f"Cannot write {what} {path} ({why}); give a writable {option}.")
+
+
+def create_work_dir(cfg: Config) -> None:
+    assert cfg.work_dir is not None
     try:
         cfg.work_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -105,26 +154,31 @@ def setup_logging(cfg: Config | None, verbose: int = 0) -> Path | None:
     if cfg is None or cfg.output_dir is None:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = cfg.output_dir / "logs" / f"vaefusion-{cfg.analysis_level}-{stamp}.log"
+    path = naming.log_file(cfg.output_dir, cfg.analysis_level, stamp)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s [%(levelname)s] %(message)s"))
     root.addHandler(handler)
     return path
 
 
-def run(cfg: Config) -> int:
+def run(cfg: Config, latent_dims_given: bool = False) -> int:
     """Run one analysis level with a validated configuration."""
     from vaefusion.derivatives.dataset import init_output_dir
+    from vaefusion.inputs.options import check_inputs
     from vaefusion.inputs.validation import validate_input
 
     check_paths(cfg)
+    check_inputs(cfg, latent_dims_given)
+    # every option is checked: only now is anything created
+    create_work_dir(cfg)
     init_output_dir(cfg)
     setup_logging(cfg, cfg.verbose)
     LOG.info("vaefusion %s: %s level on %s", __version__, cfg.analysis_level, cfg.bids_dir)
+    LOG.info("Work dir: %s", cfg.work_dir)
     if cfg.skip_bids_validation:
         LOG.info("BIDS validation skipped (--skip-bids-validation)")
     else:
-        validate_input(cfg.bids_dir, cfg.output_dir / "logs")
+        validate_input(cfg.bids_dir, naming.logs_dir(cfg.output_dir))
     if cfg.bf16 and cfg.analysis_level == "group":
         import torch
 
@@ -143,12 +197,11 @@ def run(cfg: Config) -> int:
 
 
 def _crash_file(cfg: Config | None) -> Path:
-    folder = cfg.output_dir / "logs" if cfg and cfg.output_dir else Path.cwd()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        folder = Path(os.environ.get("TMPDIR", "/tmp"))
-    path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-vaefusion.txt"
+    # OUTPUT_DIR/logs if the run got that far; never litter the current directory
+    folder = naming.logs_dir(cfg.output_dir) if cfg and cfg.output_dir else None
+    if folder is None or not folder.is_dir():
+        folder = Path(tempfile.gettempdir())
+    path = naming.crash_file(folder, time.strftime("%Y%m%d-%H%M%S"))
     path.write_text(traceback.format_exc())
     return path
 
@@ -164,9 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg: Config | None = None
     setup_logging(None, args.verbose or 0)
+    handlers = set(LOG.handlers)
     try:
         cfg = build_config(args)
-        return run(cfg)
+        # only the command line: a reused config file always holds latent_dims
+        return run(cfg, latent_dims_given=args.latent_dims is not None)
     except VaefusionError as exc:
         LOG.error("%s", exc.message)
         return exc.code
@@ -178,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         LOG.error("vaefusion crashed (%s: %s); the traceback is in %s. Please report it.",
                   type(exc).__name__, exc, crash)
         return EXIT_FAILURE
+    finally:  # this run's log file closes with it (main may be called again in one process)
+        for handler in set(LOG.handlers) - handlers:
+            LOG.removeHandler(handler)
+            handler.close()
 
 
 if __name__ == "__main__":

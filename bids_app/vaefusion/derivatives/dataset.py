@@ -8,7 +8,8 @@ from pathlib import Path
 
 from vaefusion import __version__
 from vaefusion.config import Config
-from vaefusion.derivatives.io import atomic_write_text
+from vaefusion.derivatives import naming
+from vaefusion.derivatives.io import atomic_write_text, write_json
 from vaefusion.errors import OutputError
 from vaefusion.inputs.reference import citation
 
@@ -64,7 +65,7 @@ def dataset_description(cfg: Config) -> dict:
     }
     if cfg.bids_dir is not None:
         source = {"URL": Path(cfg.bids_dir).resolve().as_uri()}
-        src_desc = Path(cfg.bids_dir) / "dataset_description.json"
+        src_desc = Path(cfg.bids_dir) / naming.DATASET_DESCRIPTION
         try:
             doi = json.loads(src_desc.read_text()).get("DatasetDOI")
         except (OSError, ValueError):
@@ -79,20 +80,20 @@ def init_output_dir(cfg: Config) -> Path:
     """Create OUTPUT_DIR with its description, .bidsignore, logs/CITATION.md and config."""
     out = cfg.output_dir
     assert out is not None
+    logs = naming.logs_dir(out)
     try:
-        (out / "logs").mkdir(parents=True, exist_ok=True)
-        probe = out / "logs" / ".write-test"
+        logs.mkdir(parents=True, exist_ok=True)
+        probe = logs / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
         raise OutputError(
             f"Cannot write to the output folder {out} ({exc.strerror}); give a writable path."
         ) from None
-    atomic_write_text(out / "dataset_description.json",
-                      json.dumps(dataset_description(cfg), indent=2) + "\n")
-    atomic_write_text(out / ".bidsignore", BIDSIGNORE)
-    atomic_write_text(out / "README.md", OUTPUT_README)
-    atomic_write_text(out / "logs" / "CITATION.md", "# Citing vaefusion\n\n" + citation())
-    atomic_write_text(out / "logs" / f"config-{cfg.analysis_level}.toml", cfg.to_toml())
+    write_json(out / naming.DATASET_DESCRIPTION, dataset_description(cfg))
+    atomic_write_text(out / naming.BIDSIGNORE, BIDSIGNORE)
+    atomic_write_text(out / naming.README, OUTPUT_README)
+    atomic_write_text(logs / naming.CITATION, "# Citing vaefusion\n\n" + citation())
+    atomic_write_text(naming.config_file(out, cfg.analysis_level), cfg.to_toml())
     return out
 

@@ -1,4 +1,4 @@
-"""Group outputs from the joined cross-validation results: TSV tables, models, latents, summary.
+"""Group outputs from typed results: TSV tables, models, latents and ``summary.json``.
 
 The headline numbers of ``group/summary.json`` use the first ``--latent-dim`` value (the
 primary setting) and average over folds of every seed; the full sweep is in the TSVs.
@@ -7,7 +7,6 @@ Choosing the best latent dim after seeing test AUCs would be optimistic, so it i
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -17,47 +16,58 @@ import numpy as np
 
 from vaefusion import __version__
 from vaefusion.config import Config
-from vaefusion.derivatives.io import atomic_write_text, tsv_text
-from vaefusion.derivatives.subject import write_latents_tsv
-from vaefusion.evaluation.manifest import Manifest, unit_name
+from vaefusion.derivatives import naming
+from vaefusion.derivatives.io import write_json, write_tsv
+from vaefusion.derivatives.subject import (
+    LATENT_ROW_COLUMNS,
+    LatentsSource,
+    SubjectLatents,
+    latent_columns,
+    latent_rows,
+    write_subject_latents,
+)
+from vaefusion.evaluation.manifest import Manifest
+from vaefusion.evaluation.results import FoldResult
 from vaefusion.evaluation.summary import auc_table, importance_summary
 from vaefusion.inputs.reference import modality_domain
 
 METRIC_COLUMNS = ["method", "latent_dim", "seed", "fold", "roc_auc", "n_train", "n_test",
                   "available", "backend"]
+SCORE_COLUMNS = ["method", "latent_dim", "seed", "fold", "participant_id", "label", "decision"]
+IMPORTANCE_COLUMNS = ["latent_dim", "seed", "fold", "modality", "domain", "importance"]
+#: the group latents table: the per-subject schema behind participant, session and fold
+LATENTS_TABLE_COLUMNS = ["participant_id", "session_id", "fold", *LATENT_ROW_COLUMNS]
 
 
-def write_group_outputs(cfg: Config, manifest: Manifest, results: list[dict[str, Any]]) -> dict:
+def write_group_outputs(cfg: Config, manifest: Manifest, results: list[FoldResult]) -> dict:
     """Write everything under OUTPUT_DIR/group (and per-subject latents); returns the summary."""
     assert cfg.output_dir is not None
-    out = Path(cfg.output_dir)
-    group = out / "group"
+    group = naming.group_dir(cfg.output_dir)
     group.mkdir(parents=True, exist_ok=True)
-    results = sorted(results, key=lambda r: (r["method"], r["latent_dim"], r["seed"], r["fold"]))
+    results = sorted(results, key=lambda r: r.sort_key)
 
-    atomic_write_text(group / "metrics.tsv", tsv_text(results, METRIC_COLUMNS))
+    write_tsv(group / naming.METRICS,
+              [{c: getattr(r, c) for c in METRIC_COLUMNS} for r in results], METRIC_COLUMNS)
     scores = [
-        {"method": r["method"], "latent_dim": r["latent_dim"], "seed": r["seed"],
-         "fold": r["fold"], "participant_id": key, "label": lab, "decision": d}
-        for r in results if r["available"]
-        for key, lab, d in zip(r["test_subjects"], r["test_labels"], r["decision"], strict=True)
+        {"method": r.method, "latent_dim": r.latent_dim, "seed": r.seed, "fold": r.fold,
+         "participant_id": key, "label": lab, "decision": d}
+        for r in results if r.available
+        for key, lab, d in zip(r.test_subjects, r.test_labels, r.decision, strict=True)
     ]
-    atomic_write_text(group / "decision_scores.tsv", tsv_text(
-        scores, ["method", "latent_dim", "seed", "fold", "participant_id", "label", "decision"]))
+    write_tsv(group / naming.DECISION_SCORES, scores, SCORE_COLUMNS)
     table = auc_table(results)
-    columns = list(table[0]) if table else []
-    atomic_write_text(group / "auc_by_latent_dim.tsv", tsv_text(table, columns))
+    write_tsv(group / naming.AUC_TABLE, table, list(table[0]) if table else [])
 
     primary = cfg.latent_dims[0]
-    vae = [r for r in results if r["method"] == "vae"]
+    vae = [r for r in results if r.method == "vae"]
     importance = importance_summary(results, manifest.modalities, primary)
     imp_rows = [
-        {"latent_dim": r["latent_dim"], "seed": r["seed"], "fold": r["fold"], "modality": m,
+        {"latent_dim": r.latent_dim, "seed": r.seed, "fold": r.fold, "modality": m,
          "domain": modality_domain(m), "importance": v}
-        for r in vae for m, v in zip(manifest.modalities, r["importance"], strict=True)
+        for r in vae if r.importance is not None
+        for m, v in zip(manifest.modalities, r.importance, strict=True)
     ]
-    atomic_write_text(group / "importance.tsv", tsv_text(
-        imp_rows, ["latent_dim", "seed", "fold", "modality", "domain", "importance"]))
+    write_tsv(group / naming.IMPORTANCE, imp_rows, IMPORTANCE_COLUMNS)
     if vae:
         _write_models_and_latents(cfg, manifest, vae, group)
         _write_history(vae, group)
@@ -72,7 +82,7 @@ def write_group_outputs(cfg: Config, manifest: Manifest, results: list[dict[str,
             "latent_dim": primary, "n_folds": row["n_folds"], "seeds": cfg.seeds,
             "available": row["available"],
         }
-    backends = sorted({r["backend"] for r in results})
+    backends = sorted({r.backend for r in results})
     summary = {
         "methods": methods,
         "importance": importance,
@@ -83,14 +93,36 @@ def write_group_outputs(cfg: Config, manifest: Manifest, results: list[dict[str,
         "labels": {"positive": cfg.positive_label, "negative": cfg.negative_label},
         "folds": cfg.folds, "latent_dims": cfg.latent_dims, "seeds": cfg.seeds,
         "classifier_backend": backends[0] if len(backends) == 1 else backends,
-        "device": sorted({r.get("device", "cpu") for r in vae}) or None,
+        "device": sorted({r.training.device for r in vae if r.training is not None}) or None,
         "vaefusion_version": __version__,
     }
-    atomic_write_text(group / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_json(group / naming.SUMMARY, summary)
     return summary
 
 
-def _write_models_and_latents(cfg: Config, manifest: Manifest, vae: list[dict[str, Any]],
+def write_latents_table(path: Path, items: list[SubjectLatents]) -> Path:
+    """A group latents table: a row per subject and modality, all subjects of one model
+    setting (participant_id, session_id, fold, modality, domain, z000...)."""
+    dims = {item.source.latent_dim for item in items}
+    if len(dims) > 1:
+        raise ValueError(f"one latents table cannot hold latent dims {sorted(dims)}")
+    rows = [{"participant_id": naming.participant_id(item.subject),
+             "session_id": naming.session_id(item.session), "fold": item.source.fold, **row}
+            for item in items for row in latent_rows(item)]
+    dim = dims.pop() if dims else 0
+    return write_tsv(path, rows, [*LATENTS_TABLE_COLUMNS, *latent_columns(dim)])
+
+
+def _copy_model(src: str, dst: Path) -> None:
+    """Copy a model folder so that ``dst`` is complete or absent (copy, then rename)."""
+    tmp = dst.with_name(dst.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
+def _write_models_and_latents(cfg: Config, manifest: Manifest, vae: list[FoldResult],
                               group: Path) -> None:
     """Copy each fold's model; write each subject's out-of-fold latents.
 
@@ -98,48 +130,55 @@ def _write_models_and_latents(cfg: Config, manifest: Manifest, vae: list[dict[st
     subject); other subjects use fold 0's model. The primary setting (first latent dim and
     seed) gives ``sub-<label>_desc-vae_latents.tsv``; every setting is in group/latents_*.tsv.
     """
-    models = group / "models"
-    for r in vae:
-        dst = models / unit_name("vae", r["latent_dim"], r["seed"], r["fold"])
-        tmp = dst.with_name(dst.name + ".part")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(r["model_dir"], tmp)
-        shutil.rmtree(dst, ignore_errors=True)
-        tmp.rename(dst)
-
     from vaefusion.inputs.cache import read_meta
 
+    for r in vae:
+        assert r.training is not None, "a VAE fold result without its training record"
+        _copy_model(r.training.model_dir, naming.model_dir(group, "vae", r.latent_dim, r.seed,
+                                                           r.fold))
     metas = {manifest.keys[i]: read_meta(Path(f)) for i, f in enumerate(manifest.files)}
-    settings = sorted({(r["latent_dim"], r["seed"]) for r in vae})
+    settings = sorted({(r.latent_dim, r.seed) for r in vae})
     for dim, seed in settings:
-        runs = sorted((r for r in vae if (r["latent_dim"], r["seed"]) == (dim, seed)),
-                      key=lambda r: r["fold"])
-        tested = {key: r for r in runs for key in r["test_subjects"]}
-        loaded = {r["fold"]: np.load(r["latents"]) for r in runs}
-        rows = []
+        runs = sorted((r for r in vae if (r.latent_dim, r.seed) == (dim, seed)),
+                      key=lambda r: r.fold)
+        tested = {key: r for r in runs for key in r.test_subjects}
+        loaded = {r.fold: np.load(r.training.latents) for r in runs if r.training is not None}
+        items = []
         for key, meta in metas.items():
             src = tested.get(key, runs[0])
-            mu = loaded[src["fold"]][key]
-            for name, z in zip(meta.modalities, mu, strict=True):
-                rows.append({"participant_id": f"sub-{meta.subject}",
-                             "session_id": f"ses-{meta.session}" if meta.session else "n/a",
-                             "fold": src["fold"], "modality": name,
-                             "domain": modality_domain(name),
-                             **{f"z{j:03d}": float(v) for j, v in enumerate(z)}})
-            if (dim, seed) == (cfg.latent_dims[0], cfg.seeds[0]):
-                model_name = unit_name("vae", dim, seed, src["fold"])
-                write_latents_tsv(cfg.output_dir, meta.subject, meta.session, meta.modalities,
-                                  mu, meta={"LatentDim": dim, "Seed": seed, "Fold": src["fold"],
-                                            "Model": f"group/models/{model_name}",
-                                            "OutOfFold": key in tested})
-        cols = ["participant_id", "session_id", "fold", "modality", "domain",
-                *[f"z{j:03d}" for j in range(dim)]]
-        atomic_write_text(group / f"latents_vae_L{dim}_seed{seed}.tsv", tsv_text(rows, cols))
+            model = naming.model_dir(Path(naming.GROUP), "vae", dim, seed, src.fold)
+            source = LatentsSource(latent_dim=dim, model=model.as_posix(), seed=seed,
+                                   fold=src.fold, out_of_fold=key in tested)
+            items.append(SubjectLatents(meta.subject, meta.session, meta.modalities,
+                                        loaded[src.fold][key], source))
+        write_latents_table(group / naming.latents_table(dim, seed), items)
+        if (dim, seed) == (cfg.latent_dims[0], cfg.seeds[0]):
+            for item in items:
+                write_subject_latents(cfg.output_dir, item)
 
 
-def _write_history(vae: list[dict[str, Any]], group: Path) -> None:
-    rows = [{"latent_dim": r["latent_dim"], "seed": r["seed"], "fold": r["fold"], **h}
-            for r in vae for h in r.get("history", [])]
+def _write_history(vae: list[FoldResult], group: Path) -> None:
+    # list values (KL per latent dimension) become one comma-separated cell
+    rows = [{"latent_dim": r.latent_dim, "seed": r.seed, "fold": r.fold,
+             **{k: ",".join(f"{x:.6g}" for x in v) if isinstance(v, list) else v
+                for k, v in h.items()}}
+            for r in vae if r.training is not None for h in r.training.history]
     if rows:
-        atomic_write_text(group / "training_history.tsv", tsv_text(rows, list(rows[0])))
+        write_tsv(group / naming.TRAINING_HISTORY, rows, list(rows[0]))
 
+
+def write_model_embedding(out: Path, items: list[SubjectLatents], model: Path,
+                          group: bool) -> None:
+    """The outputs of embedding with ``--model``: each subject's latents, and at the group
+    level the latents table and a ``summary.json`` that records the model used."""
+    for item in items:
+        write_subject_latents(out, item)
+    if not group:
+        return
+    folder = naming.group_dir(out)
+    write_latents_table(folder / naming.MODEL_LATENTS, items)
+    write_json(folder / naming.SUMMARY, {
+        "methods": {}, "importance": [], "n_subjects": len(items),
+        "model": str(model), "latent_dim": items[0].source.latent_dim if items else None,
+        "note": "embedding only (--model): no training, no classification",
+    })

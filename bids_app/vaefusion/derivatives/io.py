@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -15,10 +16,31 @@ import nibabel as nib
 import numpy as np
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (thread-safe)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mkstemp(path: Path, suffix: str) -> tuple[int, str]:
+    """mkstemp beside ``path``, with the mode a plain open() would give (mkstemp's is 0600)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=suffix)
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     """Write an ``.npy`` so that readers never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.part")
+    fd, tmp = _mkstemp(path, ".npy.part")
     try:
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, array)
@@ -31,7 +53,7 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text atomically (temp file in the same directory, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    fd, tmp = _mkstemp(path, ".part")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
@@ -72,3 +94,15 @@ def tsv_text(rows: list[dict], columns: list[str]) -> str:
         writer.writerow([_cell(row.get(c)) for c in columns])
     return buf.getvalue()
 
+
+def write_tsv(path: Path, rows: list[dict], columns: list[str]) -> Path:
+    """A TSV (header ``columns``, one line per row), written atomically."""
+    atomic_write_text(path, tsv_text(rows, columns))
+    return path
+
+
+def write_json(path: Path, data: object) -> Path:
+    """Indented JSON with a final newline, written atomically (serialized before the file is
+    opened, so a value JSON cannot hold leaves the old file as it was)."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    return path

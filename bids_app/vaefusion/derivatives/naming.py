@@ -1,20 +1,155 @@
-"""Every output and cache file name is built here, from BIDS entities (as fMRIPrep's
-``DerivativesDataSink`` does); no other module spells a ``sub-``/``ses-`` name."""
+"""Every output, log and work-dir file name is built here; no other module spells one.
+
+Per-subject names come from BIDS entities in BIDS order (as fMRIPrep's
+``DerivativesDataSink`` and ``utils/bids.py`` build them): ``sub-01[_ses-1]_desc-vae_latents.tsv``
+in ``sub-01[/ses-1]/``. Group outputs have fixed names under ``group/``, and the names of
+cross-validation units (``vae_L8_seed0_fold2``) name their model folders and work folders.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+#: BIDS entity order (the subset vaefusion writes); a name lists its entities in this order.
+ENTITY_ORDER = ("sub", "ses", "space", "res", "label", "desc")
 
+# ------------------------------------------------------------------- dataset level
+DATASET_DESCRIPTION = "dataset_description.json"
+BIDSIGNORE = ".bidsignore"
+README = "README.md"
+LOGS = "logs"
+CITATION = "CITATION.md"
+GROUP = "group"
+
+# ------------------------------------------------------------------- group level
+METRICS = "metrics.tsv"
+DECISION_SCORES = "decision_scores.tsv"
+AUC_TABLE = "auc_by_latent_dim.tsv"
+IMPORTANCE = "importance.tsv"
+TRAINING_HISTORY = "training_history.tsv"
+SUMMARY = "summary.json"
+MODELS = "models"
+#: the group latents table of a ``--model`` run (no cross-validation setting to name it by)
+MODEL_LATENTS = "latents_model.tsv"
+
+# ------------------------------------------------------------------- work dir
+GROUP_MANIFEST = "group_manifest.json"
+UNIT_RESULT = "result.json"
+GATHERED_RESULTS = "results.json"
+UNIT_MODEL = "model"
+UNIT_LATENTS = "latents.npz"
+CACHE_STACK_EXT = ".npy"
+
+
+# ------------------------------------------------------------------- BIDS entities
 def subject_key(subject: str, session: str | None = None) -> str:
-    return f"sub-{subject}" + (f"_ses-{session}" if session else "")
+    """``sub-01`` or ``sub-01_ses-1``: the participant (and session) part of every name."""
+    return bids_name(subject, session)
 
 
-def subject_dir(out: Path, subject: str, session: str | None) -> Path:
-    path = out / f"sub-{subject}"
+def participant_id(subject: str) -> str:
+    """The ``participant_id`` column value of a subject label: ``sub-01``."""
+    return f"sub-{subject}"
+
+
+def session_id(session: str | None) -> str | None:
+    """The ``session_id`` column value: ``ses-1``, or None (``n/a``) without sessions."""
+    return f"ses-{session}" if session else None
+
+
+def bids_name(subject: str, session: str | None = None, suffix: str | None = None,
+              extension: str = "", **entities: str | None) -> str:
+    """A BIDS file name from entities: ``bids_name("01", "1", "latents", ".tsv", desc="vae")``
+    gives ``sub-01_ses-1_desc-vae_latents.tsv``; None entities are left out."""
+    unknown = set(entities) - set(ENTITY_ORDER)
+    if unknown:
+        raise ValueError(f"unknown BIDS entities {sorted(unknown)}; known: {ENTITY_ORDER}")
+    values = {"sub": subject, "ses": session, **entities}
+    parts = [f"{key}-{values[key]}" for key in ENTITY_ORDER if values.get(key)]
+    if suffix:
+        parts.append(suffix)
+    return "_".join(parts) + extension
+
+
+def subject_dir(out: Path, subject: str, session: str | None = None) -> Path:
+    """``OUT/sub-01`` or ``OUT/sub-01/ses-1``."""
+    path = Path(out) / f"sub-{subject}"
     return path / f"ses-{session}" if session else path
 
 
-def entity_prefix(subject: str, session: str | None) -> str:
-    return f"sub-{subject}" + (f"_ses-{session}" if session else "")
+def subject_file(out: Path, subject: str, session: str | None, suffix: str, extension: str,
+                 **entities: str | None) -> Path:
+    """A per-subject derivative: the BIDS name inside the subject's (session's) folder."""
+    return subject_dir(out, subject, session) / bids_name(subject, session, suffix, extension,
+                                                          **entities)
 
+
+def preproc_stack(out: Path, subject: str, session: str | None) -> Path:
+    """The preprocessed input stack: ``sub-01/sub-01_desc-preproc_stack.nii.gz``."""
+    return subject_file(out, subject, session, "stack", ".nii.gz", desc="preproc")
+
+
+def subject_latents(out: Path, subject: str, session: str | None, desc: str = "vae") -> Path:
+    """A subject's latent means: ``sub-01/sub-01_desc-vae_latents.tsv``."""
+    return subject_file(out, subject, session, "latents", ".tsv", desc=desc)
+
+
+def sidecar(path: Path) -> Path:
+    """The JSON sidecar of a data file (``.nii.gz`` counts as one extension)."""
+    name = path.name
+    for ext in (".nii.gz", ".nii", ".tsv", ".npy"):
+        if name.endswith(ext):
+            return path.with_name(name[: -len(ext)] + ".json")
+    raise ValueError(f"{path} has no data-file extension to replace with .json")
+
+
+def cache_file(cache_dir: Path, subject: str, session: str | None) -> Path:
+    """A subject's stack in the training cache: ``WORK_DIR/cache/sub-01[_ses-1].npy``."""
+    return Path(cache_dir) / (subject_key(subject, session) + CACHE_STACK_EXT)
+
+
+# ------------------------------------------------------------------- dataset and logs
+def logs_dir(out: Path) -> Path:
+    return Path(out) / LOGS
+
+
+def config_file(out: Path, analysis_level: str) -> Path:
+    """The run's configuration next to the outputs: ``logs/config-group.toml``."""
+    return logs_dir(out) / f"config-{analysis_level}.toml"
+
+
+def log_file(out: Path, analysis_level: str, stamp: str) -> Path:
+    """``logs/vaefusion-<level>-<stamp>.log``."""
+    return logs_dir(out) / f"vaefusion-{analysis_level}-{stamp}.log"
+
+
+def crash_file(folder: Path, stamp: str) -> Path:
+    """A crash report outside nipype (``logs/`` or, before it exists, the temp folder)."""
+    return Path(folder) / f"crash-{stamp}-vaefusion.txt"
+
+
+# ------------------------------------------------------------------- group
+def group_dir(out: Path) -> Path:
+    return Path(out) / GROUP
+
+
+def unit_name(method: str, latent_dim: int, seed: int, fold: int | None = None) -> str:
+    """A cross-validation unit's stable name: ``vae_L128_seed0_fold3`` (its model folder in
+    ``group/models/`` and its folders in the work dir)."""
+    name = f"{method}_L{latent_dim}_seed{seed}"
+    return name if fold is None else f"{name}_fold{fold}"
+
+
+def model_dir(group: Path, method: str, latent_dim: int, seed: int, fold: int) -> Path:
+    """``group/models/vae_L8_seed0_fold2``."""
+    return Path(group) / MODELS / unit_name(method, latent_dim, seed, fold)
+
+
+def latents_table(latent_dim: int, seed: int, method: str = "vae") -> str:
+    """The group latents table of one cross-validated setting: ``latents_vae_L8_seed0.tsv``."""
+    return f"latents_{unit_name(method, latent_dim, seed)}.tsv"
+
+
+def gram_cache(cache_dir: Path, digest: str) -> Path:
+    """The PCA baselines' shared Gram matrices, keyed by a digest of their subjects."""
+    return Path(cache_dir) / f"grams-{digest}.npy"

@@ -1,15 +1,21 @@
-"""Per-subject derivatives: the preprocessed stack (NIfTI + sidecar) and the latents TSV."""
+"""Per-subject derivatives: the preprocessed stack (NIfTI + sidecar) and the latents TSV.
+
+Latents have one schema wherever they come from (a cross-validation fold's model or
+``--model``): a row per modality with ``modality``, ``domain``, ``z000``...; the JSON sidecar
+names the model that embedded the subject (:class:`LatentsSource`).
+"""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
-from vaefusion.derivatives.io import atomic_write_text, tsv_text, write_nifti_atomic
-from vaefusion.derivatives.naming import entity_prefix, subject_dir
+from vaefusion.derivatives import naming
+from vaefusion.derivatives.io import write_json, write_nifti_atomic, write_tsv
 from vaefusion.inputs.reference import modality_domain
 
 
@@ -32,34 +38,74 @@ def write_subject_stack(
     modalities: list[str], sources: list[str],
 ) -> Path:
     """Write the preprocessed stack of one subject and its JSON sidecar."""
-    prefix = entity_prefix(subject, session)
-    base = subject_dir(out, subject, session) / f"{prefix}_desc-preproc_stack"
-    nii = base.with_name(base.name + ".nii.gz")
+    nii = naming.preproc_stack(out, subject, session)
     write_nifti_atomic(nii, stack_image(stack, affine))
-    sidecar = {
+    write_json(naming.sidecar(nii), {
         "Description": "Preprocessed vaefusion input: GMV resampled to the ICN grid, each "
                        "volume scaled by its maximum absolute value to [-1, 1], ICNs first.",
         "Modalities": modalities,
         "Domains": [modality_domain(m) for m in modalities],
         "Sources": [Path(s).name for s in sources],
-    }
-    atomic_write_text(base.with_name(base.name + ".json"), json.dumps(sidecar, indent=2) + "\n")
+    })
     return nii
 
 
-def write_latents_tsv(
-    out: Path, subject: str, session: str | None, modalities: list[str], mu: np.ndarray,
-    desc: str = "vae", meta: dict | None = None,
-) -> Path:
-    """``sub-<label>_desc-vae_latents.tsv``: a row per modality; modality, domain, z000..."""
-    prefix = entity_prefix(subject, session)
-    path = subject_dir(out, subject, session) / f"{prefix}_desc-{desc}_latents.tsv"
-    columns = ["modality", "domain", *[f"z{j:03d}" for j in range(mu.shape[1])]]
-    rows = [{"modality": name, "domain": modality_domain(name),
-             **{f"z{j:03d}": float(v) for j, v in enumerate(row)}}
-            for name, row in zip(modalities, mu, strict=True)]
-    atomic_write_text(path, tsv_text(rows, columns))
-    if meta:
-        atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
-    return path
+# --------------------------------------------------------------------------- latents
+@dataclass(frozen=True)
+class LatentsSource:
+    """The model that embedded a subject: what the latents' JSON sidecar records."""
 
+    latent_dim: int
+    model: str  # group/models/<unit> (relative to OUTPUT_DIR) or the --model path
+    seed: int | None = None
+    fold: int | None = None
+    # True: the subject was in the test set of the model's fold (the model never saw it);
+    # None: unknown (a --model trained elsewhere)
+    out_of_fold: bool | None = None
+
+    def sidecar(self) -> dict[str, Any]:
+        return {"LatentDim": self.latent_dim, "Seed": self.seed, "Fold": self.fold,
+                "Model": self.model, "OutOfFold": self.out_of_fold}
+
+
+@dataclass(frozen=True)
+class SubjectLatents:
+    """One subject's posterior means, ``mu`` (n_modalities, latent_dim), and their source."""
+
+    subject: str
+    session: str | None
+    modalities: list[str]
+    mu: np.ndarray
+    source: LatentsSource
+
+    def __post_init__(self) -> None:
+        if self.mu.shape != (len(self.modalities), self.source.latent_dim):
+            raise ValueError(f"latents of shape {self.mu.shape} for {len(self.modalities)} "
+                             f"modalities at latent dim {self.source.latent_dim}")
+
+
+def latent_columns(latent_dim: int) -> list[str]:
+    """``z000``, ``z001``, ...: one column per latent dimension."""
+    return [f"z{j:03d}" for j in range(latent_dim)]
+
+
+#: the columns of every latents table before ``z000``...: per subject, and (after the
+#: participant, session and fold columns) in the group tables
+LATENT_ROW_COLUMNS = ["modality", "domain"]
+
+
+def latent_rows(item: SubjectLatents) -> list[dict[str, Any]]:
+    """A row per modality: modality, its NeuroMark domain, and the latent means."""
+    names = latent_columns(item.source.latent_dim)
+    return [{"modality": m, "domain": modality_domain(m),
+             **{c: float(v) for c, v in zip(names, row, strict=True)}}
+            for m, row in zip(item.modalities, item.mu, strict=True)]
+
+
+def write_subject_latents(out: Path, item: SubjectLatents) -> Path:
+    """``sub-<label>[_ses-<label>]_desc-vae_latents.tsv`` and its JSON sidecar."""
+    path = naming.subject_latents(out, item.subject, item.session)
+    write_tsv(path, latent_rows(item),
+              [*LATENT_ROW_COLUMNS, *latent_columns(item.source.latent_dim)])
+    write_json(naming.sidecar(path), item.source.sidecar())
+    return path

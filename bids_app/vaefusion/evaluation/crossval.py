@@ -1,8 +1,9 @@
 """Cross-validated evaluation units: one VAE fold, one PCA baseline over all folds.
 
 Each unit reads the group *manifest* (which cached subjects exist, their labels and which of
-them are classified), does its work, and returns a JSON-able dict. The nipype group workflow
-runs the units as parallel branches and joins their results; nothing here knows nipype.
+them are classified), does its work, and returns typed :class:`FoldResult` objects. The nipype
+group workflow runs the units as parallel branches and joins their results; nothing here knows
+nipype.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import hashlib
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from vaefusion.config import Config, Runtime
+from vaefusion.derivatives import naming
 from vaefusion.derivatives.io import atomic_save_npy
-from vaefusion.evaluation.manifest import Manifest, unit_name
+from vaefusion.evaluation.manifest import Manifest
+from vaefusion.evaluation.results import FoldResult, VAETraining
 from vaefusion.training.device import configure_threads
 from vaefusion.training.inference import embed_groups
 
@@ -31,7 +33,7 @@ def _fold(manifest: Manifest, cfg: Config, seed: int, fold: int):
 
 
 def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: int,
-                 seed: int, fold: int, train_root: Path, out_dir: Path) -> dict[str, Any]:
+                 seed: int, fold: int, train_root: Path, out_dir: Path) -> FoldResult:
     """Train the fold's VAE on its train subjects (validation for model selection), embed
     every subject with it, and score the SVM on the fold's test subjects.
 
@@ -45,7 +47,7 @@ def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: 
     cls = manifest.classified
     f = _fold(manifest, cfg, seed, fold)
     files = [Path(p) for p in manifest.files]
-    name = unit_name("vae", latent_dim, seed, fold)
+    name = naming.unit_name("vae", latent_dim, seed, fold)
     LOG.info("%s: training on %d subjects (validation %d), testing on %d", name, f.train.size,
              f.val.size, f.test.size)
     result = train_vae(cfg, runtime, latent_dim, seed, [files[cls[i]] for i in f.train],
@@ -57,32 +59,31 @@ def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: 
     importance = modality_importance(metrics.weights, len(manifest.modalities), latent_dim)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_dir = out_dir / "model"
+    model_dir = out_dir / naming.UNIT_MODEL
     save_model(result.model, model_dir, {
         **result.meta, "modalities": manifest.modalities, "fold": fold, "seed": seed,
         "train_subjects": [manifest.keys[cls[i]] for i in f.train],
         "val_subjects": [manifest.keys[cls[i]] for i in f.val],
         "test_subjects": [manifest.keys[cls[i]] for i in f.test],
     })
-    latents = out_dir / "latents.npz"
+    latents = out_dir / naming.UNIT_LATENTS
     np.savez(latents, **{manifest.keys[i]: mu for i, mu in mus.items()})
     clear_checkpoint(train_root / name)
     LOG.info("%s: ROC-AUC %.3f (best epoch %d of %d)", name, metrics.roc_auc, result.best_epoch,
              result.epochs_run)
-    return {
-        "method": "vae", "latent_dim": latent_dim, "seed": seed, "fold": fold,
-        "roc_auc": metrics.roc_auc, "n_train": metrics.n_train, "n_test": metrics.n_test,
-        "backend": metrics.backend, "available": True,
-        "test_subjects": [manifest.keys[cls[i]] for i in f.test],
-        "test_labels": manifest.y()[f.test].tolist(),
-        "decision": metrics.decision.tolist(),
-        "importance": importance.tolist(),
-        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-        "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
-        "device": str(result.device),
-        "history": [asdict(h) for h in result.history],
-        "model_dir": str(model_dir), "latents": str(latents),
-    }
+    training = VAETraining(
+        best_epoch=result.best_epoch, epochs_run=result.epochs_run,
+        best_val_loss=result.best_val_loss, stopped_early=result.stopped_early,
+        device=str(result.device), model_dir=str(model_dir), latents=str(latents),
+        history=[asdict(h) for h in result.history], likelihood=result.likelihood,
+        sigma=result.sigma, active_units=result.active_units,
+        kl_per_volume=result.kl_per_volume, recon_r2=result.recon_r2)
+    return FoldResult(
+        method="vae", latent_dim=latent_dim, seed=seed, fold=fold, roc_auc=metrics.roc_auc,
+        n_train=metrics.n_train, n_test=metrics.n_test, backend=metrics.backend,
+        test_subjects=[manifest.keys[cls[i]] for i in f.test],
+        test_labels=manifest.y()[f.test].tolist(), decision=metrics.decision.tolist(),
+        importance=importance.tolist(), training=training)
 
 
 def gram_cache_path(cache_dir: Path, files: list[Path]) -> Path:
@@ -95,16 +96,16 @@ def gram_cache_path(cache_dir: Path, files: list[Path]) -> Path:
     for f in files:
         st = Path(f).stat()
         digest.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return Path(cache_dir) / f"grams-{digest.hexdigest()[:16]}.npy"
+    return naming.gram_cache(cache_dir, digest.hexdigest()[:16])
 
 
 def run_pca_baseline(cfg: Config, runtime: Runtime, manifest: Manifest, method: str,
                      latent_dim: int, seed: int, cache_dir: Path | None = None
-                     ) -> list[dict[str, Any]]:
-    """One PCA baseline over all folds of ``seed``; one result dict per fold.
+                     ) -> list[FoldResult]:
+    """One PCA baseline over all folds of ``seed``; one result per fold.
 
-    Not-available (more components than training samples) gives one dict per fold with
-    ``available: False`` and ``roc_auc: NaN``: the paper's "X".
+    Not-available (more components than training samples) gives one result per fold with
+    ``available=False``, ``roc_auc`` NaN and the reason: the paper's "X".
     """
     from vaefusion.evaluation.baselines import (
         NotAvailable,
@@ -139,16 +140,14 @@ def run_pca_baseline(cfg: Config, runtime: Runtime, manifest: Manifest, method: 
                                     seed=seed)
     rows = []
     for f in folds:
-        base = {"method": method, "latent_dim": latent_dim, "seed": seed, "fold": f.index,
-                "n_train": int(f.fit.size), "n_test": int(f.test.size), "backend": backend,
-                "test_subjects": [manifest.keys[cls[i]] for i in f.test],
-                "test_labels": y[f.test].tolist()}
-        if isinstance(result, NotAvailable):
-            rows.append({**base, "available": False, "roc_auc": float("nan"), "decision": []})
-        else:
-            m = result[f.index]
-            rows.append({**base, "available": True, "roc_auc": m.roc_auc,
-                         "decision": m.decision.tolist()})
+        m = None if isinstance(result, NotAvailable) else result[f.index]
+        rows.append(FoldResult(
+            method=method, latent_dim=latent_dim, seed=seed, fold=f.index,
+            roc_auc=float("nan") if m is None else m.roc_auc, n_train=int(f.fit.size),
+            n_test=int(f.test.size), backend=backend, available=m is not None,
+            reason=str(result) if m is None else None,
+            test_subjects=[manifest.keys[cls[i]] for i in f.test],
+            test_labels=y[f.test].tolist(), decision=[] if m is None else m.decision.tolist()))
     if isinstance(result, NotAvailable):
         LOG.info("%s with %d components: not available (%s)", method, latent_dim, result)
     return rows

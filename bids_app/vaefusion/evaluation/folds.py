@@ -78,6 +78,21 @@ def _validation_counts(pool_counts: np.ndarray, n_val: int) -> np.ndarray:
     return take
 
 
+def min_subjects_per_class(k: int, val_fraction: float = 0.1) -> int:
+    """Fewest subjects per class with which two balanced classes pass :func:`make_folds`.
+
+    For error messages: each test fold takes ``ceil(m / k)`` subjects of each class and the
+    rest must hold a validation set and :data:`MIN_TRAIN_SUBJECTS` training subjects.
+    """
+    m = max(k, 1)
+    while True:
+        pool = 2 * m - 2 * -(-m // k)
+        n_val = max(MIN_VAL_SUBJECTS, int(round(val_fraction * pool)))
+        if pool - n_val >= MIN_TRAIN_SUBJECTS:
+            return m
+        m += 1
+
+
 def make_folds(labels: np.ndarray, k: int, seed: int, val_fraction: float = 0.1) -> list[Fold]:
     """Stratified K-fold over subjects, each with a stratified validation split of its training.
 
@@ -102,9 +117,14 @@ def make_folds(labels: np.ndarray, k: int, seed: int, val_fraction: float = 0.1)
     smaller = int(counts.min())
     if k > smaller:
         which = "patients" if counts[1] < counts[0] else "controls"
+        fits = [j for j in range(2, smaller + 1) if min_subjects_per_class(j, val_fraction)
+                <= smaller]
         raise DataError(
-            f"--folds {k} needs at least {k} subjects per group, but there are only {smaller} "
-            f"{which}; lower --folds to {smaller} or less, or add subjects."
+            f"--folds {k} needs at least {min_subjects_per_class(k, val_fraction)} patients and "
+            f"as many controls (every test fold holds both), but there are only {smaller} "
+            f"{which}; add {which}"
+            + (f" or lower --folds to {max(fits)}." if fits else
+               f" (2 folds, the fewest, need {min_subjects_per_class(2, val_fraction)} of each).")
         )
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     folds: list[Fold] = []
@@ -115,7 +135,10 @@ def make_folds(labels: np.ndarray, k: int, seed: int, val_fraction: float = 0.1)
             raise DataError(
                 f"{y.size} subjects in {k} folds leave {pool.size} training subjects per fold, "
                 f"too few to hold out a validation set of {n_val} and still train on "
-                f"{MIN_TRAIN_SUBJECTS}; add subjects or lower --folds."
+                f"{MIN_TRAIN_SUBJECTS}; --folds {k} needs at least "
+                f"{min_subjects_per_class(k, val_fraction)} patients and as many controls, so "
+                f"add subjects"
+                + (" or lower --folds." if k > 2 else " (2 folds is the fewest).")
             )
         pool_y = y[pool]
         take = _validation_counts(np.bincount(pool_y, minlength=2), n_val)

@@ -90,9 +90,3 @@ def build_manifest(files: list[Path], cfg: Config) -> Manifest:
     return Manifest(files=[str(f) for f in files], keys=[m.key for m in metas], labels=labels,
                     modalities=list(full))
 
-
-def unit_name(method: str, latent_dim: int, seed: int, fold: int | None = None) -> str:
-    """A stable name for a unit's folders: ``vae_L128_seed0_fold3``."""
-    name = f"{method}_L{latent_dim}_seed{seed}"
-    return name if fold is None else f"{name}_fold{fold}"
-

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from vaefusion.evaluation.results import FoldResult
+
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     arr = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
@@ -16,15 +18,15 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std())
 
 
-def auc_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def auc_table(results: list[FoldResult]) -> list[dict[str, Any]]:
     """Per method and latent dim: mean/std of the fold AUCs, and mean/std over seeds of each
     seed's mean AUC (the seed-robustness figure); not-available cells stay NaN."""
     by: dict[tuple[str, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     avail: dict[tuple[str, int], bool] = {}
     for r in results:
-        key = (r["method"], r["latent_dim"])
-        by[key][r["seed"]].append(r["roc_auc"])
-        avail[key] = avail.get(key, True) and bool(r["available"])
+        key = (r.method, r.latent_dim)
+        by[key][r.seed].append(r.roc_auc)
+        avail[key] = avail.get(key, True) and r.available
     rows = []
     for (method, dim), seeds in sorted(by.items()):
         all_folds = [v for vals in seeds.values() for v in vals]
@@ -38,13 +40,13 @@ def auc_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def importance_summary(results: list[dict[str, Any]], modalities: list[str],
+def importance_summary(results: list[FoldResult], modalities: list[str],
                        latent_dim: int) -> list[dict[str, Any]]:
     """VAE modality importance at ``latent_dim``: mean and std over folds (and seeds)."""
     from vaefusion.evaluation.classifier import summarize_importance
 
-    per_fold = [r["importance"] for r in results
-                if r["method"] == "vae" and r["latent_dim"] == latent_dim]
+    per_fold = [r.importance for r in results
+                if r.method == "vae" and r.latent_dim == latent_dim and r.importance is not None]
     if not per_fold:
         return []
     return summarize_importance(np.asarray(per_fold), modalities)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from vaefusion.derivatives.io import atomic_save_npy, atomic_write_text
-from vaefusion.derivatives.naming import subject_key
+from vaefusion.derivatives.naming import cache_file, sidecar, subject_key
 
 
 @dataclass
@@ -47,15 +47,15 @@ def write_subject(cache_dir: Path, stack: np.ndarray, meta: SubjectMeta) -> Path
         raise ValueError(
             f"stack shape {stack.shape} does not match {len(meta.modalities)} modalities"
         )
-    npy = cache_dir / f"{meta.key}.npy"
+    npy = cache_file(cache_dir, meta.subject, meta.session)
     atomic_save_npy(npy, stack.astype(np.float16))
     # the sidecar is written last: its presence marks a complete cache entry
-    atomic_write_text(cache_dir / f"{meta.key}.json", json.dumps(asdict(meta), indent=2))
+    atomic_write_text(sidecar(npy), json.dumps(asdict(meta), indent=2))
     return npy
 
 
 def read_meta(npy_path: Path) -> SubjectMeta:
-    data: dict[str, Any] = json.loads(Path(npy_path).with_suffix(".json").read_text())
+    data: dict[str, Any] = json.loads(sidecar(Path(npy_path)).read_text())
     return SubjectMeta(**data)
 
 

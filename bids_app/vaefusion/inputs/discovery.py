@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 
 from vaefusion.config import Config
 from vaefusion.errors import DataError, MissingInputError, NoDataError, UsageError
+from vaefusion.inputs.participants import labels_needed, read_participants
 
 LOG = logging.getLogger("vaefusion.discovery")
 
@@ -86,28 +88,34 @@ class SubjectInputs:
 
 
 # --------------------------------------------------------------------------- helpers
-def read_participants(bids_dir: Path, cfg: Config) -> dict[str, str]:
-    """participant label (no ``sub-``) -> value of the label column in participants.tsv."""
-    path = bids_dir / "participants.tsv"
-    if not path.is_file():
-        raise MissingInputError(
-            f"{path} is missing; add a participants.tsv with participant_id and "
-            f"{cfg.label_column} columns."
+def pybids_entities() -> set[str]:
+    """Every entity name that pybids knows (raw BIDS and derivatives), for checking filters."""
+    from bids.layout.models import Config as BIDSConfig
+
+    return set(BIDSConfig.load("bids").entities) | set(BIDSConfig.load("derivatives").entities)
+
+
+def check_bids_filters(data: object, source: str) -> dict[str, dict[str, Any]]:
+    """``{"icn": {...}, "gmv": {...}}`` with known pybids entities, else UsageError (exit 64)."""
+    if not isinstance(data, dict) or set(data) - set(DEFAULT_QUERIES):
+        got = ", ".join(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        raise UsageError(
+            f"{source} must be a JSON object with keys among {', '.join(DEFAULT_QUERIES)} "
+            f"(got {got or 'none'}), e.g. {{\"icn\": {{\"desc\": \"neuromark\"}}}}."
         )
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    if not rows or "participant_id" not in rows[0]:
-        raise DataError(f"{path} has no participant_id column; add one (values like sub-01).")
-    if cfg.label_column not in rows[0]:
-        raise DataError(
-            f"{path} has no '{cfg.label_column}' column; add it or name the diagnosis column "
-            f"with --label-column (columns: {', '.join(rows[0])})."
-        )
-    labels = {}
-    for row in rows:
-        pid = (row["participant_id"] or "").strip()
-        labels[pid[4:] if pid.startswith("sub-") else pid] = (row[cfg.label_column] or "").strip()
-    return labels
+    known = pybids_entities()
+    for kind, query in data.items():
+        if not isinstance(query, dict):
+            raise UsageError(f"{source}: \"{kind}\" must map entity names to values, e.g. "
+                             f"{{\"{kind}\": {{\"desc\": \"neuromark\"}}}}.")
+        unknown = sorted(set(query) - known)
+        if unknown:
+            raise UsageError(
+                f"{source}: \"{kind}\" names unknown BIDS entit"
+                f"{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; use pybids "
+                f"entity names (e.g. subject, session, task, space, res, desc, label, suffix)."
+            )
+    return data
 
 
 def load_bids_filters(path: Path | None) -> dict[str, dict[str, Any]]:
@@ -115,21 +123,16 @@ def load_bids_filters(path: Path | None) -> dict[str, dict[str, Any]]:
     if path is None:
         return {}
     try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
         raise UsageError(
             f"--bids-filter-file {path} does not exist; give an existing JSON file."
         ) from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(
             f"--bids-filter-file {path} is not valid JSON ({exc}); fix its syntax."
         ) from None
-    if not isinstance(data, dict) or set(data) - set(DEFAULT_QUERIES):
-        raise UsageError(
-            f"--bids-filter-file {path} must be a JSON object with keys among "
-            f"{', '.join(DEFAULT_QUERIES)} (got {', '.join(map(str, data)) or 'none'})."
-        )
-    return data
+    return check_bids_filters(data, f"--bids-filter-file {path}")
 
 
 def derivative_dirs(cfg: Config) -> list[Path]:
@@ -168,8 +171,9 @@ def _fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def bids_layout(cfg: Config, deriv: list[Path]):  # -> bids.BIDSLayout
-    """A pybids layout of the raw dataset plus the derivative datasets that pybids can index.
+def bids_layout(cfg: Config, deriv: list[Path]):  # -> bids.BIDSLayout | None
+    """A pybids layout of the raw dataset plus the derivative datasets that pybids can index
+    (None when there is none).
 
     The database lives in the work dir (never in BIDS_DIR, which may be read-only) and is
     reused until a file is added or changed.
@@ -177,17 +181,35 @@ def bids_layout(cfg: Config, deriv: list[Path]):  # -> bids.BIDSLayout
     from bids import BIDSLayout
 
     assert cfg.bids_dir is not None and cfg.work_dir is not None
-    indexable = [d for d in deriv if (d / "dataset_description.json").is_file()]
+    indexable = []
+    for d in deriv:
+        if (d / "dataset_description.json").is_file():
+            indexable.append(d)
+        else:  # e.g. FreeSurfer output: pybids refuses it, so only native names count there
+            LOG.warning("%s has no dataset_description.json: it is not indexed with pybids, "
+                        "so only GIFT/SPM native file names are looked for there (add a "
+                        "dataset_description.json to use BIDS names).", d)
+    if not indexable:
+        return None
     key = _fingerprint([cfg.bids_dir, *indexable])
     db = cfg.work_dir / "bids_db" / key
-    reuse = (db / "layout_index.sqlite").exists()
-    return BIDSLayout(
-        str(cfg.bids_dir),
-        derivatives=[str(d) for d in indexable],
-        validate=False,  # the bids-validator ran before (unless skipped)
-        database_path=str(db),
-        reset_database=not reuse,
-    )
+    args = {"derivatives": [str(d) for d in indexable],
+            "validate": False}  # the bids-validator ran before (unless skipped)
+    if (db / "layout_index.sqlite").exists():
+        return BIDSLayout(str(cfg.bids_dir), database_path=str(db), **args)
+    # index in memory (an on-disk index pays an fsync per commit: 8x slower), then save it
+    # under a temporary name and rename, so a killed run never leaves a half-written index
+    layout = BIDSLayout(str(cfg.bids_dir), **args)
+    part = db.with_name(f"{db.name}.{os.getpid()}.part")
+    shutil.rmtree(part, ignore_errors=True)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    layout.save(str(part))
+    try:
+        part.rename(db)
+    except OSError:  # another run saved the same index first
+        shutil.rmtree(part, ignore_errors=True)
+    # reopen from the final place: the saved layout's connections point at the temporary name
+    return BIDSLayout(str(cfg.bids_dir), database_path=str(db), **args)
 
 
 def _gift_mapping(folder: Path) -> dict[int, tuple[str, str | None]]:
@@ -250,6 +272,8 @@ def _native_files(deriv: list[Path]) -> tuple[list[tuple], list[tuple]]:
 
 
 def _pybids_files(layout, kind: str, filters: dict[str, Any]) -> list[tuple]:
+    if layout is None:
+        return []
     query = {**DEFAULT_QUERIES[kind], **filters.get(kind, {})}
     files = layout.get(scope="derivatives", return_type="object", **query)
     out = []
@@ -273,7 +297,8 @@ def discover(cfg: Config) -> list[SubjectInputs]:
     """
     assert cfg.bids_dir is not None
     labels = read_participants(cfg.bids_dir, cfg)
-    filters = cfg.bids_filters or load_bids_filters(cfg.bids_filter_file)
+    filters = (check_bids_filters(cfg.bids_filters, "bids_filters") if cfg.bids_filters
+               else load_bids_filters(cfg.bids_filter_file))
     deriv = derivative_dirs(cfg)
     layout = bids_layout(cfg, deriv)
 
@@ -321,27 +346,66 @@ def discover(cfg: Config) -> list[SubjectInputs]:
         item = SubjectInputs(subject=sub, session=ses, label=labels.get(sub))
         icns = icn_by.get((sub, ses), [])
         gmvs = gmv_by.get((sub, ses)) or gmv_by.get((sub, None), [])
-        for kind, found in (("ICN maps", icns), ("GMV", gmvs)):
+        for kind, found, other in (("icn", icns, gmvs), ("gmv", gmvs, icns)):
             if len(found) > 1:
-                raise DataError(
-                    f"{item.key} has {len(found)} {kind} files ({', '.join(found)}); pick one "
-                    f"with --bids-filter-file."
-                )
+                raise duplicate_error(item.key, kind, found, other, deriv)
         item.icn = icns[0] if icns else None
         item.gmv = gmvs[0] if gmvs else None
         if item.icn is None:
             item.missing.append("no NeuroMark ICN file found")
         if item.gmv is None:
             item.missing.append("no gray-matter (GMV) file found")
-        if sub not in labels:
+        if sub not in labels and labels_needed(cfg):
             LOG.warning("%s is not in participants.tsv: it is embedded but not classified",
                         item.key)
         subjects.append(item)
 
     subjects = apply_missing_policy(subjects, cfg.missing_modality)
     check_headers(subjects, cfg.n_components)
+    if cfg.model is not None:  # refuse a model that cannot embed these inputs before any work
+        from vaefusion.inputs.options import check_model_fits
+
+        check_model_fits(cfg, nib.load(next(s.icn for s in subjects if s.icn)).shape)
     log_inventory(subjects)
     return subjects
+
+
+def duplicate_error(key: str, kind: str, found: list[str], other: list[str],
+                    deriv: list[Path]) -> DataError:
+    """Two candidate files for one subject and input, with the fix that selects one.
+
+    Files in different derivative datasets are told apart with ``--derivatives`` (naming the
+    dataset to use for each input), files in one dataset with ``--bids-filter-file`` on the
+    first entity whose values differ.
+    """
+    what = {"icn": "NeuroMark ICN", "gmv": "GMV"}[kind]
+
+    def root_of(path: str) -> Path:
+        return next((d for d in deriv if d in Path(path).parents), Path(path).parent)
+
+    roots = list(dict.fromkeys(root_of(f) for f in found))
+    if len(roots) > 1:
+        keep = list(dict.fromkeys([roots[0], *(root_of(f) for f in other)]))
+        example = " ".join(f"{d.name}={d}" for d in keep)
+        return DataError(
+            f"{key} has {len(found)} {what} files in different derivative datasets "
+            f"({', '.join(found)}); name the datasets to use with --derivatives NAME=PATH, "
+            f"e.g. --derivatives {example}"
+        )
+    from bids.layout import parse_file_entities
+
+    ents = [parse_file_entities(f, config=["bids", "derivatives"]) for f in found]
+    differ = [e for e in ents[0] if len({str(x.get(e)) for x in ents}) > 1]
+    if differ:
+        hint = json.dumps({kind: {differ[0]: ents[0][differ[0]]}})
+        return DataError(
+            f"{key} has {len(found)} {what} files in {roots[0]} ({', '.join(found)}); pick one "
+            f"with --bids-filter-file FILE where FILE holds e.g. {hint}"
+        )
+    return DataError(
+        f"{key} has {len(found)} {what} files in {roots[0]} ({', '.join(found)}); keep one and "
+        f"move the others out of the dataset."
+    )
 
 
 def apply_missing_policy(subjects: list[SubjectInputs], policy: str) -> list[SubjectInputs]:
@@ -353,10 +417,10 @@ def apply_missing_policy(subjects: list[SubjectInputs], policy: str) -> list[Sub
                      "error": "error"}[policy])
     if incomplete and policy == "error":
         first = incomplete[0]
+        others = f" (and {len(incomplete) - 1} other subject(s))" if len(incomplete) > 1 else ""
         raise MissingInputError(
-            f"{first.key} lacks a modality ({'; '.join(first.missing)}) and "
-            f"{len(incomplete) - 1} other subject(s) too; add the files or use "
-            f"--missing-modality skip."
+            f"{first.key} lacks a modality ({'; '.join(first.missing)}){others}; add the files "
+            f"or use --missing-modality skip."
         )
     kept = [s for s in subjects if s.complete or (policy == "keep" and s.icn is not None)]
     if not kept:
@@ -367,49 +431,63 @@ def apply_missing_policy(subjects: list[SubjectInputs], policy: str) -> list[Sub
     return kept
 
 
+def _header(path: str) -> nib.Nifti1Image:
+    try:
+        return nib.load(path)
+    except Exception as exc:  # nibabel raises several types for a broken file
+        raise DataError(f"{path} cannot be read as NIfTI ({exc}); replace the file.") from None
+
+
 def check_headers(subjects: list[SubjectInputs], n_components: int) -> None:
-    """4D ICN files with the expected component count, on one grid for every subject."""
-    ref: tuple[str, tuple, np.ndarray] | None = None
-    for s in subjects:
-        if s.icn is None:
-            continue
-        try:
-            img = nib.load(s.icn)
-        except Exception as exc:  # nibabel raises several types for a broken file
-            raise DataError(f"{s.icn} cannot be read as NIfTI ({exc}); replace the file.") from None
-        shape = img.shape
-        if len(shape) != 4:
+    """4D ICN files with the expected component count, on one grid for every subject.
+
+    Only headers are read. Component counts are compared across all subjects first, so that
+    one odd subject is named as the odd one rather than the whole dataset as wrong.
+    """
+    icns = [(s.icn, _header(s.icn)) for s in subjects if s.icn is not None]
+    by_count: dict[int, list[str]] = defaultdict(list)
+    for path, img in icns:
+        if len(img.shape) != 4:
             raise DataError(
-                f"{s.icn} is {len(shape)}D but NeuroMark ICN maps must be 4D (one volume per "
+                f"{path} is {len(img.shape)}D but NeuroMark ICN maps must be 4D (one volume per "
                 f"component); give the subject's 4D component file."
             )
-        if shape[3] != n_components:
+        by_count[img.shape[3]].append(path)
+    if len(by_count) > 1:
+        common = max(by_count, key=lambda n: len(by_count[n]))
+        odd = min((n for n in by_count if n != common), key=lambda n: len(by_count[n]))
+        raise DataError(
+            f"{by_count[odd][0]} has {odd} components but {len(by_count[common])} other "
+            f"subject(s) have {common} (e.g. {by_count[common][0]}); every subject's ICN maps "
+            f"must come from the same NeuroMark template."
+        )
+    for count, paths in by_count.items():
+        if count != n_components:
             raise DataError(
-                f"{s.icn} has {shape[3]} components but {n_components} are expected; give "
-                f"NeuroMark's {n_components}-component maps or set --n-components {shape[3]}."
+                f"{paths[0]} has {count} components but {n_components} are expected; give "
+                f"NeuroMark's {n_components}-component maps or set --n-components {count}."
             )
-        if ref is None:
-            ref = (s.icn, shape[:3], img.affine)
-        elif shape[:3] != ref[1] or not np.allclose(img.affine, ref[2], atol=1e-3):
+    ref_path, ref_img = icns[0] if icns else (None, None)
+    for path, img in icns:
+        if img.shape[:3] != ref_img.shape[:3] or not np.allclose(img.affine, ref_img.affine,
+                                                                  atol=1e-3):
             raise DataError(
-                f"{s.icn} has grid {shape[:3]} / affine {np.round(img.affine[:3], 2).tolist()} "
-                f"but {ref[0]} has {ref[1]} / {np.round(ref[2][:3], 2).tolist()}; resample all "
-                f"ICN maps to one grid."
+                f"{path} has grid {img.shape[:3]} / affine "
+                f"{np.round(img.affine[:3], 2).tolist()} but {ref_path} has {ref_img.shape[:3]} "
+                f"/ {np.round(ref_img.affine[:3], 2).tolist()}; resample all ICN maps to one grid."
             )
-        if s.gmv is not None:
-            try:
-                gimg = nib.load(s.gmv)
-            except Exception as exc:
-                raise DataError(
-                    f"{s.gmv} cannot be read as NIfTI ({exc}); replace the file."
-                ) from None
-            gshape = gimg.shape
-            if len(gshape) == 4 and gshape[3] == 1:
-                gshape = gshape[:3]
-            if len(gshape) != 3:
-                raise DataError(f"{s.gmv} is {len(gshape)}D but a GMV volume must be 3D; fix it.")
-            if abs(np.linalg.det(gimg.affine[:3, :3])) < 1e-6:
-                raise DataError(f"{s.gmv} has a singular affine; fix its header.")
+    for s in subjects:
+        if s.gmv is None:
+            continue
+        gimg = _header(s.gmv)
+        gshape = gimg.shape
+        if len(gshape) == 4 and gshape[3] == 1:
+            gshape = gshape[:3]
+        if len(gshape) != 3:
+            raise DataError(f"{s.gmv} is {len(gshape)}D but a GMV volume must be 3D; give one "
+                            f"gray-matter volume per file.")
+        if abs(np.linalg.det(gimg.affine[:3, :3])) < 1e-6:
+            raise DataError(f"{s.gmv} has a singular affine; fix its header.")
 
 
 def log_inventory(subjects: list[SubjectInputs]) -> None:

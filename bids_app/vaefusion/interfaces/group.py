@@ -1,4 +1,8 @@
-"""Thin nipype interfaces for the group level: one VAE fold, one PCA baseline, a gatherer."""
+"""Thin nipype interfaces for the group level: one VAE fold, one PCA baseline, a gatherer.
+
+Results cross node boundaries as JSON lists of :meth:`FoldResult.to_dict`; they are typed
+again on the way out (:func:`read_results`).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,20 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
+
+from vaefusion.derivatives import naming
+from vaefusion.evaluation.results import FoldResult
+
+
+def write_results(path: Path, results: list[FoldResult]) -> str:
+    """A unit's results as a JSON list (the node's output file); returns the path."""
+    path.write_text(json.dumps([r.to_dict() for r in results]))
+    return str(path)
+
+
+def read_results(path: str | Path) -> list[FoldResult]:
+    """The typed results of a node's output file."""
+    return [FoldResult.from_dict(d) for d in json.loads(Path(path).read_text())]
 
 
 class _UnitInputSpec(BaseInterfaceInputSpec):
@@ -31,7 +49,7 @@ class _VAEFoldInputSpec(_UnitInputSpec):
 
 
 class _ResultOutputSpec(TraitedSpec):
-    result = File(exists=True, desc="JSON list of per-fold result dicts")
+    result = File(exists=True, desc="JSON list of per-fold results (FoldResult.to_dict)")
 
 
 def _settings(inputs):
@@ -52,12 +70,10 @@ class VAEFold(SimpleInterface):
         from vaefusion.evaluation.manifest import Manifest
 
         out = Path(runtime.cwd)
-        row = run_vae_fold(*_settings(self.inputs), Manifest.read(self.inputs.manifest),
-                           self.inputs.latent_dim, self.inputs.seed, self.inputs.fold,
-                           Path(self.inputs.train_root), out)
-        path = out / "result.json"
-        path.write_text(json.dumps([row]))
-        self._results["result"] = str(path)
+        result = run_vae_fold(*_settings(self.inputs), Manifest.read(self.inputs.manifest),
+                              self.inputs.latent_dim, self.inputs.seed, self.inputs.fold,
+                              Path(self.inputs.train_root), out)
+        self._results["result"] = write_results(out / naming.UNIT_RESULT, [result])
         return runtime
 
 
@@ -80,9 +96,7 @@ class PCABaseline(SimpleInterface):
                                 Manifest.read(self.inputs.manifest), self.inputs.method,
                                 self.inputs.latent_dim, self.inputs.seed,
                                 Path(self.inputs.cache_dir))
-        path = Path(runtime.cwd) / "result.json"
-        path.write_text(json.dumps(rows))
-        self._results["result"] = str(path)
+        self._results["result"] = write_results(Path(runtime.cwd) / naming.UNIT_RESULT, rows)
         return runtime
 
 
@@ -97,10 +111,7 @@ class GatherResults(SimpleInterface):
     output_spec = _ResultOutputSpec
 
     def _run_interface(self, runtime):
-        rows = []
-        for path in self.inputs.results:
-            rows.extend(json.loads(Path(path).read_text()))
-        out = Path(runtime.cwd) / "results.json"
-        out.write_text(json.dumps(rows))
-        self._results["result"] = str(out)
+        rows = [r for path in self.inputs.results for r in read_results(path)]
+        self._results["result"] = write_results(Path(runtime.cwd) / naming.GATHERED_RESULTS,
+                                                rows)
         return runtime

@@ -106,7 +106,7 @@ class DerivativesSink(SimpleInterface):
     def _run_interface(self, runtime):
         import numpy as np
 
-        from vaefusion.derivatives.naming import subject_dir
+        from vaefusion.derivatives.naming import preproc_stack
         from vaefusion.derivatives.subject import write_subject_stack
         from vaefusion.inputs.cache import load_stack, read_meta
 
@@ -117,8 +117,7 @@ class DerivativesSink(SimpleInterface):
             return runtime
         meta = read_meta(Path(cache))
         out = Path(self.inputs.output_dir)
-        name = f"{meta.key}_desc-preproc_stack.nii.gz"
-        target = subject_dir(out, meta.subject, meta.session) / name
+        target = preproc_stack(out, meta.subject, meta.session)
         if not (target.exists() and target.stat().st_mtime >= Path(cache).stat().st_mtime):
             target = write_subject_stack(
                 out, meta.subject, meta.session, np.asarray(load_stack(Path(cache))),

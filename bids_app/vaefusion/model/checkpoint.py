@@ -16,7 +16,7 @@ from torch import nn
 
 from vaefusion import __version__
 from vaefusion.derivatives.io import atomic_write_text
-from vaefusion.errors import MissingInputError, VaefusionError
+from vaefusion.errors import DataError, MissingInputError, VaefusionError
 from vaefusion.model.flops import count_parameters
 from vaefusion.model.network import VAE
 
@@ -74,7 +74,7 @@ def read_model_meta(directory: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise VaefusionError(
+        raise DataError(
             f"{path} is not valid JSON ({exc}); re-train or re-copy the model."
         ) from None
 
@@ -89,12 +89,13 @@ def load_model(directory: Path, device: torch.device | str = "cpu"
             f"({__version__}) reads; upgrade vaefusion."
         )
     model = VAE(meta["grid"], int(meta["latent_dim"]), float(meta["width"]))
-    state = load_file(str(Path(directory) / WEIGHTS_FILE), device="cpu")
-    try:
+    try:  # safetensors parses a JSON header and raw tensors: no pickle, no code is run
+        state = load_file(str(Path(directory) / WEIGHTS_FILE), device="cpu")
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise VaefusionError(
-            f"{directory}/{WEIGHTS_FILE} does not match its {META_FILE} ({exc})."
+    except Exception as exc:  # SafetensorError for a malformed file, RuntimeError for shapes
+        raise DataError(
+            f"{directory}/{WEIGHTS_FILE} is not a safetensors file matching its {META_FILE} "
+            f"({type(exc).__name__}: {str(exc)[:200]}); re-copy the model folder."
         ) from None
     return model.to(device).eval(), meta
 

@@ -14,11 +14,15 @@ One encoder and one decoder serve all modalities; each volume is an independent 
 The cost knobs of the CLI are ``width`` (channel multiplier, ``max(1, round(c * width))``) and
 ``downsample`` (integer grid factor, ``ceil(n / F)`` per axis, data reduced by area averaging).
 
-Loss convention (documented choice): the reconstruction term is the negative log-likelihood of a
-unit-variance Gaussian, ``0.5 * sum((recon - x)**2)`` over a volume's voxels, dropping the
-constant ``0.5 * N * log(2 pi)``; so ``loss = 0.5 * SSE + beta * KL`` is exactly the negative
-ELBO (up to that constant) when ``beta == 1``. Volumes are scaled to [-1, 1] in preprocessing,
-which makes unit variance a deliberately broad likelihood.
+Loss (:mod:`vaefusion.model.likelihood`): the negative ELBO per volume, constants included,
+``0.5 * N * log(2 pi sigma^2) + SSE / (2 sigma^2) + beta * KL``. The decoder is a Gaussian with
+one shared variance (``--likelihood sigma``): sigma^2 is the batch's mean squared error, its
+maximum-likelihood value ("calibrated decoders", Rybkin et al. 2021), so the network has no
+extra parameter. Why: volumes are scaled
+to [-1, 1] and the residual SD is ~0.08, so the unit variance of earlier versions
+(``--likelihood unit``, kept to reproduce them) weighs the reconstruction ~150x too little
+against the KL and the posterior collapses to the prior. The sigma of the best epoch is stored
+in ``model.json`` (``likelihood``, ``sigma``).
 
 Models are stored without pickle: ``model.safetensors`` (weights) + ``model.json`` (everything
 needed to rebuild the network, plus the caller's metadata).
@@ -185,15 +189,20 @@ class VAE(nn.Module):
         h = F.relu(self.head(h))
         return torch.tanh(self.out(h))
 
-    def forward(self, x: torch.Tensor, sample: bool | None = None
+    def forward(self, x: torch.Tensor, sample: bool | None = None,
+                eps: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(recon, mu, logvar)``.
 
         ``sample`` defaults to ``self.training``: training draws ``z = mu + sigma * eps`` (the
         reparameterization trick); evaluation decodes mu, so validation is deterministic.
+        ``eps`` (``(N, latent_dim)``) replaces the draw, so that two passes over a batch can
+        decode the same z (the calibrated variance of a batch processed in chunks).
         """
         mu, logvar = self.encode(x)
-        if self.training if sample is None else sample:
+        if eps is not None:
+            z = mu + torch.exp(0.5 * logvar) * eps
+        elif self.training if sample is None else sample:
             z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         else:
             z = mu

@@ -208,14 +208,23 @@ class SubjectBatches:
         self._offsets.append(offset)
         self._volumes = vols
 
-    def _batch_lists(self, epoch: int, shuffle: bool) -> list[list[int]]:
+    def batch_lists(self, epoch: int, shuffle: bool = True) -> list[list[int]]:
+        """The subject indices of each batch of :meth:`epoch`, in order."""
         order = epoch_order(self.n_subjects, self.seed, epoch, shuffle)
         b = self.batch_subjects
         return [order[i:i + b] for i in range(0, len(order), b)]
 
+    def subject_volumes(self, index: int) -> torch.Tensor:
+        """Subject ``index`` as float32 volumes on the device, without augmentation."""
+        if self.resident:
+            assert self._volumes is not None
+            lo, hi = self._offsets[index], self._offsets[index + 1]
+            return self._volumes[lo:hi].float()
+        return self.dataset.load(index).to(self.device)
+
     def epoch(self, epoch: int, shuffle: bool = True) -> Iterator[torch.Tensor]:
         """Yield the batches of one epoch, float32 volumes on the device."""
-        batches = self._batch_lists(epoch, shuffle)
+        batches = self.batch_lists(epoch, shuffle)
         if self.resident:
             assert self._volumes is not None
             for subjects in batches:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ def set_seed(seed: int, device: torch.device | str | None = None) -> None:
     which makes CPU runs bit-reproducible. For CUDA training speed wins instead: cuDNN picks
     its fastest kernels (``cudnn.benchmark``), some of them non-deterministic (3D transposed
     convolutions' backward), so GPU runs with one seed agree to a tolerance, not bit for bit.
-    Data order and augmentation are seeded separately (:mod:`vaefusion.loader`).
+    Data order and augmentation are seeded separately (:mod:`vaefusion.training.data`).
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -30,6 +31,25 @@ def set_seed(seed: int, device: torch.device | str | None = None) -> None:
     else:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch RNG states (CPU, and every CUDA device when there is one) as tensors.
+
+    They are process-global: they draw the reparameterization noise, so a resumable training
+    checkpoint must hold them (data order and augmentation have their own seeds).
+    """
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned (CUDA states only where CUDA is available)."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def select_device(name: str = "auto") -> torch.device:

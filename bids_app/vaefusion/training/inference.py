@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from vaefusion.errors import DataError
-from vaefusion.inputs.cache import read_meta
+from vaefusion.inputs.cache import SubjectMeta, read_meta
+from vaefusion.model.checkpoint import load_model
 from vaefusion.model.network import VAE
 from vaefusion.training.data import SubjectDataset
 from vaefusion.training.trainer import chunk_volumes
+
+LOG = logging.getLogger("vaefusion.inference")
 
 #: Inference keeps no activations for a backward pass: passes may be this many times larger.
 INFER_CHUNK_FACTOR = 4
@@ -71,8 +77,6 @@ def embed_groups(model, files: list[str], device, downsample: int) -> dict[int, 
 
     Returns ``{subject index: (n_modalities, latent_dim)}``.
     """
-    from vaefusion.training.inference import embed
-
     by_count: dict[int, list[int]] = {}
     for i, f in enumerate(files):
         by_count.setdefault(len(read_meta(Path(f)).modalities), []).append(i)
@@ -82,3 +86,36 @@ def embed_groups(model, files: list[str], device, downsample: int) -> dict[int, 
         out.update(zip(idx, mu, strict=True))
     return out
 
+
+
+@dataclass(frozen=True)
+class ModelEmbedding:
+    """Subjects embedded with a saved model (``--model``)."""
+
+    meta: dict[str, Any]  # the model's model.json
+    latent_dim: int
+    subjects: list[SubjectMeta]
+    mus: list[np.ndarray]  # per subject, (n_modalities, latent_dim)
+
+
+def embed_with_model(model_dir: Path, files: Sequence[Path],
+                     device: torch.device | str) -> ModelEmbedding:
+    """Posterior means of the cached subjects ``files`` under the model saved in ``model_dir``.
+
+    A subject whose modalities are not (a prefix of) those the model was trained on is a
+    :class:`DataError`: its rows would be mislabeled.
+    """
+    model, meta = load_model(model_dir, device)
+    trained = meta.get("modalities")
+    metas = [read_meta(Path(f)) for f in files]
+    for m in metas:
+        if trained and m.modalities != trained[:len(m.modalities)]:
+            raise DataError(
+                f"{m.key} has modalities {m.modalities[:3]}... but the model in {model_dir} was "
+                f"trained on {trained[:3]}...; preprocess the same inputs the model saw."
+            )
+    LOG.info("Embedding %d subject(s) with %s (latent dim %d)", len(metas), model_dir,
+             model.latent_dim)
+    mus = embed_groups(model, [str(f) for f in files], device, int(meta.get("downsample", 1)))
+    return ModelEmbedding(meta=meta, latent_dim=model.latent_dim, subjects=metas,
+                          mus=[mus[i] for i in range(len(metas))])

@@ -1,17 +1,23 @@
-"""The resumable training loop of the shared VAE.
+"""The resumable training of the shared VAE: a :class:`Trainer` stepped one epoch at a time.
 
-``train_vae`` trains one model (one latent dim, one seed, one fold's training subjects) with
-Adam on batches of whole subjects, evaluates the validation subjects every epoch, keeps the best
-checkpoint by validation loss (``OUT/best/``, a :func:`vaefusion.model.save_model` directory),
-stops early after ``patience`` epochs without improvement and writes a resumable checkpoint
-after every epoch (``OUT/last/checkpoint.pt``: tensors and plain containers only, read back with
-``torch.load(weights_only=True)``). A killed run restarted with the same arguments continues
-after its last completed epoch; on CPU it ends with the same weights as an uninterrupted run,
-because the subject order of an epoch depends only on ``(seed, epoch)`` and the checkpoint holds
-the torch RNG state that draws the reparameterization noise.
+A :class:`Trainer` trains one model (one latent dim, one seed, one fold's training subjects)
+with Adam on batches of whole subjects. Each :meth:`Trainer.run_epoch` trains one epoch,
+evaluates the validation subjects, keeps the best checkpoint by validation loss
+(``OUT/best/``, a :func:`vaefusion.model.checkpoint.save_model` directory), counts epochs
+without improvement for early stopping (``patience``) and writes a resumable checkpoint
+(``OUT/last/checkpoint.pt``: :meth:`Trainer.state_dict`, tensors and plain containers only,
+read back with ``torch.load(weights_only=True)``). :meth:`Trainer.fit` steps until
+:attr:`Trainer.done`; :func:`train_vae` is resume + fit, what cross-validation calls.
 
-Validation decodes the posterior mean (no sampling), so the validation loss that selects the
-best checkpoint is deterministic.
+A federated client steps the same object: per round, :meth:`Trainer.set_weights` with the
+global model (its optimizer state stays local), ``E`` calls of :meth:`Trainer.run_epoch`, then
+:meth:`Trainer.get_weights` for the server to average.
+
+A killed run restarted with the same arguments continues after its last completed epoch; on
+CPU it ends with the same weights as an uninterrupted run, because the subject order of an
+epoch depends only on ``(seed, epoch)`` and the checkpoint holds the torch RNG state that draws
+the reparameterization noise. Validation decodes the posterior mean (no sampling), so the
+validation loss that selects the best checkpoint is deterministic.
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +43,17 @@ from vaefusion.errors import DataError, VaefusionError
 from vaefusion.inputs.cache import read_meta
 from vaefusion.model.checkpoint import load_model, save_model
 from vaefusion.model.flops import activation_count
-from vaefusion.model.likelihood import loss_terms
-from vaefusion.model.network import VAE
+from vaefusion.model.likelihood import calibrated_sigma2, loss_terms, squared_error
+from vaefusion.model.network import VAE, volume_size
 from vaefusion.training.data import SubjectBatches
-from vaefusion.training.device import configure_threads, select_device, set_seed
+from vaefusion.training.device import (
+    configure_threads,
+    rng_state,
+    select_device,
+    set_rng_state,
+    set_seed,
+)
+from vaefusion.training.metrics import ModalityMeans, PassAccumulator, PassStats, modality_means
 
 LOGGER = logging.getLogger("vaefusion.training")
 
@@ -62,7 +75,14 @@ GPU_CHUNK_FRACTION = 0.5
 # --------------------------------------------------------------------------- results
 @dataclass
 class EpochStats:
-    """One line of the training history."""
+    """One line of the training history (stored in the checkpoint as a plain dict).
+
+    Losses are per volume, true negative ELBO terms with constants (``*_recon`` the Gaussian
+    NLL, ``*_kl`` the KL); ``sigma`` the decoder SD of the epoch (the training pass's, also
+    used for validation; 1 for ``unit``); R^2, active units and per-dimension KL as in
+    :mod:`vaefusion.training.metrics`. Without validation subjects the ``val_*`` values are the
+    training pass's.
+    """
 
     epoch: int
     train_loss: float
@@ -73,11 +93,28 @@ class EpochStats:
     val_kl: float
     volumes_per_s: float
     seconds: float
+    sigma: float = 1.0
+    train_r2: float = math.nan
+    val_r2: float = math.nan
+    train_active_units: int = 0
+    val_active_units: int = 0
+    train_kl_dims: list[float] = field(default_factory=list)
+    val_kl_dims: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_passes(cls, epoch: int, train: PassStats, val: PassStats,
+                    seconds: float) -> EpochStats:
+        """The one place where an epoch's numbers are collected."""
+        return cls(epoch, train.loss, train.recon, train.kl, val.loss, val.recon, val.kl,
+                   train.volumes / seconds, seconds, sigma=train.sigma, train_r2=train.r2,
+                   val_r2=val.r2, train_active_units=train.active_units,
+                   val_active_units=val.active_units, train_kl_dims=list(train.kl_dims),
+                   val_kl_dims=list(val.kl_dims))
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train_vae` returns; ``model`` is the best checkpoint, in eval mode."""
+    """What :meth:`Trainer.fit` returns; ``model`` is the best checkpoint, in eval mode."""
 
     model: VAE
     meta: dict[str, Any]
@@ -89,6 +126,32 @@ class TrainResult:
     resumed_from: int | None  # epochs already completed when this call resumed a run
     device: torch.device
     history: list[EpochStats] = field(default_factory=list)
+    likelihood: str = "unit"
+
+    @property
+    def best(self) -> EpochStats | None:
+        """The history line of the best epoch (the model kept)."""
+        return next((h for h in self.history if h.epoch == self.best_epoch), None)
+
+    @property
+    def sigma(self) -> float:
+        """The decoder SD of the best epoch (1 for ``unit``)."""
+        return self.best.sigma if self.best else math.nan
+
+    @property
+    def active_units(self) -> int | None:
+        """Validation active units at the best epoch."""
+        return self.best.val_active_units if self.best else None
+
+    @property
+    def kl_per_volume(self) -> float:
+        """Validation KL per volume (nats) at the best epoch."""
+        return self.best.val_kl if self.best else math.nan
+
+    @property
+    def recon_r2(self) -> float:
+        """Validation reconstruction R^2 at the best epoch."""
+        return self.best.val_r2 if self.best else math.nan
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -99,6 +162,7 @@ def _signature(cfg: Config, latent_dim: int, seed: int, train: Sequence[Path],
         "latent_dim": int(latent_dim), "seed": int(seed), "width": float(cfg.width),
         "downsample": int(cfg.downsample), "lr": float(cfg.lr), "beta": float(cfg.beta),
         "batch_subjects": int(cfg.batch_subjects), "augment": bool(cfg.augment),
+        "likelihood": str(cfg.likelihood),
         "train": [Path(p).stem for p in train], "val": [Path(p).stem for p in val],
     }
 
@@ -121,17 +185,9 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def clear_checkpoint(out_dir: Path) -> None:
+    """Remove the resumable checkpoint of a finished run (the best model stays)."""
+    shutil.rmtree(Path(out_dir) / "last", ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- training
@@ -169,163 +225,334 @@ def chunk_volumes(grid: Sequence[int], width: float, latent_dim: int,
     return max(1, CPU_CHUNK_ACTIVATIONS // acts)
 
 
+def _batch_sigma2(model: VAE, parts: Sequence[torch.Tensor], n_values: int,
+                  device: torch.device, bf16: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The calibrated variance of a batch processed in several chunks, before any backward.
+
+    A gradient-free pass draws each chunk's reparameterization noise (in the order the
+    training pass would) and sums the squared errors; the training pass then decodes the same
+    z with this variance, so the gradient is that of the whole batch in one pass.
+    """
+    sse = torch.zeros((), dtype=torch.float64, device=device)
+    noise = []
+    with torch.no_grad():
+        for part in parts:
+            eps = torch.randn(part.shape[0], model.latent_dim, device=device)
+            with _autocast(device, bf16):
+                recon, _, _ = model(part, eps=eps)
+            sse += squared_error(recon, part).double().sum()
+            noise.append(eps)
+    return calibrated_sigma2(sse, n_values), noise
+
+
 def _run_epoch(model: VAE, data: SubjectBatches, epoch: int, beta: float, device: torch.device,
                bf16: bool, optimizer: torch.optim.Optimizer | None, desc: str,
-               chunk: int | None = None) -> tuple[float, float, float, int]:
-    """One pass; trains when ``optimizer`` is given. Returns mean loss, recon, kl, volumes.
+               chunk: int | None = None, *, likelihood: str = "unit",
+               sigma2: float | None = None, baseline: ModalityMeans | None = None
+               ) -> PassStats:
+    """One pass; trains when ``optimizer`` is given. Returns its :class:`PassStats`.
 
     Each batch is one optimizer step on the mean loss of its volumes, computed in chunks of
-    ``chunk`` volumes whose gradients are accumulated (see :func:`chunk_volumes`).
+    ``chunk`` volumes whose gradients are accumulated (see :func:`chunk_volumes`). With
+    ``likelihood="sigma"`` training uses each batch's calibrated variance, and ``sigma2``
+    (validation: the training epoch's) fixes it instead. ``baseline`` enables R^2.
     """
     train = optimizer is not None
     model.train(train)
     if chunk is None:
         chunk = chunk_volumes(model.grid, model.width, model.latent_dim, device)
-    # sums stay on the device: one host sync per epoch, not per batch
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
-    n = 0
+    # sums stay on the device: one host sync per pass, not per batch
+    acc = PassAccumulator(model.latent_dim, volume_size(model.grid), beta, device, baseline)
+    subjects = data.batch_lists(epoch, shuffle=train)
+    mods = data.dataset.modalities
     bar = tqdm(data.epoch(epoch, shuffle=train), total=len(data), desc=desc, leave=False,
                unit="batch", disable=not sys.stderr.isatty())
     with torch.set_grad_enabled(train):
-        for x in bar:
+        for x, batch in zip(bar, subjects, strict=True):
             b = x.shape[0]
+            rows = (baseline.index([m for s in batch for m in mods[s]])
+                    if baseline is not None else None)
+            parts = x.split(chunk)
+            s2, noise = sigma2, [None] * len(parts)
+            if train and likelihood == "sigma" and len(parts) > 1:
+                s2, noise = _batch_sigma2(model, parts, b * volume_size(model.grid), device,
+                                          bf16)
             if train:
                 optimizer.zero_grad(set_to_none=True)
-            for part in x.split(chunk):
+            for i, (part, eps) in enumerate(zip(parts, noise, strict=True)):
                 with _autocast(device, bf16):
-                    recon, mu, logvar = model(part)
-                terms = loss_terms(recon, part, mu, logvar, beta)
+                    recon, mu, logvar = model(part, eps=eps)
+                terms = loss_terms(recon, part, mu, logvar, beta, likelihood, s2)
                 if train:
                     # the chunk's share of the batch mean: accumulated grads = full-batch grads
                     (terms.loss * (part.shape[0] / b)).backward()
-                sums += torch.stack([t.detach().double() for t in terms]) * part.shape[0]
+                acc.add(part, recon, mu, logvar, terms,
+                        None if rows is None else rows[i * chunk:i * chunk + part.shape[0]])
             if train:
                 optimizer.step()
-            n += b
-    mean = (sums / max(n, 1)).tolist()
-    return mean[0], mean[1], mean[2], n
+    return acc.result()
+
+
+# --------------------------------------------------------------------------- trainer
+class Trainer:
+    """One VAE's training, resumable and steppable one epoch at a time.
+
+    ``train_paths`` / ``val_paths`` are cache ``.npy`` files (one per subject). Without
+    validation subjects the training loss selects the checkpoint (and a warning says so).
+    Construction seeds python, numpy and torch with ``seed``, loads the data (resident within
+    ``runtime.data_budget_bytes`` when it fits) and builds the model and Adam; nothing is read
+    from ``out_dir`` until :meth:`resume`.
+    """
+
+    def __init__(self, cfg: Config, runtime: Runtime, latent_dim: int, seed: int,
+                 train_paths: Sequence[Path], val_paths: Sequence[Path], out_dir: Path,
+                 log: logging.Logger | None = None) -> None:
+        self.cfg = cfg
+        self.latent_dim = int(latent_dim)
+        self.seed = int(seed)
+        self.out_dir = Path(out_dir)
+        self.log = log or LOGGER
+        # the order of these steps fixes the RNG draws (model init after seeding): keep it
+        self.device = select_device(runtime.device)
+        configure_threads(runtime.threads)
+        set_seed(seed, self.device)
+        train_paths = [Path(p) for p in train_paths]
+        val_paths = [Path(p) for p in val_paths]
+        self.train_data, self.val_data = self._make_data(train_paths, val_paths,
+                                                         runtime.data_budget_bytes)
+        self.model = VAE(self.train_data.grid, self.latent_dim, cfg.width).to(self.device)
+        self.optimizer = make_optimizer(self.model, cfg.lr)
+        # the R^2 baseline: training subjects only (no RNG drawn)
+        self.baseline = modality_means(self.train_data)
+        flat = volume_size(self.model.bottleneck)
+        if self.latent_dim > flat:
+            self.log.warning("--latent-dim %d exceeds the flattened bottleneck (%d values at "
+                             "grid %s, width %g): the extra dimensions cannot carry more "
+                             "information; lower --latent-dim or --downsample.",
+                             self.latent_dim, flat, "x".join(map(str, self.model.grid)),
+                             cfg.width)
+        # fixed for the run: on CUDA free memory shrinks once the caching allocator holds blocks
+        self.chunk = chunk_volumes(self.train_data.grid, cfg.width, self.latent_dim, self.device)
+        self.signature = _signature(cfg, self.latent_dim, self.seed, train_paths, val_paths)
+        self._meta_base: dict[str, Any] = {
+            "downsample": int(cfg.downsample), "modalities": _modalities(train_paths),
+            "version": __version__,
+        }
+        # progress, all of it in state_dict()
+        self.history: list[EpochStats] = []
+        self.epochs_done = 0
+        self.best_loss = math.inf
+        self.best_epoch = -1
+        self.bad = 0  # epochs since the best one
+        self.stopped = False
+        self.resumed_from: int | None = None
+        t, v = self.train_data, self.val_data
+        self.log.info("training VAE l=%d seed=%d on %s: %d train / %d val subjects (%d volumes, "
+                      "grid %s, %s data, %d volumes per pass)", self.latent_dim, self.seed,
+                      self.device, t.n_subjects, v.n_subjects if v else 0, t.n_volumes,
+                      "x".join(map(str, t.grid)), "resident" if t.resident else "streamed",
+                      self.chunk)
+
+    def _make_data(self, train_paths: list[Path], val_paths: list[Path],
+                   budget: int) -> tuple[SubjectBatches, SubjectBatches | None]:
+        cfg = self.cfg
+        train = SubjectBatches(train_paths, device=self.device, downsample=cfg.downsample,
+                               batch_subjects=cfg.batch_subjects, augment=cfg.augment,
+                               seed=self.seed, budget_bytes=budget)
+        if not val_paths:
+            self.log.warning("no validation subjects: the training loss selects the best "
+                             "checkpoint")
+            return train, None
+        # validation gets what resident training data left of the budget
+        left = budget - (train.resident_bytes if train.resident else 0)
+        val = SubjectBatches(val_paths, device=self.device, downsample=cfg.downsample,
+                             batch_subjects=cfg.batch_subjects, seed=self.seed,
+                             budget_bytes=left)
+        if val.grid != train.grid:
+            raise DataError("validation and training subjects are on different grids.")
+        return train, val
+
+    # ----------------------------------------------------------------- paths and status
+    @property
+    def best_dir(self) -> Path:
+        return self.out_dir / "best"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "last" / CHECKPOINT
+
+    @property
+    def done(self) -> bool:
+        """All ``epochs`` trained, or stopped early."""
+        return self.stopped or self.epochs_done >= self.cfg.epochs
+
+    # ----------------------------------------------------------------- training
+    def run_epoch(self) -> EpochStats:
+        """Train one epoch, validate, update the best checkpoint and the early-stopping count,
+        and write the resumable checkpoint. Raises ``RuntimeError`` when :attr:`done`."""
+        if self.done:
+            raise RuntimeError(f"training in {self.out_dir} is done "
+                               f"({self.epochs_done} epochs, stopped early: {self.stopped})")
+        cfg, epoch = self.cfg, self.epochs_done  # epoch: 0-based index of this epoch
+        t0 = time.perf_counter()
+        train = _run_epoch(self.model, self.train_data, epoch, cfg.beta, self.device, cfg.bf16,
+                           self.optimizer, f"epoch {epoch + 1}", self.chunk,
+                           likelihood=cfg.likelihood, baseline=self.baseline)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - t0
+        if not math.isfinite(train.loss):
+            raise VaefusionError(f"training diverged at epoch {epoch + 1} (loss {train.loss}); "
+                                 f"lower --lr (now {cfg.lr}) or --beta.")
+        val = train
+        if self.val_data is not None:
+            # validation NLL under the variance fitted on training data (the model's sigma)
+            val = _run_epoch(self.model, self.val_data, epoch, cfg.beta, self.device, cfg.bf16,
+                             None, "val", self.chunk, likelihood=cfg.likelihood,
+                             sigma2=train.sigma ** 2, baseline=self.baseline)
+        stats = EpochStats.from_passes(epoch + 1, train, val, dt)
+        self.history.append(stats)
+        self.epochs_done = epoch + 1
+        if stats.val_loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.bad = stats.val_loss, stats.epoch, 0
+            self._save_best(stats)
+        else:
+            self.bad += 1
+        self.stopped = self.bad >= cfg.patience
+        self.save_state()
+        self.log.info("epoch %d/%d train %.6g (recon %.6g kl %.4g, %d active, R2 %.3f) "
+                      "val %.6g (kl %.4g, %d/%d active, R2 %.3f) sigma %.4g %s %.2f volumes/s",
+                      stats.epoch, cfg.epochs, stats.train_loss, stats.train_recon,
+                      stats.train_kl, stats.train_active_units, stats.train_r2, stats.val_loss,
+                      stats.val_kl, stats.val_active_units, self.latent_dim, stats.val_r2,
+                      stats.sigma, "*" if self.bad == 0 else " ", stats.volumes_per_s)
+        if self.stopped:
+            self.log.info("early stop after epoch %d: no improvement for %d epochs (best %d)",
+                          stats.epoch, cfg.patience, self.best_epoch)
+        return stats
+
+    def _save_best(self, stats: EpochStats) -> None:
+        cfg, val = self.cfg, self.val_data
+        save_model(self.model, self.best_dir, {
+            **self._meta_base,
+            # the decoder's likelihood: x ~ N(decode(z), sigma^2 I)
+            "likelihood": cfg.likelihood, "sigma": stats.sigma,
+            "training": {"latent_dim": self.latent_dim, "seed": self.seed,
+                         "epoch": stats.epoch, "val_loss": stats.val_loss,
+                         "val_kl_per_volume": stats.val_kl, "val_r2": stats.val_r2,
+                         "val_active_units": stats.val_active_units,
+                         "train_loss": stats.train_loss, "lr": cfg.lr, "beta": cfg.beta,
+                         "batch_subjects": cfg.batch_subjects, "augment": cfg.augment,
+                         "n_train": self.train_data.n_subjects,
+                         "n_val": val.n_subjects if val else 0,
+                         "train_subjects": self.signature["train"],
+                         "val_subjects": self.signature["val"]},
+        })
+
+    def fit(self, on_epoch_end: Callable[[EpochStats], None] | None = None) -> TrainResult:
+        """Run epochs until :attr:`done`; return the best checkpoint, loaded in eval mode.
+
+        ``on_epoch_end`` is called after each epoch's checkpoint is written (progress
+        reporting; tests use it to simulate a kill). A trainer that is already done trains
+        nothing and returns its best model.
+        """
+        while not self.done:
+            stats = self.run_epoch()
+            if on_epoch_end is not None:
+                on_epoch_end(stats)
+        best, meta = load_model(self.best_dir, self.device)
+        result = TrainResult(model=best, meta=meta, best_dir=self.best_dir,
+                             best_epoch=self.best_epoch, best_val_loss=self.best_loss,
+                             epochs_run=len(self.history), stopped_early=self.stopped,
+                             resumed_from=self.resumed_from, device=self.device,
+                             history=list(self.history), likelihood=self.cfg.likelihood)
+        self._warn_unconverged(result)
+        return result
+
+    def _warn_unconverged(self, result: TrainResult) -> None:
+        """Say so when the kept model has collapsed or was still improving."""
+        if result.active_units == 0:
+            self.log.warning("%s: no active latent unit at the best epoch %d (KL %.3g nats per "
+                             "volume): the posterior collapsed to the prior%s.", self.out_dir,
+                             result.best_epoch, result.kl_per_volume,
+                             "; try --likelihood sigma" if self.cfg.likelihood == "unit"
+                             else "")
+        if not result.stopped_early and result.best_epoch == result.epochs_run:
+            self.log.warning("%s: the best epoch is the last one (%d): training had not "
+                             "converged; raise --epochs.", self.out_dir, result.epochs_run)
+
+    # ----------------------------------------------------------------- state
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the model's state dict (no optimizer state): what FedAvg averages."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def set_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Load model weights (e.g. the global model of a federated round).
+
+        The tensors are copied into the existing parameters, so the optimizer keeps its
+        references and its local moment estimates; nothing else of the progress changes.
+        """
+        self.model.load_state_dict(weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue: model, optimizer, torch RNG, history, best and
+        early-stopping counters, and the signature of the settings. Tensors and plain
+        containers only (``torch.load(weights_only=True)`` reads it back). As with
+        ``nn.Module.state_dict``, CPU tensors share memory with the live ones: save or copy
+        the dict before training on."""
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
+            "epoch": self.epochs_done - 1,  # 0-based index of the last completed epoch
+            "history": [asdict(h) for h in self.history], "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch, "bad": self.bad, "stopped": self.stopped,
+            "signature": self.signature,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` of a trainer with the same signature (else
+        ``ValueError``). Restores the process-global torch RNG too."""
+        if state.get("signature") != self.signature:
+            raise ValueError(f"training state for other settings: {state.get('signature')} "
+                             f"is not {self.signature}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.history = [EpochStats(**h) for h in state["history"]]
+        self.epochs_done = int(state["epoch"]) + 1
+        self.best_loss, self.best_epoch = float(state["best_loss"]), int(state["best_epoch"])
+        self.bad, self.stopped = int(state["bad"]), bool(state["stopped"])
+
+    def save_state(self) -> Path:
+        """Write :meth:`state_dict` to ``out_dir/last/checkpoint.pt`` atomically."""
+        _save_checkpoint(self.checkpoint_path, self.state_dict())
+        return self.checkpoint_path
+
+    def resume(self) -> bool:
+        """Continue from ``out_dir/last/`` if it holds a checkpoint of the same settings.
+
+        An unreadable checkpoint or one of other settings (the signature: everything but
+        ``epochs`` and ``patience``) is ignored with a warning; returns whether it resumed.
+        """
+        ckpt = _load_checkpoint(self.checkpoint_path)
+        if ckpt is None:
+            return False
+        if ckpt.get("signature") != self.signature:
+            self.log.warning("checkpoint %s belongs to other settings; training from scratch",
+                             self.checkpoint_path)
+            return False
+        self.load_state_dict(ckpt)
+        self.resumed_from = self.epochs_done
+        self.log.info("resuming %s after epoch %d", self.out_dir, self.epochs_done)
+        return True
 
 
 def train_vae(cfg: Config, runtime: Runtime, latent_dim: int, seed: int,
               train_paths: Sequence[Path], val_paths: Sequence[Path], out_dir: Path,
               log: logging.Logger | None = None,
               on_epoch_end: Callable[[EpochStats], None] | None = None) -> TrainResult:
-    """Train one VAE; resume from ``out_dir/last/`` when it holds a compatible checkpoint.
-
-    ``train_paths`` / ``val_paths`` are cache ``.npy`` files (one per subject). Without
-    validation subjects the training loss selects the checkpoint (and a warning says so).
-    ``on_epoch_end`` is called after each epoch's checkpoint is written (progress reporting;
-    tests use it to simulate a kill).
-    """
-    log = log or LOGGER
-    out_dir = Path(out_dir)
-    device = select_device(runtime.device)
-    configure_threads(runtime.threads)
-    set_seed(seed, device)
-    train_paths = [Path(p) for p in train_paths]
-    val_paths = [Path(p) for p in val_paths]
-
-    budget = runtime.data_budget_bytes
-    train = SubjectBatches(train_paths, device=device, downsample=cfg.downsample,
-                           batch_subjects=cfg.batch_subjects, augment=cfg.augment, seed=seed,
-                           budget_bytes=budget)
-    val = None
-    if val_paths:
-        left = budget - (train.resident_bytes if train.resident else 0)
-        val = SubjectBatches(val_paths, device=device, downsample=cfg.downsample,
-                             batch_subjects=cfg.batch_subjects, seed=seed, budget_bytes=left)
-        if val.grid != train.grid:
-            raise DataError("validation and training subjects are on different grids.")
-    else:
-        log.warning("no validation subjects: the training loss selects the best checkpoint")
-
-    model = VAE(train.grid, latent_dim, cfg.width).to(device)
-    optimizer = make_optimizer(model, cfg.lr)
-    # fixed for the run: on CUDA free memory shrinks once the caching allocator holds blocks
-    chunk = chunk_volumes(train.grid, cfg.width, latent_dim, device)
-    signature = _signature(cfg, latent_dim, seed, train_paths, val_paths)
-    meta_base: dict[str, Any] = {
-        "downsample": int(cfg.downsample), "modalities": _modalities(train_paths),
-        "version": __version__,
-    }
-
-    history: list[EpochStats] = []
-    start, best_loss, best_epoch, bad, stopped = 0, math.inf, -1, 0, False
-    resumed_from: int | None = None
-    last = out_dir / "last" / CHECKPOINT
-    ckpt = _load_checkpoint(last)
-    if ckpt is not None and ckpt.get("signature") != signature:
-        log.warning("checkpoint %s belongs to other settings; training from scratch", last)
-        ckpt = None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ckpt["rng"])
-        history = [EpochStats(**h) for h in ckpt["history"]]
-        start, best_loss = int(ckpt["epoch"]) + 1, float(ckpt["best_loss"])
-        best_epoch, bad, stopped = int(ckpt["best_epoch"]), int(ckpt["bad"]), bool(ckpt["stopped"])
-        resumed_from = start
-        log.info("resuming %s after epoch %d", out_dir, start)
-
-    log.info("training VAE l=%d seed=%d on %s: %d train / %d val subjects (%d volumes, "
-             "grid %s, %s data, %d volumes per pass)", latent_dim, seed, device,
-             train.n_subjects, val.n_subjects if val else 0, train.n_volumes,
-             "x".join(map(str, train.grid)), "resident" if train.resident else "streamed", chunk)
-    for epoch in range(start, cfg.epochs):
-        if stopped:
-            break
-        t0 = time.perf_counter()
-        tl, tr, tk, nvol = _run_epoch(model, train, epoch, cfg.beta, device, cfg.bf16,
-                                      optimizer, f"epoch {epoch + 1}", chunk)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
-        if not math.isfinite(tl):
-            raise VaefusionError(f"training diverged at epoch {epoch + 1} (loss {tl}); "
-                                 f"lower --lr (now {cfg.lr}) or --beta.")
-        if val is not None:
-            vl, vr, vk, _ = _run_epoch(model, val, epoch, cfg.beta, device, cfg.bf16, None,
-                                       "val", chunk)
-        else:
-            vl, vr, vk = tl, tr, tk
-        stats = EpochStats(epoch + 1, tl, tr, tk, vl, vr, vk, nvol / dt, dt)
-        history.append(stats)
-        if vl < best_loss:
-            best_loss, best_epoch, bad = vl, epoch + 1, 0
-            save_model(model, out_dir / "best", {
-                **meta_base,
-                "training": {"latent_dim": latent_dim, "seed": seed, "epoch": epoch + 1,
-                             "val_loss": vl, "train_loss": tl, "lr": cfg.lr, "beta": cfg.beta,
-                             "batch_subjects": cfg.batch_subjects, "augment": cfg.augment,
-                             "n_train": train.n_subjects,
-                             "n_val": val.n_subjects if val else 0,
-                             "train_subjects": signature["train"],
-                             "val_subjects": signature["val"]},
-            })
-        else:
-            bad += 1
-        stopped = bad >= cfg.patience
-        _save_checkpoint(last, {
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "rng": _rng_state(), "epoch": epoch,
-            "history": [vars(h) for h in history], "best_loss": best_loss,
-            "best_epoch": best_epoch, "bad": bad, "stopped": stopped, "signature": signature,
-        })
-        log.info("epoch %d/%d train %.6g (recon %.6g kl %.6g) val %.6g %s %.2f volumes/s",
-                 epoch + 1, cfg.epochs, tl, tr, tk, vl, "*" if bad == 0 else " ", nvol / dt)
-        if on_epoch_end is not None:
-            on_epoch_end(stats)
-        if stopped:
-            log.info("early stop after epoch %d: no improvement for %d epochs (best %d)",
-                     epoch + 1, cfg.patience, best_epoch)
-
-    best, meta = load_model(out_dir / "best", device)
-    return TrainResult(model=best, meta=meta, best_dir=out_dir / "best", best_epoch=best_epoch,
-                       best_val_loss=best_loss, epochs_run=len(history), stopped_early=stopped,
-                       resumed_from=resumed_from, device=device, history=history)
-
-
-def clear_checkpoint(out_dir: Path) -> None:
-    """Remove the resumable checkpoint of a finished run (the best model stays)."""
-    shutil.rmtree(Path(out_dir) / "last", ignore_errors=True)
-
+    """Train one VAE to the end, resuming from ``out_dir/last/`` when it holds a compatible
+    checkpoint (see :class:`Trainer`, whose ``fit`` documents ``on_epoch_end``)."""
+    trainer = Trainer(cfg, runtime, latent_dim, seed, train_paths, val_paths, out_dir, log)
+    trainer.resume()
+    return trainer.fit(on_epoch_end)

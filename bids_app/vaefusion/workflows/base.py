@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from vaefusion.config import Config
+from vaefusion.derivatives import naming
 from vaefusion.errors import UsageError
 
 LOG = logging.getLogger("vaefusion.workflow")
@@ -18,7 +19,7 @@ def configure_nipype(cfg: Config) -> None:
     assert cfg.output_dir is not None
     ncfg.update_config({
         "execution": {
-            "crashdump_dir": str(Path(cfg.output_dir) / "logs"),
+            "crashdump_dir": str(naming.logs_dir(cfg.output_dir)),
             "crashfile_format": "txt",
             "hash_method": "timestamp",
             "stop_on_first_crash": cfg.stop_on_first_crash,

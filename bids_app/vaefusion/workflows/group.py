@@ -15,7 +15,9 @@ from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
 from vaefusion.config import Config
+from vaefusion.derivatives import naming
 from vaefusion.evaluation.manifest import build_manifest
+from vaefusion.evaluation.results import FoldResult
 from vaefusion.interfaces.group import GatherResults, PCABaseline, VAEFold
 
 LOG = logging.getLogger("vaefusion.group")
@@ -56,20 +58,22 @@ def init_group_wf(cfg: Config, manifest_path: Path, name: str = "vaefusion_group
     return wf
 
 
-def gathered_results(graph) -> list[dict]:
+def gathered_results(graph) -> list[FoldResult]:
+    """The typed results of every unit, read back from the joins' JSON files."""
+    from vaefusion.interfaces.group import read_results
     from vaefusion.workflows.base import node_result
 
-    rows: list[dict] = []
+    rows: list[FoldResult] = []
     for name in ("vae_join", "pca_join"):
         for result in node_result(graph, name):
-            rows.extend(json.loads(Path(result.outputs.result).read_text()))
+            rows.extend(read_results(result.outputs.result))
     return rows
 
 
 def run_group_level(cfg: Config) -> dict | None:
     """Preprocess (cached), then train and evaluate every fold, or embed with ``--model``."""
     from vaefusion.workflows.base import configure_nipype, run_workflow
-    from vaefusion.workflows.participant import run_participant_level
+    from vaefusion.workflows.participant import embed_with_model, run_participant_level
 
     files = run_participant_level(cfg, embed=False)
     if cfg.model is not None:
@@ -80,7 +84,7 @@ def run_group_level(cfg: Config) -> dict | None:
 
     for seed in cfg.seeds:  # refuse an impossible K before any training starts
         make_folds(manifest.y(), cfg.folds, seed, cfg.val_fraction)
-    manifest_path = Path(cfg.work_dir) / "group_manifest.json"
+    manifest_path = Path(cfg.work_dir) / naming.GROUP_MANIFEST
     manifest.write(manifest_path)
     n_units = len(cfg.latent_dims) * len(cfg.seeds) * cfg.folds * ("vae" in cfg.methods)
     LOG.info("Group level: %d subjects (%d classified: %d %s, %d %s), %d VAE fold(s), "
@@ -97,53 +101,6 @@ def run_group_level(cfg: Config) -> dict | None:
         LOG.info("%-10s ROC-AUC %s (latent dim %d)", method,
                  "not available" if auc is None else f"{auc:.3f} ± {info['roc_auc_std']:.3f}",
                  info["latent_dim"])
-    LOG.info("Summary: %s", Path(cfg.output_dir) / "group" / "summary.json")
+    LOG.info("Summary: %s", naming.group_dir(cfg.output_dir) / naming.SUMMARY)
     return summary
 
-
-def embed_with_model(cfg: Config, files: list[Path], group: bool = False) -> None:
-    """Embed subjects with a trained model (``--model``); no training.
-
-    Writes each subject's latents TSV, and at the group level a latents table and a
-    ``summary.json`` that records the model used.
-    """
-    from vaefusion.derivatives.io import tsv_text
-    from vaefusion.derivatives.subject import write_latents_tsv
-    from vaefusion.errors import DataError
-    from vaefusion.inputs.cache import read_meta
-    from vaefusion.model.checkpoint import load_model
-    from vaefusion.training.device import select_device
-    from vaefusion.training.inference import embed_groups
-
-    assert cfg.model is not None and cfg.output_dir is not None
-    device = select_device(cfg.device)
-    model, meta = load_model(cfg.model, device)
-    trained = meta.get("modalities")
-    metas = [read_meta(f) for f in files]
-    for m in metas:
-        if trained and m.modalities != trained[:len(m.modalities)]:
-            raise DataError(
-                f"{m.key} has modalities {m.modalities[:3]}... but the model in {cfg.model} was "
-                f"trained on {trained[:3]}...; preprocess the same inputs the model saw."
-            )
-    LOG.info("Embedding %d subject(s) with %s (latent dim %d)", len(files), cfg.model,
-             model.latent_dim)
-    mus = embed_groups(model, [str(f) for f in files], device, int(meta.get("downsample", 1)))
-    rows = []
-    for i, m in enumerate(metas):
-        write_latents_tsv(cfg.output_dir, m.subject, m.session, m.modalities, mus[i],
-                          meta={"LatentDim": model.latent_dim, "Model": str(cfg.model)})
-        for name, z in zip(m.modalities, mus[i], strict=True):
-            rows.append({"participant_id": f"sub-{m.subject}", "modality": name,
-                         **{f"z{j:03d}": float(v) for j, v in enumerate(z)}})
-    if group:
-        from vaefusion.derivatives.io import atomic_write_text
-
-        out = Path(cfg.output_dir) / "group"
-        cols = ["participant_id", "modality", *[f"z{j:03d}" for j in range(model.latent_dim)]]
-        atomic_write_text(out / "latents_model.tsv", tsv_text(rows, cols))
-        atomic_write_text(out / "summary.json", json.dumps({
-            "methods": {}, "importance": [], "n_subjects": len(files),
-            "model": str(cfg.model), "latent_dim": model.latent_dim,
-            "note": "embedding only (--model): no training, no classification",
-        }, indent=2) + "\n")

@@ -62,26 +62,50 @@ def run_participant_level(cfg: Config, embed: bool = True) -> list[Path]:
     """
     import logging
 
-    from vaefusion.derivatives.naming import subject_key
+    from vaefusion.derivatives.naming import cache_file
     from vaefusion.errors import DataError
     from vaefusion.inputs.discovery import discover
+    from vaefusion.inputs.participants import classification_labels, labels_needed
     from vaefusion.workflows.base import configure_nipype, run_workflow
 
     log = logging.getLogger("vaefusion.participant")
     subjects = discover(cfg)
+    if labels_needed(cfg):  # refuse an impossible classification before preprocessing
+        from vaefusion.evaluation.folds import make_folds
+
+        y = classification_labels(subjects, cfg)
+        for seed in cfg.seeds:
+            make_folds(y, cfg.folds, seed, cfg.val_fraction)
     configure_nipype(cfg)
     log.info("Preprocessing %d subject(s) (cache: %s)", len(subjects), cache_dir(cfg))
     graph = run_workflow(init_participant_wf(cfg, subjects), cfg)
     errors = preprocess_errors(graph)
-    for error in errors:
+    for error in errors if len(errors) > 1 else []:  # a single one is the exit message
         log.error("bad data: %s", error)
     if errors:
         more = f" ({len(errors) - 1} more subject(s) in the log)" if len(errors) > 1 else ""
         raise DataError(errors[0] + more)
-    files = [cache_dir(cfg) / f"{subject_key(s.subject, s.session)}.npy" for s in subjects]
+    files = [cache_file(cache_dir(cfg), s.subject, s.session) for s in subjects]
     log.info("Preprocessed %d subject(s); derivatives in %s", len(files), cfg.output_dir)
     if embed and cfg.model is not None:
-        from vaefusion.workflows.group import embed_with_model
-
         embed_with_model(cfg, files)
     return files
+
+
+def embed_with_model(cfg: Config, files: list[Path], group: bool = False) -> None:
+    """Embed subjects with a trained model (``--model``, no training) and write their latents;
+    at the group level also the latents table and a ``summary.json`` naming the model."""
+    from vaefusion.derivatives.group import write_model_embedding
+    from vaefusion.derivatives.subject import LatentsSource, SubjectLatents
+    from vaefusion.training.device import select_device
+    from vaefusion.training.inference import embed_with_model as embed
+
+    assert cfg.model is not None and cfg.output_dir is not None
+    emb = embed(cfg.model, files, select_device(cfg.device))
+    # a model from a cross-validation run knows its seed and fold; whether a subject was
+    # outside its training data is unknown here (the subjects may be another dataset's)
+    source = LatentsSource(latent_dim=emb.latent_dim, model=str(cfg.model),
+                           seed=emb.meta.get("seed"), fold=emb.meta.get("fold"))
+    items = [SubjectLatents(m.subject, m.session, m.modalities, mu, source)
+             for m, mu in zip(emb.subjects, emb.mus, strict=True)]
+    write_model_embedding(cfg.output_dir, items, cfg.model, group)

@@ -1,0 +1,132 @@
+"""What one pass over a data set learned, so that posterior collapse is visible.
+
+Per pass (an epoch's training or its validation) :class:`PassAccumulator` sums, in float64 on
+the device (one host sync per pass), and :class:`PassStats` reports per volume:
+
+* ``loss``, ``recon``, ``kl``: the negative ELBO and its terms (true NLL, constants included);
+* ``kl_dims``: the KL of each latent dimension (they sum to ``kl``);
+* ``active_units`` (Burda et al. 2016): latent dimensions whose posterior mean varies across
+  the pass's volumes with variance above :data:`ACTIVE_UNIT_VARIANCE`. Every volume is a
+  sample, so a dimension that only tells modalities apart is active too; ``r2`` is the measure
+  of subject-level information;
+* ``r2``: reconstruction R^2 against the per-modality mean of the training subjects,
+  ``1 - SSE / sum ||x - mean_modality||^2``: above 0 only when the reconstruction carries more
+  than which modality the volume is;
+* ``sigma``: the decoder's standard deviation used (batch-volume weighted RMS; 1 for ``unit``).
+
+Training-pass values are running means over the epoch (sampled z, weights changing as they
+train); validation values use the end-of-epoch model and decode the posterior means. Nothing
+here draws random numbers, so the metrics leave the training RNG (and determinism) alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from vaefusion.model.likelihood import LOG_2PI, LossTerms
+from vaefusion.training.data import SubjectBatches
+
+#: Burda et al. (2016): a unit is active when Var_x(E_q[z_d | x]) exceeds this.
+ACTIVE_UNIT_VARIANCE: float = 0.01
+
+
+class PassStats(NamedTuple):
+    """Means per volume over one pass (see the module doc) and the number of volumes."""
+
+    loss: float
+    recon: float
+    kl: float
+    volumes: int
+    sigma: float = 1.0
+    r2: float = math.nan
+    active_units: int = 0
+    kl_dims: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModalityMeans:
+    """The mean volume of each modality over the training subjects (the R^2 baseline).
+
+    ``means`` is ``(n_modalities + 1, 1, X, Y, Z)`` on the device; its last row is zero, the
+    baseline of a modality no training subject has.
+    """
+
+    names: tuple[str, ...]
+    means: torch.Tensor
+
+    def index(self, modalities: Sequence[str]) -> torch.Tensor:
+        """Rows of :attr:`means` for these volumes' modalities (the zero row when unknown)."""
+        rows = {n: i for i, n in enumerate(self.names)}
+        idx = [rows.get(m, len(self.names)) for m in modalities]
+        return torch.tensor(idx, dtype=torch.long, device=self.means.device)
+
+
+def modality_means(data: SubjectBatches) -> ModalityMeans:
+    """Per-modality mean volumes of ``data``'s subjects (unaugmented, float64 sums)."""
+    names: list[str] = []
+    for mods in data.dataset.modalities:
+        names.extend(m for m in mods if m not in names)
+    rows = {n: i for i, n in enumerate(names)}
+    sums = torch.zeros((len(names) + 1, 1, *data.grid), dtype=torch.float64, device=data.device)
+    counts = torch.zeros(len(names) + 1, dtype=torch.float64, device=data.device)
+    for s, mods in enumerate(data.dataset.modalities):
+        idx = torch.tensor([rows[m] for m in mods], dtype=torch.long, device=data.device)
+        sums.index_add_(0, idx, data.subject_volumes(s).double())
+        counts.index_add_(0, idx, torch.ones(len(mods), dtype=torch.float64,
+                                              device=data.device))
+    means = sums / counts.clamp_min(1.0).view(-1, 1, 1, 1, 1)
+    return ModalityMeans(tuple(names), means.float())
+
+
+class PassAccumulator:
+    """Float64 sums over the batches of one pass; :meth:`result` gives the :class:`PassStats`.
+
+    ``baseline`` (the training subjects' modality means) enables R^2; without it R^2 is NaN.
+    """
+
+    def __init__(self, latent_dim: int, n_voxels: int, beta: float, device: torch.device,
+                 baseline: ModalityMeans | None = None) -> None:
+        self.n_voxels = int(n_voxels)
+        self.beta = float(beta)
+        self.baseline = baseline
+        f64 = dict(dtype=torch.float64, device=device)
+        # nll, kl, sse, sst, sigma2 * volumes
+        self.sums = torch.zeros(5, **f64)
+        self.mu = torch.zeros(latent_dim, **f64)
+        self.mu2 = torch.zeros(latent_dim, **f64)
+        self.kl_dims = torch.zeros(latent_dim, **f64)
+        self.n = 0
+
+    def add(self, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor,
+            logvar: torch.Tensor, terms: LossTerms, rows: torch.Tensor | None) -> None:
+        """One chunk: its inputs, outputs, loss terms and baseline rows (``ModalityMeans``)."""
+        mu, logvar = mu.detach().double(), logvar.detach().double()
+        self.mu += mu.sum(0)
+        self.mu2 += mu.pow(2).sum(0)
+        self.kl_dims += (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum(0)
+        sse = terms.sse.double().sum()
+        s2 = terms.sigma2.detach().double()
+        b = x.shape[0]
+        # the NLL from the SSE in float64, constants included (see model.likelihood)
+        nll = 0.5 * self.n_voxels * (LOG_2PI + torch.log(s2)) * b + sse / (2.0 * s2)
+        sst = torch.zeros((), dtype=torch.float64, device=sse.device)
+        if self.baseline is not None and rows is not None:
+            ref = self.baseline.means.index_select(0, rows)
+            sst = (x.detach().double() - ref.double()).pow(2).sum()
+        self.sums += torch.stack([nll, terms.kl_per_volume.double().sum(), sse, sst, s2 * b])
+        self.n += b
+
+    def result(self) -> PassStats:
+        n = max(self.n, 1)
+        nll, kl, sse, sst, s2 = (self.sums / n).tolist()
+        var = self.mu2 / n - (self.mu / n).pow(2)
+        active = int((var > ACTIVE_UNIT_VARIANCE).sum().item())
+        r2 = 1.0 - sse / sst if self.baseline is not None and sst > 0 else math.nan
+        return PassStats(loss=nll + self.beta * kl, recon=nll, kl=kl, volumes=self.n,
+                         sigma=math.sqrt(s2), r2=r2, active_units=active,
+                         kl_dims=tuple((self.kl_dims / n).tolist()))

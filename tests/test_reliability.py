@@ -1,0 +1,636 @@
+"""The bad-input matrix of docs/reliability.md: every row is a test here that runs the real CLI.
+
+Each test gives one bad input to ``vaefusion.cli.run.main`` in-process and checks the exact
+outcome: the exit code (SPEC section 4), the start of the one-sentence message, no traceback,
+and, for a mistake in an option, that nothing was created. Most runs stop at the checks or at
+discovery; the ones that preprocess use the tiny simulated dataset (8 subjects, 4 components).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import stat
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from vaefusion.cli.run import main
+
+BASE = ["--n-components", "4", "--skip-bids-validation"]
+DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
+
+
+# --------------------------------------------------------------------------- helpers
+def cli(ds: Path, tmp: Path, level: str = "participant", *extra: str, work: bool = True) -> int:
+    argv = [str(ds), str(tmp / "out"), level, *BASE, *extra]
+    return main(argv + (["-w", str(tmp / "work")] if work else []))
+
+
+def error(caplog) -> str:
+    """The one error message of a failed run (the last ERROR record)."""
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors, "no error was logged"
+    return errors[-1]
+
+
+def expect(code: int, wanted: int, caplog, fragment: str) -> str:
+    """Exit code ``wanted`` with ``fragment`` in one sentence, and no traceback anywhere."""
+    assert code == wanted, f"exit {code}, expected {wanted}: {caplog.text[-2000:]}"
+    msg = error(caplog)
+    assert fragment in msg, msg
+    assert "\n" not in msg and "Traceback" not in caplog.text and "Please report" not in msg
+    return msg
+
+
+def nothing_created(tmp: Path) -> None:
+    assert not (tmp / "out").exists(), "a refused run created the output dataset"
+    assert not (tmp / "work").exists(), "a refused run created the work dir"
+
+
+def icn(ds: Path, sub: str) -> Path:
+    return next(ds.glob(f"derivatives/*/sub-{sub}/func/*_components.nii.gz"))
+
+
+def gmv(ds: Path, sub: str) -> Path:
+    return next(ds.glob(f"derivatives/*/sub-{sub}/anat/*_probseg.nii.gz"))
+
+
+def voxels(path: Path) -> np.ndarray:
+    return np.asanyarray(nib.load(path).dataobj).astype(np.float32)
+
+
+def rewrite(path: Path, data: np.ndarray, affine: np.ndarray | None = None,
+            dtype=np.float32) -> None:
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(data.astype(dtype), img.affine if affine is None else affine), path)
+
+
+def participants(ds: Path, text: str | bytes) -> Path:
+    path = ds / "participants.tsv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def tsv(ds: Path) -> str:
+    return (ds / "participants.tsv").read_text()
+
+
+def snapshot(root: Path) -> list[tuple[str, int, int]]:
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in root.rglob("*"))
+
+
+# --------------------------------------------------------------------------- participants.tsv
+def test_participants_missing_group(writable_copy, tmp_path, caplog):
+    (writable_copy / "participants.tsv").unlink()
+    expect(cli(writable_copy, tmp_path, "group"), 66, caplog,
+           "participants.tsv is missing; the group level needs it")
+    nothing_created(tmp_path)
+
+
+def test_participants_missing_participant_level_works(writable_copy, tmp_path, caplog):
+    (writable_copy / "participants.tsv").unlink()
+    assert cli(writable_copy, tmp_path, "participant", "--participant-label", "01") == 0
+    assert "participants.tsv is missing: subjects have no diagnosis label" in caplog.text
+
+
+def test_participants_empty(writable_copy, tmp_path, caplog):
+    participants(writable_copy, "")
+    expect(cli(writable_copy, tmp_path), 65, caplog, "participants.tsv is empty")
+    nothing_created(tmp_path)
+
+
+def test_participants_no_participant_id_column(writable_copy, tmp_path, caplog):
+    participants(writable_copy, tsv(writable_copy).replace("participant_id", "subject", 1))
+    expect(cli(writable_copy, tmp_path), 65, caplog, "has no participant_id column")
+
+
+def test_no_label_column_group(writable_copy, tmp_path, caplog):
+    participants(writable_copy, tsv(writable_copy).replace("diagnosis", "group", 1))
+    expect(cli(writable_copy, tmp_path, "group"), 65, caplog,
+           "has no 'diagnosis' column, which the group level needs")
+    nothing_created(tmp_path)
+
+
+def test_no_label_column_participant_level_works(writable_copy, tmp_path, caplog):
+    participants(writable_copy, tsv(writable_copy).replace("diagnosis", "group", 1))
+    assert cli(writable_copy, tmp_path, "participant", "--participant-label", "01", "02") == 0
+    assert "has no 'diagnosis' column: subjects have no diagnosis label" in caplog.text
+    assert len(list((tmp_path / "out").glob("sub-*/*_desc-preproc_stack.nii.gz"))) == 2
+
+
+def test_label_column_option_missing(tiny_bids, tmp_path, caplog):
+    msg = expect(cli(tiny_bids, tmp_path, "group", "--label-column", "dx"), 65, caplog,
+                 "has no 'dx' column, which the group level needs")
+    assert "columns: participant_id, diagnosis" in msg
+
+
+def test_unknown_label_values(writable_copy, tmp_path, caplog):
+    participants(writable_copy, tsv(writable_copy).replace("\tSZ\t", "\tpatient\t")
+                 .replace("\tHC\t", "\tcontrol\t"))
+    msg = expect(cli(writable_copy, tmp_path, "group"), 65, caplog, "gives 0 SZ and 0 HC")
+    assert "holds control (4), patient (4)" in msg and "--positive-label" in msg
+
+
+def test_only_one_class(writable_copy, tmp_path, caplog):
+    participants(writable_copy, tsv(writable_copy).replace("\tHC\t", "\tSZ\t"))
+    expect(cli(writable_copy, tmp_path, "group"), 65, caplog, "gives 8 SZ and 0 HC")
+
+
+def test_fewer_per_class_than_folds(tiny_bids, tmp_path, caplog):
+    # 4 SZ and 4 HC cannot fill 5 test folds with both classes
+    msg = expect(cli(tiny_bids, tmp_path, "group", "--folds", "5"), 65, caplog,
+                 "--folds 5 needs at least 5 patients and as many controls")
+    assert "lower --folds to 4" in msg
+    assert not (tmp_path / "work" / "cache").exists(), "refused only after preprocessing"
+
+
+def test_too_few_subjects_for_two_folds(tiny_bids, tmp_path, caplog):
+    # 3 SZ + 3 HC in 2 folds leave 3 training subjects: 2 validate, 1 trains; 2 is the minimum
+    msg = expect(cli(tiny_bids, tmp_path, "group", "--folds", "2", "--participant-label",
+                     "01", "02", "03", "04", "05", "07"), 65, caplog,
+                 "--folds 2 needs at least 4 patients and as many controls")
+    assert "lower --folds" not in msg and "2 folds is the fewest" in msg
+
+
+def test_min_subjects_per_class_matches_make_folds():
+    from vaefusion.errors import DataError
+    from vaefusion.evaluation.folds import make_folds, min_subjects_per_class
+
+    for k in range(2, 8):
+        m = min_subjects_per_class(k)
+        make_folds(np.r_[np.ones(m), np.zeros(m)].astype(int), k, seed=0)
+        with pytest.raises(DataError):
+            make_folds(np.r_[np.ones(m - 1), np.zeros(m - 1)].astype(int), k, seed=0)
+
+
+def test_duplicate_participant_ids(writable_copy, tmp_path, caplog):
+    participants(writable_copy, tsv(writable_copy) + "sub-03\tSZ\t40\tF\tsite2\n")
+    expect(cli(writable_copy, tmp_path), 65, caplog, "lists sub-03 more than once")
+
+
+def test_participants_not_utf8(writable_copy, tmp_path, caplog):
+    participants(writable_copy, tsv(writable_copy).replace("site1", "Zürich").encode("latin-1"))
+    expect(cli(writable_copy, tmp_path), 65, caplog, "is not UTF-8 text (byte 0xfc")
+
+
+def test_participants_bom_works(writable_copy, tmp_path, caplog):
+    participants(writable_copy, tsv(writable_copy).encode("utf-8-sig"))
+    assert cli(writable_copy, tmp_path, "participant", "--participant-label", "01") == 0
+    assert re.search(r"sub-01 +ICN=yes GMV=yes label=SZ", caplog.text)
+
+
+# --------------------------------------------------------------------------- finding files
+@pytest.mark.parametrize("kind", ["icn", "gmv"])
+def test_subject_without_file_is_skipped(writable_copy, tmp_path, caplog, kind):
+    (icn if kind == "icn" else gmv)(writable_copy, "01").unlink()
+    assert cli(writable_copy, tmp_path, "participant", "--participant-label", "01", "02") == 0
+    what = "NeuroMark ICN" if kind == "icn" else "gray-matter (GMV)"
+    assert f"sub-01 lacks a modality (no {what} file found): skipped" in caplog.text
+    assert [p.name for p in (tmp_path / "out").glob("sub-*")] == ["sub-02"]
+
+
+def test_subject_without_file_missing_modality_error(writable_copy, tmp_path, caplog):
+    gmv(writable_copy, "01").unlink()
+    expect(cli(writable_copy, tmp_path, "participant", "--missing-modality", "error"), 66,
+           caplog, "sub-01 lacks a modality (no gray-matter (GMV) file found)")
+
+
+def test_duplicate_inputs_in_two_datasets_fix_works(writable_copy, tmp_path, caplog):
+    """The message gives a --derivatives argument, and that argument makes the run work."""
+    import shutil
+
+    src = writable_copy / "derivatives" / "neuromark"
+    shutil.copytree(src, writable_copy / "derivatives" / "neuromark-old")
+    msg = expect(cli(writable_copy, tmp_path, "participant", "--participant-label", "01"), 65,
+                 caplog, "sub-01 has 2 NeuroMark ICN files in different derivative datasets")
+    example = msg.split("e.g. --derivatives ", 1)[1].split()
+    assert len(example) == 2 and example[1].startswith("spm=")
+    assert example[0] in (f"neuromark={src}", f"neuromark-old={src}-old")
+    assert cli(writable_copy, tmp_path / "again", "participant", "--participant-label", "01",
+               "--derivatives", *example) == 0
+
+
+def test_duplicate_inputs_in_one_dataset_fix_works(writable_copy, tmp_path, caplog):
+    first = icn(writable_copy, "01")
+    (first.parent / first.name.replace("desc-neuromark", "desc-old")).write_bytes(
+        first.read_bytes())
+    msg = expect(cli(writable_copy, tmp_path, "participant", "--participant-label", "01"), 65,
+                 caplog, "sub-01 has 2 NeuroMark ICN files in")
+    hint = json.loads(msg.split("holds e.g. ", 1)[1])
+    filt = tmp_path / "filter.json"
+    filt.write_text(json.dumps(hint))
+    assert cli(writable_copy, tmp_path / "again", "participant", "--participant-label", "01",
+               "--bids-filter-file", str(filt)) == 0
+
+
+def test_derivatives_without_description_skipped(writable_copy, tmp_path, caplog):
+    fs = writable_copy / "derivatives" / "freesurfer" / "sub-01" / "label"
+    fs.mkdir(parents=True)
+    (fs / "lh.aparc.annot").write_bytes(b"\0" * 16)
+    (writable_copy / "derivatives" / "freesurfer" / "sub-01" / "label" /
+     "sub-01_label-GM_probseg.nii.gz").write_bytes(b"")  # pybids would choke on 'label'
+    assert cli(writable_copy, tmp_path, "participant", "--participant-label", "01") == 0
+    assert "freesurfer has no dataset_description.json: it is not indexed" in caplog.text
+
+
+def test_derivatives_path_missing(tiny_bids, tmp_path, caplog):
+    expect(cli(tiny_bids, tmp_path, "participant", "--derivatives",
+               f"nm={tmp_path / 'nothere'}"), 66, caplog, "is not a folder; give an existing path")
+    nothing_created(tmp_path)
+
+
+# --------------------------------------------------------------------------- image contents
+@pytest.mark.parametrize("level", ["participant", "group"])
+def test_truncated_nifti(writable_copy, tmp_path, caplog, level):
+    path = icn(writable_copy, "02")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    folds = ["--folds", "2"] if level == "group" else []  # 4 SZ + 4 HC pass the fold check
+    msg = expect(cli(writable_copy, tmp_path, level, *folds), 65, caplog,
+                 f"{path} cannot be read (EOFError")
+    assert "truncated or corrupt" in msg
+    assert not list((tmp_path / "out" / "logs").glob("crash-*")), "a data error is no crash"
+
+
+def test_truncated_header(writable_copy, tmp_path, caplog):
+    path = gmv(writable_copy, "02")
+    path.write_bytes(path.read_bytes()[:40])
+    expect(cli(writable_copy, tmp_path), 65, caplog, f"{path} cannot be read as NIfTI")
+
+
+def test_icn_3d(writable_copy, tmp_path, caplog):
+    path = icn(writable_copy, "02")
+    rewrite(path, voxels(path)[..., 0])
+    expect(cli(writable_copy, tmp_path), 65, caplog,
+           f"{path} is 3D but NeuroMark ICN maps must be 4D")
+
+
+def test_gmv_4d(writable_copy, tmp_path, caplog):
+    path = gmv(writable_copy, "02")
+    data = voxels(path)
+    rewrite(path, np.stack([data, data], axis=-1))
+    expect(cli(writable_copy, tmp_path), 65, caplog, f"{path} is 4D but a GMV volume must be 3D")
+
+
+def test_wrong_component_count(tiny_bids, tmp_path, caplog):
+    # as 52 NeuroMark volumes where 53 are expected: every file has 4, 5 are asked for
+    code = main([str(tiny_bids), str(tmp_path / "out"), "participant", "-w",
+                 str(tmp_path / "work"), "--skip-bids-validation", "--n-components", "5"])
+    expect(code, 65, caplog, "has 4 components but 5 are expected")
+
+
+def test_component_counts_differ(writable_copy, tmp_path, caplog):
+    path = icn(writable_copy, "05")
+    rewrite(path, voxels(path)[..., :3])
+    expect(cli(writable_copy, tmp_path), 65, caplog,
+           f"{path} has 3 components but 7 other subject(s) have 4")
+
+
+def test_affines_disagree(writable_copy, tmp_path, caplog):
+    path = icn(writable_copy, "02")
+    affine = nib.load(path).affine.copy()
+    affine[0, 3] += 5
+    rewrite(path, voxels(path), affine)
+    expect(cli(writable_copy, tmp_path), 65, caplog, "resample all ICN maps to one grid")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nan_or_inf_voxels(writable_copy, tmp_path, caplog, value):
+    path = icn(writable_copy, "02")
+    data = voxels(path)
+    data[3, 3, 3, 1] = value
+    rewrite(path, data)
+    expect(cli(writable_copy, tmp_path), 65, caplog, f"{path} has 1 NaN or Inf voxel(s)")
+
+
+def test_beyond_float32(writable_copy, tmp_path, caplog):
+    path = gmv(writable_copy, "02")
+    data = voxels(path).astype(np.float64)
+    data[5, 5, 5] = 1e300
+    rewrite(path, data, dtype=np.float64)
+    expect(cli(writable_copy, tmp_path), 65, caplog, "(or values beyond the float32 range)")
+
+
+def test_all_zero_volume(writable_copy, tmp_path, caplog):
+    path = icn(writable_copy, "02")
+    data = voxels(path)
+    data[..., 2] = 0
+    rewrite(path, data)
+    expect(cli(writable_copy, tmp_path), 65, caplog, f"{path}: volume ICN03 is all zero")
+
+
+def test_extreme_value(writable_copy, tmp_path, caplog):
+    path = icn(writable_copy, "02")
+    data = voxels(path)
+    data[4, 4, 4, 0] = 1e9 * np.abs(data[..., 0]).max()
+    rewrite(path, data)
+    expect(cli(writable_copy, tmp_path), 65, caplog, f"{path}: volume ICN01 has an extreme value")
+
+
+def test_int16_with_scl_slope_works(writable_copy, tmp_path):
+    """Stored integers times scl_slope plus scl_inter are what gets scaled and stacked."""
+    path = icn(writable_copy, "01")
+    data = voxels(path)
+    inter = float(np.abs(data).max()) / 2  # an offset, so that ignoring it would show
+    slope = float(np.abs(data - inter).max()) / 30000  # int16 holds +-32767
+    ints = np.round((data - inter) / slope).astype(np.int16)
+    img = nib.Nifti1Image(ints, nib.load(path).affine)
+    img.header.set_data_dtype(np.int16)
+    img.header.set_slope_inter(slope, inter)
+    nib.save(img, path)
+    assert nib.load(path).get_data_dtype() == np.int16
+    assert cli(writable_copy, tmp_path, "participant", "--participant-label", "01") == 0
+    stack = nib.load(next((tmp_path / "out").glob("sub-01/*_stack.nii.gz"))).get_fdata()
+    real = ints * slope + inter
+    expected = real / np.abs(real).max(axis=(0, 1, 2))
+    np.testing.assert_allclose(stack[..., :4], expected, atol=2e-3)
+    ignored = ints / np.abs(ints).max(axis=(0, 1, 2))  # what ignoring scl_inter would give
+    assert np.abs(ignored - expected).max() > 0.05
+
+
+# --------------------------------------------------------------------------- selection
+@pytest.mark.parametrize("option", ["--participant-label", "--session-label"])
+def test_label_with_path_characters(tiny_bids, tmp_path, caplog, option):
+    expect(cli(tiny_bids, tmp_path, "participant", option, "../x"), 64, caplog,
+           f"{option} '../x' is not a BIDS label")
+    nothing_created(tmp_path)
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ("{not json", "is not valid JSON"),
+    ('{"bold": {"task": "rest"}}', "must be a JSON object with keys among icn, gmv"),
+    ('{"icn": {"dsc": "neuromark"}}', '"icn" names unknown BIDS entity dsc'),
+    ('{"icn": "neuromark"}', '"icn" must map entity names to values'),
+], ids=["not-json", "unknown-key", "unknown-entity", "not-a-mapping"])
+def test_bad_bids_filter_file(tiny_bids, tmp_path, caplog, content, fragment):
+    filt = tmp_path / "filter.json"
+    filt.write_text(content)
+    expect(cli(tiny_bids, tmp_path, "participant", "--bids-filter-file", str(filt)), 64,
+           caplog, fragment)
+    nothing_created(tmp_path)
+
+
+def test_filter_matches_nothing(tiny_bids, tmp_path, caplog):
+    filt = tmp_path / "filter.json"
+    filt.write_text('{"icn": {"desc": "nothere"}, "gmv": {"desc": "nothere"}}')
+    expect(cli(tiny_bids, tmp_path, "participant", "--bids-filter-file", str(filt)), 18, caplog,
+           "No ICN maps or GMV volumes in")
+
+
+def test_participant_label_matches_nothing(tiny_bids, tmp_path, caplog):
+    expect(cli(tiny_bids, tmp_path, "participant", "--participant-label", "99"), 18, caplog,
+           "No ICN maps or GMV volumes in")
+
+
+# --------------------------------------------------------------------------- paths and config
+def test_invalid_bids(writable_copy, tmp_path, caplog):
+    from vaefusion.inputs.validation import find_validator
+
+    if find_validator() is None:
+        pytest.skip("bids-validator-deno is not installed")
+    t1w = next(writable_copy.glob("sub-*/**/*_T1w.nii*"))
+    t1w.write_bytes(b"not a nifti")
+    code = main([str(writable_copy), str(tmp_path / "out"), "participant", "-w",
+                 str(tmp_path / "work"), "--n-components", "4"])  # validation not skipped
+    expect(code, 16, caplog, f"{writable_copy} is not valid BIDS:")
+    assert "--skip-bids-validation" in error(caplog)
+    assert (tmp_path / "out" / "logs" / "bids_validator.json").exists()
+
+
+def test_bids_dir_missing(tmp_path, caplog):
+    expect(cli(tmp_path / "nothere", tmp_path), 66, caplog, "does not exist; give the dataset")
+
+
+def test_bids_dir_is_a_file(tmp_path, caplog):
+    (tmp_path / "ds.txt").write_text("")
+    expect(cli(tmp_path / "ds.txt", tmp_path), 66, caplog, "ds.txt is not a folder")
+    nothing_created(tmp_path)
+
+
+def test_bids_dir_without_description(writable_copy, tmp_path, caplog):
+    (writable_copy / "dataset_description.json").unlink()
+    expect(cli(writable_copy, tmp_path), 66, caplog, "dataset_description.json is missing")
+
+
+@pytest.mark.parametrize("which", ["output", "work"])
+def test_output_or_work_inside_bids_dir(writable_copy, tmp_path, caplog, which):
+    inside = writable_copy / "derivatives" / "vaefusion"
+    out, work = (inside, tmp_path / "work") if which == "output" else (tmp_path / "out", inside)
+    code = main([str(writable_copy), str(out), "participant", "-w", str(work), *BASE])
+    expect(code, 64, caplog, "is inside BIDS_DIR")
+    assert not inside.exists() and not (tmp_path / "out").exists()
+
+
+def test_output_dir_not_writable(tiny_bids, tmp_path, caplog):
+    (tmp_path / "file").write_text("")
+    code = main([str(tiny_bids), str(tmp_path / "file" / "out"), "participant", "-w",
+                 str(tmp_path / "work"), *BASE])
+    expect(code, 73, caplog, "Cannot write the output folder")
+    assert not (tmp_path / "work").exists()
+
+
+def test_output_dir_read_only(tiny_bids, tmp_path, caplog):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("this user ignores permissions (root)")
+        code = main([str(tiny_bids), str(locked / "out"), "participant", "-w",
+                     str(tmp_path / "work"), *BASE])
+        expect(code, 73, caplog, "is not writable")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_read_only_bids_dir_works(tiny_bids, tmp_path):
+    """The shared dataset is read-only (mode a-w); the run works and changes nothing in it."""
+    assert not os.stat(tiny_bids).st_mode & stat.S_IWUSR
+    before = snapshot(tiny_bids)
+    assert cli(tiny_bids, tmp_path, "participant", "--participant-label", "01") == 0
+    assert snapshot(tiny_bids) == before
+
+
+def test_default_work_dir_is_not_the_current_directory(tiny_bids, tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert cli(tiny_bids, tmp_path, "participant", "--participant-label", "01", work=False) == 0
+    assert list(cwd.iterdir()) == []
+    assert (tmp_path / "out_work" / "cache" / "sub-01.npy").is_file()
+
+
+def test_default_work_dir_falls_back_to_temp(tmp_path, monkeypatch):
+    from vaefusion.cli.run import default_work_dir
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    assert default_work_dir(tmp_path / "out") == tmp_path / "out_work"
+    (tmp_path / "file").write_text("")  # OUTPUT_DIR/.. cannot hold a folder
+    fallback = default_work_dir(tmp_path / "file" / "out")
+    assert fallback.parent == tmp_path / "tmp" and fallback.name.startswith("vaefusion_work_")
+    assert fallback == default_work_dir(tmp_path / "file" / "out")  # stable: reruns resume
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ("epochs = [", "is not valid TOML"),
+    ("epochz = 3\n", "has unknown setting(s) epochz"),
+    ('epochs = "ten"\n', "epochs = 'ten' is not a valid value (expected int)"),
+], ids=["syntax", "unknown-key", "wrong-type"])
+def test_bad_config_file(tiny_bids, tmp_path, caplog, content, fragment):
+    toml = tmp_path / "c.toml"
+    toml.write_text(content)
+    expect(cli(tiny_bids, tmp_path, "participant", "--config-file", str(toml)), 64, caplog,
+           fragment)
+    nothing_created(tmp_path)
+
+
+def test_unknown_option(tiny_bids, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli(tiny_bids, tmp_path, "participant", "--epoch", "3")
+    assert exc.value.code == 64
+    assert "unrecognized arguments: --epoch 3" in capsys.readouterr().err
+    nothing_created(tmp_path)
+
+
+def test_unknown_level(tiny_bids, tmp_path, caplog):
+    expect(cli(tiny_bids, tmp_path, "subject"), 17, caplog, "Unknown analysis level 'subject'")
+    nothing_created(tmp_path)
+
+
+def test_use_plugin_missing_checked_first(tiny_bids, tmp_path, caplog):
+    expect(cli(tiny_bids, tmp_path, "participant", "--use-plugin", str(tmp_path / "slurm.yml")),
+           64, caplog, "--use-plugin")
+    assert "cannot be read" in error(caplog)
+    nothing_created(tmp_path)
+
+
+@pytest.mark.parametrize("level", ["participant", "group"])
+def test_device_cuda_without_gpu(tiny_bids, tmp_path, caplog, monkeypatch, level):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    expect(cli(tiny_bids, tmp_path, level, "--device", "cuda"), 64, caplog,
+           "--device cuda was asked for but torch sees no CUDA GPU")
+    nothing_created(tmp_path)
+
+
+def test_help_names_level_config_file(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "logs/config-<level>.toml" in text and "logs/config.toml" not in text
+    assert "never the current directory" in text
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_outputs_honour_umask(tiny_bids, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        assert cli(tiny_bids, tmp_path, "participant", "--participant-label", "01") == 0
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".json" for p in files) and any(p.suffix == ".toml" for p in files)
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+    cache = list((tmp_path / "work" / "cache").iterdir())
+    assert {oct(p.stat().st_mode & 0o777) for p in cache} == {oct(0o666 & ~umask)}
+
+
+# --------------------------------------------------------------------------- --model
+MODALITIES = ["ICN01", "ICN02", "ICN03", "ICN04", "GMV"]
+
+
+def make_model(folder: Path, grid=(9, 11, 9), downsample: int = 2) -> Path:
+    """An untrained model on the tiny dataset's grid (18 x 21 x 18 downsampled by 2)."""
+    import torch
+
+    from vaefusion.model.checkpoint import save_model
+    from vaefusion.model.network import VAE
+
+    torch.manual_seed(0)
+    return save_model(VAE(grid, 4, 0.125), folder,
+                      {"downsample": downsample, "modalities": MODALITIES})
+
+
+def test_model_works(tiny_bids, tmp_path):
+    """The control for the rows below: a compatible model embeds at the participant level."""
+    model = make_model(tmp_path / "model")
+    assert cli(tiny_bids, tmp_path, "participant", "--participant-label", "01",
+               "--model", str(model)) == 0
+    assert list((tmp_path / "out").glob("sub-01/*_latents.tsv"))
+
+
+def test_model_missing(tiny_bids, tmp_path, caplog):
+    (tmp_path / "model").mkdir()
+    expect(cli(tiny_bids, tmp_path, "participant", "--model", str(tmp_path / "model")), 66,
+           caplog, "is not a vaefusion model: it needs model.json and model.safetensors")
+    nothing_created(tmp_path)
+
+
+def test_model_other_grid(tiny_bids, tmp_path, caplog):
+    model = make_model(tmp_path / "model", grid=(9, 11, 9), downsample=1)
+    msg = expect(cli(tiny_bids, tmp_path, "participant", "--model", str(model)), 65, caplog,
+                 "was trained on grid [9, 11, 9] (downsample 1) but these ICN maps are "
+                 "[18, 21, 18]")
+    assert msg.endswith("use a model trained on inputs of this resolution.")
+    assert not (tmp_path / "work" / "cache").exists(), "refused only after preprocessing"
+
+
+def test_model_other_latent_dim(tiny_bids, tmp_path, caplog):
+    model = make_model(tmp_path / "model")
+    expect(cli(tiny_bids, tmp_path, "participant", "--model", str(model), "--latent-dim", "8"),
+           64, caplog, "--latent-dim 8 disagrees with --model")
+    nothing_created(tmp_path)
+
+
+def test_model_weights_do_not_match_json(tiny_bids, tmp_path, caplog):
+    model = make_model(tmp_path / "model")
+    meta = json.loads((model / "model.json").read_text())
+    meta["latent_dim"] = 8
+    (model / "model.json").write_text(json.dumps(meta))
+    expect(cli(tiny_bids, tmp_path, "participant", "--model", str(model)), 65, caplog,
+           "model.safetensors does not match model.json")
+    nothing_created(tmp_path)
+
+
+class _Payload:
+    """Unpickling this creates a folder: proof that code from the file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.marker),))
+
+
+def test_model_tampered_weights_run_no_code(tiny_bids, tmp_path, caplog):
+    model = make_model(tmp_path / "model")
+    marker = tmp_path / "pwned"
+    (model / "model.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
+    expect(cli(tiny_bids, tmp_path, "participant", "--model", str(model)), 65, caplog,
+           "model.safetensors is not a valid safetensors file")
+    assert not marker.exists(), "the weights file was unpickled"
+    nothing_created(tmp_path)
+
+
+# --------------------------------------------------------------------------- the document
+def test_reliability_table_is_backed_by_these_tests():
+    """Every row of docs/reliability.md names a test of this module, with its exit code."""
+    rows = [line for line in DOC.read_text().splitlines()
+            if line.startswith("| ") and "`test_" in line]
+    assert len(rows) >= 25
+    names = {n for n in globals() if n.startswith("test_")}
+    source = Path(__file__).read_text()
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        test = re.search(r"`(test_\w+)", cells[-1]).group(1)
+        assert test in names, f"{test} (docs/reliability.md) is not a test here"
+        code = re.match(r"\d+", cells[1]).group(0)
+        body = source.split(f"def {test}(", 1)[1].split("\ndef ", 1)[0]
+        assert code == "0" or re.search(rf"\b{code}\b", body), f"{test}: exit {code} not checked"
