@@ -115,7 +115,9 @@ def test_too_many_folds_is_a_data_error() -> None:
     with pytest.raises(DataError) as err:
         make_folds(y, 5, 0)
     assert err.value.code == EXIT_DATA == 65
-    assert "--folds" in err.value.message and "add subjects" in err.value.message
+    # the smaller class is named, and the two ways out
+    assert "--folds" in err.value.message and "add patients" in err.value.message
+    assert "lower --folds to 4" in err.value.message
 
 
 def test_too_few_subjects_for_validation_is_a_data_error() -> None:

@@ -70,3 +70,15 @@ def test_stack_order_icns_first_then_gmv():
     # same grid: GMV passes through untouched
     same = stack_subject(icn, aff, icn[..., 0], aff)
     np.testing.assert_array_equal(same[-1], icn[..., 0])
+
+
+def test_outlier_check_ignores_a_tiny_background_but_not_a_spike():
+    """int16 with scl_inter or smoothing leaves ~1e-6 everywhere: no false alarm; a spike is."""
+    rng = np.random.default_rng(2)
+    vol = np.full((1, 20, 20, 20), 1e-6, np.float32)
+    vol[0, 5:15, 5:15, 5:15] = rng.normal(scale=5.0, size=(10, 10, 10))
+    out = scale_maxabs(vol, ["ICN01"], ["icn.nii"])
+    assert np.abs(out).max() == pytest.approx(1.0)
+    vol[0, 7, 7, 7] = 1e5 * np.abs(vol).max()
+    with pytest.raises(DataError, match=r"icn\.nii: volume ICN01 has an extreme value"):
+        scale_maxabs(vol, ["ICN01"], ["icn.nii"])

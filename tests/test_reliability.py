@@ -566,6 +566,14 @@ def test_model_works(tiny_bids, tmp_path):
     assert list((tmp_path / "out").glob("sub-01/*_latents.tsv"))
 
 
+def test_no_label_column_group_with_model_works(writable_copy, tmp_path):
+    """Embedding with a trained model needs no labels, at the group level too."""
+    participants(writable_copy, tsv(writable_copy).replace("diagnosis", "group", 1))
+    model = make_model(tmp_path / "model")
+    assert cli(writable_copy, tmp_path, "group", "--model", str(model)) == 0
+    assert (tmp_path / "out" / "group" / "summary.json").is_file()
+
+
 def test_model_missing(tiny_bids, tmp_path, caplog):
     (tmp_path / "model").mkdir()
     expect(cli(tiny_bids, tmp_path, "participant", "--model", str(tmp_path / "model")), 66,

@@ -96,6 +96,10 @@ class Config:
     seeds: list[int] = field(default_factory=lambda: [0])
     folds: int = field(default=10, metadata=METHOD)
     val_fraction: float = field(default=0.1, metadata=METHOD)
+    # the K-fold partition of repeat r is seeded by cv_seed + r (evaluation.folds)
+    cv_seed: int = field(default=0, metadata=METHOD)
+    cv_repeats: int = 1  # not hashed: each repeat is its own unit, so adding repeats reuses
+    svm_c: float | None = field(default=None, metadata=METHOD)  # None: chosen by inner CV
     epochs: int = field(default=100, metadata=METHOD)
     patience: int = field(default=10, metadata=METHOD)
     batch_subjects: int = field(default=1, metadata=METHOD)
@@ -107,6 +111,9 @@ class Config:
     likelihood: str = field(default="unit", metadata=METHOD)
     model: Path | None = None
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    # which fold's model (of the first latent dim, seed and repeat) the figures, maps and report
+    # explain; not hashed: it changes no trained unit, only the interpretation written after
+    explain_fold: int = 0
 
     def validate(self) -> None:
         """Raise :class:`UsageError` (exit 64) for values no run can use."""
@@ -128,6 +135,12 @@ class Config:
             raise UsageError(f"--downsample {self.downsample} must be an integer >= 1.")
         if not self.latent_dims or any(d < 1 for d in self.latent_dims):
             raise UsageError("--latent-dim needs one or more positive integers.")
+        if self.cv_seed < 0 or self.cv_repeats < 1:
+            raise UsageError("--cv-seed must be a non-negative integer and --cv-repeats at "
+                             "least 1.")
+        if self.svm_c is not None and not self.svm_c > 0:
+            raise UsageError(f"--svm-c {self.svm_c} must be a positive number (or leave it out "
+                             "to choose C by inner cross-validation).")
         if not self.seeds:
             raise UsageError("--seed needs one or more integers.")
         bad = [m for m in self.methods if m not in ALL_METHODS]
@@ -135,6 +148,9 @@ class Config:
             raise UsageError(
                 f"--methods got {' '.join(bad) or 'nothing'}; choose from {' '.join(ALL_METHODS)}."
             )
+        if not 0 <= self.explain_fold < self.folds:
+            raise UsageError(f"--explain-fold {self.explain_fold} is not a fold of --folds "
+                             f"{self.folds}; choose 0 to {self.folds - 1}.")
         if self.likelihood not in LIKELIHOODS:
             raise UsageError(f"--likelihood {self.likelihood} is unknown; use "
                              f"{' or '.join(LIKELIHOODS)}.")

@@ -118,33 +118,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop at the first crashed node")
     g.add_argument("-v", "--verbose", action="count", default=None, help="more log output")
 
-    g = p.add_argument_group("method (defaults are the paper's)")
+    g = p.add_argument_group(
+        "method (default in brackets: [paper] from the seed paper, [ours] chosen here where the "
+        "paper gives none; see the README)")
     g.add_argument("--latent-dim", dest="latent_dims", nargs="+", type=_positive_int,
-                   default=None, metavar="L", help="latent dimension(s) (128)")
+                   default=None, metavar="L", help="latent dimension(s); the first is the "
+                   "headline of summary.json, never the best after the fact ([paper] 128)")
     g.add_argument("--seed", "--random-seed", dest="seeds", nargs="+", type=int, default=None,
-                   metavar="S", help="random seed(s) (0)")
+                   metavar="S", help="seed(s) of the initialisation and sampling (VAE weights, "
+                   "data order, pca-shared projection), not of the folds ([ours] 0; the paper's "
+                   "seed experiment used 5 seeds, e.g. --seed 0 1 2 3 4)")
     g.add_argument("--folds", type=int, default=None, metavar="K",
-                   help="cross-validation folds (10)")
-    g.add_argument("--epochs", type=_positive_int, default=None, help="maximum epochs (100)")
+                   help="cross-validation folds ([paper] 10)")
+    g.add_argument("--cv-seed", type=int, default=None, metavar="S",
+                   help="seed of the K-fold partition; repeat r uses S + r ([ours] 0)")
+    g.add_argument("--cv-repeats", type=_positive_int, default=None, metavar="R",
+                   help="repeat the K-fold with R partitions; the AUC CIs use all K x R folds "
+                   "([ours] 1)")
+    g.add_argument("--svm-c", type=float, default=None, metavar="C",
+                   help="fix the linear SVM's C ([ours] unset: C chosen per fold by inner "
+                   "5-fold CV on the training subjects over 1e-4 ... 1e2, for every method)")
+    g.add_argument("--epochs", type=_positive_int, default=None,
+                   help="maximum epochs ([ours] 100)")
     g.add_argument("--patience", type=_positive_int, default=None,
-                   help="early-stopping patience in epochs (10)")
+                   help="early-stopping patience in epochs ([ours] 10)")
     g.add_argument("--batch-subjects", type=_positive_int, default=None, metavar="B",
-                   help="whole subjects per training batch (1)")
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (1e-4)")
-    g.add_argument("--beta", type=float, default=None, help="KL weight (1.0)")
+                   help="whole subjects per training batch ([ours] 1)")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate ([ours] 1e-4)")
+    g.add_argument("--beta", type=float, default=None, help="KL weight ([ours] 1.0)")
     g.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
-                   help="decoder likelihood: sigma = Gaussian with a calibrated shared variance "
+                   help="[ours] decoder likelihood: sigma = Gaussian with a calibrated shared "
+                   "variance "
                    "(the batch's mean squared error, Rybkin et al. 2021), unit = fixed unit "
                    "variance of earlier versions, which collapses the posterior on data in "
                    "[-1, 1] (unit)")
     g.add_argument("--width", type=float, default=None, metavar="W",
-                   help="channel multiplier (1.0; e.g. 0.125 for CPU demos)")
+                   help="channel multiplier ([paper] 1.0; e.g. 0.125 for CPU demos)")
     g.add_argument("--downsample", type=_positive_int, default=None, metavar="F",
-                   help="integer grid factor (1; e.g. 4 for CPU demos)")
+                   help="integer grid factor for the VAE and the PCA baselines alike ([paper] 1, "
+                   "3 mm; e.g. 4 for CPU demos)")
     g.add_argument("--augment", action="store_true", default=None,
                    help="TorchIO augmentation of training volumes")
     g.add_argument("--model", type=Path, default=None, metavar="DIR",
                    help="a trained model: embed with it instead of training")
     g.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=None,
-                   help="methods to evaluate (all)")
+                   help="methods to evaluate (all); pca-late (one PCA per modality) is the "
+                   "paper's \"early fusion PCA\" row, see the README")
+
+    g = p.add_argument_group("interpretation (figures, maps and the HTML reports)")
+    g.add_argument("--explain-fold", type=int, default=None, metavar="K",
+                   help="the fold whose model (of the first latent dim and seed) the maps, "
+                   "t-SNE and reports explain ([paper] 0, the first fold)")
     return p

@@ -33,7 +33,8 @@ _DIRECT = ("participant_label", "session_label", "bids_filter_file", "skip_bids_
            "negative_label", "work_dir", "nprocs", "omp_nthreads", "mem_gb", "use_plugin",
            "config_file", "device", "bf16", "stop_on_first_crash", "verbose", "latent_dims",
            "seeds", "folds", "epochs", "patience", "batch_subjects", "lr", "beta", "width",
-           "downsample", "augment", "model", "methods", "likelihood")
+           "downsample", "augment", "model", "methods", "likelihood", "cv_seed", "cv_repeats",
+           "svm_c", "explain_fold")
 
 
 def build_config(args) -> Config:
@@ -166,9 +167,11 @@ def run(cfg: Config, latent_dims_given: bool = False) -> int:
     from vaefusion.derivatives.dataset import init_output_dir
     from vaefusion.inputs.options import check_inputs
     from vaefusion.inputs.validation import validate_input
+    from vaefusion.workflows.base import plugin_settings
 
     check_paths(cfg)
     check_inputs(cfg, latent_dims_given)
+    plugin_settings(cfg)  # a missing or malformed --use-plugin file: exit 64 now, not later
     # every option is checked: only now is anything created
     create_work_dir(cfg)
     init_output_dir(cfg)

@@ -1,8 +1,11 @@
 """Group outputs from typed results: TSV tables, models, latents and ``summary.json``.
 
 The headline numbers of ``group/summary.json`` use the first ``--latent-dim`` value (the
-primary setting) and average over folds of every seed; the full sweep is in the TSVs.
-Choosing the best latent dim after seeing test AUCs would be optimistic, so it is never done.
+primary setting) and average over the folds of every repeat and seed, with the 95% CI of the
+corrected resampled t and the paired comparisons of the VAE with each baseline
+(``comparisons.tsv``); the full sweep is in the TSVs. Choosing the best latent dim or seed
+after seeing test AUCs would be optimistic, so it is never done. Every row of a table names
+the seed, repeat and fold it came from.
 """
 
 from __future__ import annotations
@@ -26,15 +29,25 @@ from vaefusion.derivatives.subject import (
     latent_rows,
     write_subject_latents,
 )
+from vaefusion.evaluation.classifier import SVM_C_GRID
 from vaefusion.evaluation.manifest import Manifest
 from vaefusion.evaluation.results import FoldResult
-from vaefusion.evaluation.summary import auc_table, importance_summary
+from vaefusion.evaluation.summary import (
+    auc_table,
+    comparisons,
+    importance_summary,
+    vae_diagnostics,
+)
 from vaefusion.inputs.reference import modality_domain
 
-METRIC_COLUMNS = ["method", "latent_dim", "seed", "fold", "roc_auc", "n_train", "n_test",
-                  "available", "backend"]
-SCORE_COLUMNS = ["method", "latent_dim", "seed", "fold", "participant_id", "label", "decision"]
-IMPORTANCE_COLUMNS = ["latent_dim", "seed", "fold", "modality", "domain", "importance"]
+METRIC_COLUMNS = ["method", "latent_dim", "seed", "repeat", "fold", "roc_auc", "svm_c",
+                  "n_train", "n_test", "grid", "available", "backend"]
+SCORE_COLUMNS = ["method", "latent_dim", "seed", "repeat", "fold", "participant_id", "label",
+                 "decision"]
+IMPORTANCE_COLUMNS = ["latent_dim", "seed", "repeat", "fold", "modality", "domain",
+                      "importance"]
+COMPARISON_COLUMNS = ["method", "baseline", "latent_dim", "n_pairs", "mean_difference",
+                      "ci_low", "ci_high", "t", "df", "p_value"]
 #: the group latents table: the per-subject schema behind participant, session and fold
 LATENTS_TABLE_COLUMNS = ["participant_id", "session_id", "fold", *LATENT_ROW_COLUMNS]
 
@@ -49,21 +62,23 @@ def write_group_outputs(cfg: Config, manifest: Manifest, results: list[FoldResul
     write_tsv(group / naming.METRICS,
               [{c: getattr(r, c) for c in METRIC_COLUMNS} for r in results], METRIC_COLUMNS)
     scores = [
-        {"method": r.method, "latent_dim": r.latent_dim, "seed": r.seed, "fold": r.fold,
-         "participant_id": key, "label": lab, "decision": d}
+        {"method": r.method, "latent_dim": r.latent_dim, "seed": r.seed, "repeat": r.repeat,
+         "fold": r.fold, "participant_id": key, "label": lab, "decision": d}
         for r in results if r.available
         for key, lab, d in zip(r.test_subjects, r.test_labels, r.decision, strict=True)
     ]
     write_tsv(group / naming.DECISION_SCORES, scores, SCORE_COLUMNS)
     table = auc_table(results)
     write_tsv(group / naming.AUC_TABLE, table, list(table[0]) if table else [])
+    comps = comparisons(results)
+    write_tsv(group / naming.COMPARISONS, comps, COMPARISON_COLUMNS)
 
     primary = cfg.latent_dims[0]
     vae = [r for r in results if r.method == "vae"]
     importance = importance_summary(results, manifest.modalities, primary)
     imp_rows = [
-        {"latent_dim": r.latent_dim, "seed": r.seed, "fold": r.fold, "modality": m,
-         "domain": modality_domain(m), "importance": v}
+        {"latent_dim": r.latent_dim, "seed": r.seed, "repeat": r.repeat, "fold": r.fold,
+         "modality": m, "domain": modality_domain(m), "importance": v}
         for r in vae if r.importance is not None
         for m, v in zip(manifest.modalities, r.importance, strict=True)
     ]
@@ -76,15 +91,29 @@ def write_group_outputs(cfg: Config, manifest: Manifest, results: list[FoldResul
     for row in table:
         if row["latent_dim"] != primary:
             continue
-        methods[row["method"]] = {
-            "roc_auc_mean": None if math.isnan(row["roc_auc_mean"]) else row["roc_auc_mean"],
-            "roc_auc_std": None if math.isnan(row["roc_auc_std"]) else row["roc_auc_std"],
-            "latent_dim": primary, "n_folds": row["n_folds"], "seeds": cfg.seeds,
-            "available": row["available"],
+        rs = [r for r in results if (r.method, r.latent_dim) == (row["method"], primary)]
+        info = methods[row["method"]] = {
+            "roc_auc_mean": _number(row["roc_auc_mean"]),
+            "roc_auc_std": _number(row["roc_auc_std"]),
+            "roc_auc_ci": (None if math.isnan(row["ci_low"])
+                           else [row["ci_low"], row["ci_high"]]),
+            "latent_dim": primary, "n_folds": row["n_folds"], "n_repeats": row["n_repeats"],
+            "seeds": cfg.seeds, "available": row["available"],
+            "grid": rs[0].grid,
         }
+        reasons = sorted({r.reason for r in rs if r.reason})
+        if reasons:
+            info["reason"] = "; ".join(reasons)
+        if row["method"] == "vae":
+            info.update(vae_diagnostics(results, primary))
     backends = sorted({r.backend for r in results})
     summary = {
         "methods": methods,
+        "comparisons": [
+            {"method": c["method"], "baseline": c["baseline"], "latent_dim": c["latent_dim"],
+             "n_pairs": c["n_pairs"], "mean_difference": c["mean_difference"],
+             "ci": [c["ci_low"], c["ci_high"]], "p_value": c["p_value"]}
+            for c in comps if c["latent_dim"] == primary],
         "importance": importance,
         "n_subjects": len(manifest.files),
         "n_classified": int(manifest.classified.size),
@@ -92,12 +121,20 @@ def write_group_outputs(cfg: Config, manifest: Manifest, results: list[FoldResul
         "n_negative": int((manifest.y() == 0).sum()),
         "labels": {"positive": cfg.positive_label, "negative": cfg.negative_label},
         "folds": cfg.folds, "latent_dims": cfg.latent_dims, "seeds": cfg.seeds,
+        "cv_seed": cfg.cv_seed, "cv_repeats": cfg.cv_repeats,
+        # null: C chosen per fold by inner cross-validation over svm_c_grid
+        "svm_c": cfg.svm_c, "svm_c_grid": list(SVM_C_GRID),
         "classifier_backend": backends[0] if len(backends) == 1 else backends,
         "device": sorted({r.training.device for r in vae if r.training is not None}) or None,
         "vaefusion_version": __version__,
     }
     write_json(group / naming.SUMMARY, summary)
     return summary
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN: a missing number is null."""
+    return None if math.isnan(value) else value
 
 
 def write_latents_table(path: Path, items: list[SubjectLatents]) -> Path:
@@ -127,39 +164,40 @@ def _write_models_and_latents(cfg: Config, manifest: Manifest, vae: list[FoldRes
     """Copy each fold's model; write each subject's out-of-fold latents.
 
     A classified subject's latents come from the fold that tested it (its model never saw the
-    subject); other subjects use fold 0's model. The primary setting (first latent dim and
-    seed) gives ``sub-<label>_desc-vae_latents.tsv``; every setting is in group/latents_*.tsv.
+    subject); other subjects use fold 0's model. A latents table holds one (latent dim, seed,
+    repeat); the primary setting (first latent dim and seed, repeat 0) gives
+    ``sub-<label>_desc-vae_latents.tsv``; every setting is in group/latents_*.tsv.
     """
     from vaefusion.inputs.cache import read_meta
 
     for r in vae:
         assert r.training is not None, "a VAE fold result without its training record"
         _copy_model(r.training.model_dir, naming.model_dir(group, "vae", r.latent_dim, r.seed,
-                                                           r.fold))
+                                                           r.repeat, r.fold))
     metas = {manifest.keys[i]: read_meta(Path(f)) for i, f in enumerate(manifest.files)}
-    settings = sorted({(r.latent_dim, r.seed) for r in vae})
-    for dim, seed in settings:
-        runs = sorted((r for r in vae if (r.latent_dim, r.seed) == (dim, seed)),
+    settings = sorted({(r.latent_dim, r.seed, r.repeat) for r in vae})
+    for dim, seed, repeat in settings:
+        runs = sorted((r for r in vae if (r.latent_dim, r.seed, r.repeat) == (dim, seed, repeat)),
                       key=lambda r: r.fold)
         tested = {key: r for r in runs for key in r.test_subjects}
         loaded = {r.fold: np.load(r.training.latents) for r in runs if r.training is not None}
         items = []
         for key, meta in metas.items():
             src = tested.get(key, runs[0])
-            model = naming.model_dir(Path(naming.GROUP), "vae", dim, seed, src.fold)
+            model = naming.model_dir(Path(naming.GROUP), "vae", dim, seed, repeat, src.fold)
             source = LatentsSource(latent_dim=dim, model=model.as_posix(), seed=seed,
                                    fold=src.fold, out_of_fold=key in tested)
             items.append(SubjectLatents(meta.subject, meta.session, meta.modalities,
                                         loaded[src.fold][key], source))
-        write_latents_table(group / naming.latents_table(dim, seed), items)
-        if (dim, seed) == (cfg.latent_dims[0], cfg.seeds[0]):
+        write_latents_table(group / naming.latents_table(dim, seed, repeat), items)
+        if (dim, seed, repeat) == (cfg.latent_dims[0], cfg.seeds[0], 0):
             for item in items:
                 write_subject_latents(cfg.output_dir, item)
 
 
 def _write_history(vae: list[FoldResult], group: Path) -> None:
     # list values (KL per latent dimension) become one comma-separated cell
-    rows = [{"latent_dim": r.latent_dim, "seed": r.seed, "fold": r.fold,
+    rows = [{"latent_dim": r.latent_dim, "seed": r.seed, "repeat": r.repeat, "fold": r.fold,
              **{k: ",".join(f"{x:.6g}" for x in v) if isinstance(v, list) else v
                 for k, v in h.items()}}
             for r in vae if r.training is not None for h in r.training.history]

@@ -3,7 +3,7 @@
 Per-subject names come from BIDS entities in BIDS order (as fMRIPrep's
 ``DerivativesDataSink`` and ``utils/bids.py`` build them): ``sub-01[_ses-1]_desc-vae_latents.tsv``
 in ``sub-01[/ses-1]/``. Group outputs have fixed names under ``group/``, and the names of
-cross-validation units (``vae_L8_seed0_fold2``) name their model folders and work folders.
+cross-validation units (``vae_L8_seed0_rep0_fold2``) name their model folders and work folders.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 #: BIDS entity order (the subset vaefusion writes); a name lists its entities in this order.
-ENTITY_ORDER = ("sub", "ses", "space", "res", "label", "desc")
+ENTITY_ORDER = ("sub", "ses", "space", "res", "label", "desc", "stat")
 
 # ------------------------------------------------------------------- dataset level
 DATASET_DESCRIPTION = "dataset_description.json"
@@ -28,9 +28,20 @@ AUC_TABLE = "auc_by_latent_dim.tsv"
 IMPORTANCE = "importance.tsv"
 TRAINING_HISTORY = "training_history.tsv"
 SUMMARY = "summary.json"
+COMPARISONS = "comparisons.tsv"
 MODELS = "models"
 #: the group latents table of a ``--model`` run (no cross-validation setting to name it by)
 MODEL_LATENTS = "latents_model.tsv"
+# interpretation (interpret/, reports/): what a person opens first, and the maps behind it
+REPORT = "report.html"
+FIGURES = "figures"
+MAPS = "maps"
+TSNE = "tsne.tsv"
+CENTRES = "centres.tsv"
+#: every ``desc-`` label of the dataset, explained (BIDS 1.10 derivatives)
+DESCRIPTIONS = "descriptions.tsv"
+#: the template space of the NeuroMark grid and of every group map
+MAP_SPACE = "MNI152NLin6Asym"
 
 # ------------------------------------------------------------------- work dir
 GROUP_MANIFEST = "group_manifest.json"
@@ -133,23 +144,89 @@ def group_dir(out: Path) -> Path:
     return Path(out) / GROUP
 
 
-def unit_name(method: str, latent_dim: int, seed: int, fold: int | None = None) -> str:
-    """A cross-validation unit's stable name: ``vae_L128_seed0_fold3`` (its model folder in
-    ``group/models/`` and its folders in the work dir)."""
+def unit_name(method: str, latent_dim: int, seed: int, repeat: int | None = None,
+              fold: int | None = None) -> str:
+    """A cross-validation unit's stable name: ``vae_L128_seed0_rep0_fold3`` (its model folder
+    in ``group/models/`` and its folders in the work dir); ``repeat`` is the K-fold repeat."""
     name = f"{method}_L{latent_dim}_seed{seed}"
+    if repeat is not None:
+        name += f"_rep{repeat}"
     return name if fold is None else f"{name}_fold{fold}"
 
 
-def model_dir(group: Path, method: str, latent_dim: int, seed: int, fold: int) -> Path:
-    """``group/models/vae_L8_seed0_fold2``."""
-    return Path(group) / MODELS / unit_name(method, latent_dim, seed, fold)
+def model_dir(group: Path, method: str, latent_dim: int, seed: int, repeat: int,
+              fold: int) -> Path:
+    """``group/models/vae_L8_seed0_rep0_fold2``."""
+    return Path(group) / MODELS / unit_name(method, latent_dim, seed, repeat, fold)
 
 
-def latents_table(latent_dim: int, seed: int, method: str = "vae") -> str:
-    """The group latents table of one cross-validated setting: ``latents_vae_L8_seed0.tsv``."""
-    return f"latents_{unit_name(method, latent_dim, seed)}.tsv"
+def latents_table(latent_dim: int, seed: int, repeat: int, method: str = "vae") -> str:
+    """The group latents table of one cross-validated setting (every subject out of fold in
+    that repeat): ``latents_vae_L8_seed0_rep0.tsv``."""
+    return f"latents_{unit_name(method, latent_dim, seed, repeat)}.tsv"
 
 
 def gram_cache(cache_dir: Path, digest: str) -> Path:
     """The PCA baselines' shared Gram matrices, keyed by a digest of their subjects."""
     return Path(cache_dir) / f"grams-{digest}.npy"
+
+
+# ------------------------------------------------------------------- interpretation
+def alnum(label: str) -> str:
+    """A label as a BIDS entity value (letters and digits only): ``"Pat-1"`` gives ``"Pat1"``."""
+    return "".join(ch for ch in str(label) if ch.isalnum()) or "x"
+
+
+def map_desc(kind: str, negative: str | None = None, positive: str | None = None) -> str:
+    """The ``desc-`` label of a group map: ``decodedHC`` (``kind`` and one group),
+    ``decodedHCminusSZ`` (both groups: negative minus positive) or ``top5`` (no group)."""
+    if negative is None:
+        return kind
+    if positive is None:
+        return f"{kind}{alnum(negative)}"
+    return f"{kind}{alnum(negative)}minus{alnum(positive)}"
+
+
+def res_label(voxel_mm: float) -> str:
+    """The ``res-`` value of a voxel size: ``3`` for 3 mm, ``4p5`` for 4.5 mm."""
+    return f"{round(float(voxel_mm), 3):g}".replace(".", "p")
+
+
+def maps_dir(group: Path) -> Path:
+    return Path(group) / MAPS
+
+
+def group_map(group: Path, desc: str, res: str, stat: str | None = None) -> Path:
+    """A group map in BEP041/nilearn style: ``group/maps/space-MNI152NLin6Asym_res-3_desc-top5_
+    stat-effect_statmap.nii.gz``, or ``..._desc-decodedHC_components.nii.gz`` without ``stat``."""
+    suffix = "statmap" if stat else "components"
+    return maps_dir(group) / bids_name("", None, suffix, ".nii.gz", space=MAP_SPACE, res=res,
+                                       desc=desc, stat=stat)
+
+
+def figures_dir(group: Path) -> Path:
+    return Path(group) / FIGURES
+
+
+def figure(group: Path, name: str) -> Path:
+    """A group figure: ``group/figures/importance.png``."""
+    return figures_dir(group) / f"{name}.png"
+
+
+def group_report(out: Path) -> Path:
+    """The group report: ``group/report.html``."""
+    return group_dir(out) / REPORT
+
+
+def subject_report(out: Path, subject: str) -> Path:
+    """A subject's report at the output root, as fMRIPrep names it: ``sub-01.html``."""
+    return Path(out) / f"sub-{subject}.html"
+
+
+def descriptions_file(out: Path) -> Path:
+    return Path(out) / DESCRIPTIONS
+
+
+def generated_image(out_dir: Path, kind: str) -> Path:
+    """An output of ``vaefusion-generate``: ``OUT_DIR/desc-decoded_components.nii.gz``."""
+    return Path(out_dir) / bids_name("", None, "components", ".nii.gz", desc=kind)

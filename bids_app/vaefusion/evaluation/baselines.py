@@ -8,6 +8,10 @@
   components; every volume is projected and a subject's ``n_modalities`` score vectors are
   concatenated modality-major: the linear twin of the shared VAE.
 
+They see the VAE's data: the cached stacks reduced by ``--downsample`` with the very function
+the VAE's data loader uses (:func:`vaefusion.model.network.downsample_volumes`, area
+averaging), before the brain mask and any PCA; :func:`analysis_grid` names that grid.
+
 In every fold the PCA is fitted on the train + validation subjects only and then applied to
 all subjects, so a test subject never shapes the components. When ``l`` exceeds what the
 training data allow (scikit-learn's rule ``n_components <= min(n_samples, n_features)``) the
@@ -90,16 +94,54 @@ def brain_mask(stacks: Iterable[np.ndarray]) -> np.ndarray:
     return mask
 
 
-def cache_loader(paths: Sequence[Path], mask: np.ndarray | None = None
+def analysis_grid(source_grid: Sequence[int], downsample: int) -> str:
+    """The grid every method analyses, as recorded in ``metrics.tsv``: ``"14x16x13"``."""
+    from vaefusion.model.network import downsampled_grid
+
+    return "x".join(str(n) for n in downsampled_grid(source_grid, downsample))
+
+
+def load_at_grid(path: Path, downsample: int = 1) -> np.ndarray:
+    """A cached subject as (n_modalities, X, Y, Z) float32 on the VAE's grid.
+
+    The same steps as the VAE's data loader (float32, then area averaging by ``downsample``),
+    so a baseline and the VAE see identical arrays.
+    """
+    stack = np.asarray(load_stack(path), dtype=np.float32)
+    if downsample == 1:
+        return stack
+    import torch
+
+    from vaefusion.model.network import downsample_volumes
+
+    x = downsample_volumes(torch.from_numpy(stack).unsqueeze(1), downsample)
+    return x.squeeze(1).numpy()
+
+
+def cache_loader(paths: Sequence[Path], mask: np.ndarray | None = None, downsample: int = 1
                  ) -> Callable[[int], np.ndarray]:
-    """``i -> (n_modalities, V)`` float32 array of cached subject ``paths[i]`` (in-mask voxels)."""
+    """``i -> (n_modalities, V)`` float32 array of cached subject ``paths[i]`` (in-mask voxels)
+    on the grid reduced by ``downsample`` (:func:`load_at_grid`)."""
 
     def load(i: int) -> np.ndarray:
-        stack = load_stack(paths[i])
-        flat = np.asarray(stack, dtype=np.float32).reshape(stack.shape[0], -1)
+        stack = load_at_grid(paths[i], downsample)
+        flat = stack.reshape(stack.shape[0], -1)
         return flat[:, mask] if mask is not None else flat
 
     return load
+
+
+def preloaded(load: Callable[[int], np.ndarray], n_subjects: int,
+              budget_bytes: int) -> SubjectArrays:
+    """Every subject read once into memory when they fit in ``budget_bytes``, else ``load``.
+
+    The PCA baselines read the data many times (``pca-shared``: ``2 * n_iter + 4`` passes per
+    fold); at a coarse ``--downsample`` grid the data are small enough to keep.
+    """
+    first = load(0)
+    if first.nbytes * n_subjects > budget_bytes:
+        return load
+    return [first, *(load(i) for i in range(1, n_subjects))]
 
 
 def _as_loader(subject_arrays: SubjectArrays, n_subjects: int) -> Callable[[int], np.ndarray]:
@@ -304,14 +346,16 @@ def pca_features(method: str, subject_arrays: SubjectArrays, n_subjects: int,
 
 def evaluate_pca_baselines(method: str, subject_arrays: SubjectArrays, labels: np.ndarray,
                            folds: Sequence[Fold], latent_dim: int, backend: str, *,
-                           grams: np.ndarray | None = None,
-                           seed: int = 0) -> list[FoldMetrics] | NotAvailable:
+                           grams: np.ndarray | None = None, seed: int = 0,
+                           svm_c: float | None = None,
+                           partition_seed: int = 0) -> list[FoldMetrics] | NotAvailable:
     """Per-fold SVM metrics of one PCA baseline, or a :class:`NotAvailable` (returned, not
     raised) when ``latent_dim`` exceeds the component limit in any fold.
 
     ``grams`` (from :func:`modality_grams`) can be passed to share one pass over the data
     between ``pca-early``, ``pca-late`` and several latent dims; ``seed`` drives the random
-    projection of ``pca-shared``.
+    projection of ``pca-shared``. ``svm_c`` and ``partition_seed`` go to the classifier
+    (:func:`vaefusion.evaluation.classifier.evaluate_fold`), as for the VAE.
     """
     y = check_labels(labels)
     load = _as_loader(subject_arrays, y.size)
@@ -326,6 +370,6 @@ def evaluate_pca_baselines(method: str, subject_arrays: SubjectArrays, labels: n
     for fold in folds:
         features = pca_features(method, load, y.size, fold.fit, latent_dim, grams=grams,
                                 seed=seed)
-        metrics.append(evaluate_fold(features, y, fold, backend))
+        metrics.append(evaluate_fold(features, y, fold, backend, svm_c, partition_seed))
     return metrics
 

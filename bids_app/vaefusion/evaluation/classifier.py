@@ -1,20 +1,26 @@
 """Linear SVM classification, ROC-AUC per fold, and modality importance from SVM weights.
 
-The classifier (SPEC section 3): standardize the features of the fold's train + validation
-subjects, fit a linear SVM, score the test subjects with its decision function.
+The classifier (SPEC section 3), the same for every method: standardize the features of the
+fold's train + validation subjects, choose C by inner cross-validation on those subjects only,
+fit a linear SVM, score the test subjects with its decision function.
 
 Design choices:
 
-* ``SVC(kernel="linear", C=1.0, class_weight="balanced")``. The kernel (dual) SVC, not
+* ``SVC(kernel="linear", C, class_weight="balanced")``. The kernel (dual) SVC, not
   ``LinearSVC``: cuML's ``SVC`` solves the very same problem (hinge loss, L2 penalty,
   unpenalized intercept), so the GPU and CPU paths agree within solver tolerance, whereas
   liblinear's ``LinearSVC`` uses the squared hinge and penalizes the intercept. With a few
   hundred subjects and thousands of features (n_modalities x l) the dual is also the cheap side
   (an n x n kernel).
-* ``C = 1.0`` (the libraries' default and what the paper's protocol implies: no inner tuning
-  loop, which would need a second split of the training subjects). With standardized
-  features and far more features than subjects the data are usually separable, so C barely
-  matters above ~1.
+* C is chosen per fold (our protocol; the paper does not say how C was set) by stratified
+  inner K-fold (:data:`INNER_FOLDS`, fewer when a class is smaller) over the fold's train +
+  validation subjects, on the log grid :data:`SVM_C_GRID` (1e-4 ... 1e2), maximizing the mean
+  inner ROC-AUC. A fixed C (the paper-less default of 1 is a hard margin on a few hundred
+  standardized features and a few dozen subjects, but a soft one on 8 PCA features) would
+  give the methods different regimes. Ties go to the smallest C: below some C every SVM is the
+  (balanced) class-mean direction and ranks the subjects alike. The inner split is seeded by
+  the partition and the fold, so every method of a fold sees the same inner folds, on either
+  backend. The test subjects are never part of it. ``--svm-c`` fixes C instead.
 * ``class_weight="balanced"``: patient/control groups are rarely the same size; balancing keeps
   the hyperplane (and so the weight-based modality importance) from favouring the larger
   group. ROC-AUC itself is threshold-free.
@@ -41,7 +47,17 @@ LOG = logging.getLogger("vaefusion.evaluation")
 BACKENDS: tuple[str, ...] = ("sklearn", "cuml")
 
 
-SVM_C = 1.0
+#: The log grid C is chosen from by inner cross-validation.
+SVM_C_GRID: tuple[float, ...] = tuple(float(10.0**e) for e in range(-4, 3))
+
+
+#: Inner stratified folds for choosing C (fewer when the smaller class has fewer subjects).
+INNER_FOLDS = 5
+
+
+#: C when no inner cross-validation is possible (a class with a single training subject):
+#: the libraries' default.
+FALLBACK_C = 1.0
 
 
 SVM_CLASS_WEIGHT = "balanced"
@@ -109,17 +125,17 @@ def _to_numpy(a: object) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def _fit_sklearn(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray):
+def _fit_sklearn(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, c: float):
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
     scaler = StandardScaler().fit(x_train)
-    svm = SVC(kernel="linear", C=SVM_C, class_weight=SVM_CLASS_WEIGHT)
+    svm = SVC(kernel="linear", C=c, class_weight=SVM_CLASS_WEIGHT)
     svm.fit(scaler.transform(x_train), y_train)
     return svm.decision_function(scaler.transform(x_test)), svm.coef_
 
 
-def _fit_cuml(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray):
+def _fit_cuml(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, c: float):
     # imported here: cuML is an optional GPU extra and absent from CPU installs and CI
     from cuml.preprocessing import StandardScaler
     from cuml.svm import SVC
@@ -131,15 +147,17 @@ def _fit_cuml(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray):
     scaler = StandardScaler().fit(x_train)
     # cuML's SVC encodes classes_[1] (label 1) as +1, like sklearn, so the sign conventions
     # of decision_function and coef_ match the sklearn path
-    svm = SVC(kernel="linear", C=SVM_C, class_weight=SVM_CLASS_WEIGHT, output_type="numpy")
+    svm = SVC(kernel="linear", C=c, class_weight=SVM_CLASS_WEIGHT, output_type="numpy")
     svm.fit(scaler.transform(x_train), y_train.astype(np.float64))
     return svm.decision_function(scaler.transform(x_test)), svm.coef_
 
 
 def fit_linear_svm(
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, backend: str
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, backend: str,
+    c: float = FALLBACK_C,
 ) -> SVMResult:
-    """StandardScaler + linear SVM fitted on ``x_train``; decision scores for ``x_test``.
+    """StandardScaler + linear SVM (penalty ``c``) fitted on ``x_train``; decision scores for
+    ``x_test``.
 
     ``y_train`` is 0/1 with both classes present. ``backend`` is ``"sklearn"`` or ``"cuml"``
     (see :func:`choose_backend`); the scaler is fitted on the training rows only.
@@ -150,7 +168,7 @@ def fit_linear_svm(
     x_test = np.asarray(x_test, dtype=np.float64)
     y_train = np.asarray(y_train).astype(int)
     fit = _fit_cuml if backend == "cuml" else _fit_sklearn
-    decision, coef = fit(x_train, y_train, x_test)
+    decision, coef = fit(x_train, y_train, x_test, float(c))
     return SVMResult(
         decision=_to_numpy(decision).reshape(-1),
         weights=_to_numpy(coef).reshape(-1),
@@ -166,6 +184,47 @@ def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
 
 
+# --------------------------------------------------------------------------------- C
+@dataclass(eq=False)
+class CSelection:
+    """The C chosen by inner cross-validation, and the mean inner ROC-AUC of every C tried."""
+
+    c: float
+    grid: tuple[float, ...]
+    mean_auc: np.ndarray  # (len(grid),); empty when no inner CV was possible
+    n_inner_folds: int  # 0: too few subjects, C is FALLBACK_C
+
+
+def inner_cv_seed(partition_seed: int, fold: int) -> int:
+    """The seed of a fold's inner split: one per (partition, fold), shared by every method."""
+    return int(np.random.SeedSequence([partition_seed, fold, 1]).generate_state(1)[0])
+
+
+def select_c(x: np.ndarray, y: np.ndarray, backend: str, seed: int,
+             grid: Sequence[float] = SVM_C_GRID, n_folds: int = INNER_FOLDS) -> CSelection:
+    """Choose C for subjects ``x`` (features) and ``y`` (0/1) by stratified inner K-fold.
+
+    Every C of ``grid`` is fitted on each inner training split (scaler included) and scored
+    by ROC-AUC on its inner test split; the C with the highest mean wins, ties going to the
+    smallest C. ``x`` and ``y`` must hold only the outer fold's train + validation subjects.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y).astype(int)
+    grid = tuple(float(c) for c in grid)
+    k = min(n_folds, int(np.bincount(y, minlength=2).min()))
+    if k < 2:
+        LOG.warning("A class has a single training subject; C cannot be chosen by inner "
+                    "cross-validation and is %g.", FALLBACK_C)
+        return CSelection(FALLBACK_C, grid, np.empty(0), 0)
+    splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y))
+    aucs = np.array([[roc_auc(y[te], fit_linear_svm(x[tr], y[tr], x[te], backend, c).decision)
+                      for tr, te in splits] for c in grid])
+    mean = aucs.mean(axis=1)
+    best = int(np.flatnonzero(mean >= mean.max() - 1e-12)[0])  # the grid ascends
+    return CSelection(grid[best], grid, mean, k)
+
+
 # --------------------------------------------------------------------------------- folds
 @dataclass(eq=False)
 class FoldMetrics:
@@ -179,15 +238,25 @@ class FoldMetrics:
     decision: np.ndarray  # (n_test,) SVM decision scores of the test subjects
     weights: np.ndarray  # (n_features,) SVM weights on the standardized features
     backend: str
+    c: float  # the SVM's C: chosen by inner cross-validation, or fixed (--svm-c)
 
 
 def evaluate_fold(
-    features: np.ndarray, labels: np.ndarray, fold: Fold, backend: str
+    features: np.ndarray, labels: np.ndarray, fold: Fold, backend: str,
+    svm_c: float | None = None, partition_seed: int = 0,
 ) -> FoldMetrics:
-    """Fit on the fold's train + validation subjects, score its test subjects."""
+    """Choose C (unless ``svm_c`` fixes it), fit on the fold's train + validation subjects,
+    score its test subjects.
+
+    ``partition_seed`` made the folds (:func:`vaefusion.evaluation.folds.partition_seed`);
+    with the fold index it seeds the inner split, so every method of a fold uses the same one.
+    """
     y = np.asarray(labels).astype(int)
     fit_idx, test_idx = fold.fit, fold.test
-    res = fit_linear_svm(features[fit_idx], y[fit_idx], features[test_idx], backend)
+    x_fit = np.asarray(features[fit_idx], dtype=np.float64)
+    c = svm_c if svm_c is not None else select_c(
+        x_fit, y[fit_idx], backend, inner_cv_seed(partition_seed, fold.index)).c
+    res = fit_linear_svm(x_fit, y[fit_idx], features[test_idx], backend, c)
     return FoldMetrics(
         fold=fold.index,
         roc_auc=roc_auc(y[test_idx], res.decision),
@@ -197,6 +266,7 @@ def evaluate_fold(
         decision=res.decision,
         weights=res.weights,
         backend=res.backend,
+        c=float(c),
     )
 
 

@@ -1,4 +1,4 @@
-"""Cross-validated evaluation units: one VAE fold, one PCA baseline over all folds.
+"""Cross-validated evaluation units: one VAE fold, one PCA baseline over all folds of a repeat.
 
 Each unit reads the group *manifest* (which cached subjects exist, their labels and which of
 them are classified), does its work, and returns typed :class:`FoldResult` objects. The nipype
@@ -26,28 +26,39 @@ from vaefusion.training.inference import embed_groups
 LOG = logging.getLogger("vaefusion.crossval")
 
 
-def _fold(manifest: Manifest, cfg: Config, seed: int, fold: int):
-    from vaefusion.evaluation.folds import make_folds
+def partition(manifest: Manifest, cfg: Config, repeat: int):
+    """The folds of K-fold repeat ``repeat``: seeded by ``--cv-seed`` and the repeat only, so
+    every method and every ``--seed`` is evaluated on the same partition."""
+    from vaefusion.evaluation.folds import make_folds, partition_seed
 
-    return make_folds(manifest.y(), cfg.folds, seed, cfg.val_fraction)[fold]
+    return make_folds(manifest.y(), cfg.folds, partition_seed(cfg.cv_seed, repeat),
+                      cfg.val_fraction)
+
+
+def _grid_text(grid) -> str:
+    return "x".join(str(int(n)) for n in grid)
 
 
 def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: int,
-                 seed: int, fold: int, train_root: Path, out_dir: Path) -> FoldResult:
+                 seed: int, repeat: int, fold: int, train_root: Path,
+                 out_dir: Path) -> FoldResult:
     """Train the fold's VAE on its train subjects (validation for model selection), embed
     every subject with it, and score the SVM on the fold's test subjects.
 
-    The model and the latents are saved under ``out_dir``; training checkpoints live in
-    ``train_root`` so that a killed run resumes whatever the workflow engine does.
+    ``seed`` drives the VAE's initialisation and data order; ``repeat`` and ``fold`` pick the
+    fold of the partition (:func:`partition`). The model and the latents are saved under
+    ``out_dir``; training checkpoints live in ``train_root`` so that a killed run resumes
+    whatever the workflow engine does.
     """
     from vaefusion.evaluation.classifier import choose_backend, evaluate_fold, modality_importance
+    from vaefusion.evaluation.folds import partition_seed
     from vaefusion.model.checkpoint import save_model
     from vaefusion.training.trainer import clear_checkpoint, train_vae
 
     cls = manifest.classified
-    f = _fold(manifest, cfg, seed, fold)
+    f = partition(manifest, cfg, repeat)[fold]
     files = [Path(p) for p in manifest.files]
-    name = naming.unit_name("vae", latent_dim, seed, fold)
+    name = naming.unit_name("vae", latent_dim, seed, repeat, fold)
     LOG.info("%s: training on %d subjects (validation %d), testing on %d", name, f.train.size,
              f.val.size, f.test.size)
     result = train_vae(cfg, runtime, latent_dim, seed, [files[cls[i]] for i in f.train],
@@ -55,13 +66,15 @@ def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: 
     mus = embed_groups(result.model, manifest.files, result.device, cfg.downsample)
     features = np.stack([mus[i] for i in cls]).reshape(cls.size, -1)
     backend = choose_backend("auto" if runtime.device == "cuda" else "sklearn")
-    metrics = evaluate_fold(features, manifest.y(), f, backend)
+    metrics = evaluate_fold(features, manifest.y(), f, backend, cfg.svm_c,
+                            partition_seed(cfg.cv_seed, repeat))
     importance = modality_importance(metrics.weights, len(manifest.modalities), latent_dim)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model_dir = out_dir / naming.UNIT_MODEL
     save_model(result.model, model_dir, {
         **result.meta, "modalities": manifest.modalities, "fold": fold, "seed": seed,
+        "repeat": repeat, "cv_seed": cfg.cv_seed,
         "train_subjects": [manifest.keys[cls[i]] for i in f.train],
         "val_subjects": [manifest.keys[cls[i]] for i in f.val],
         "test_subjects": [manifest.keys[cls[i]] for i in f.test],
@@ -69,8 +82,8 @@ def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: 
     latents = out_dir / naming.UNIT_LATENTS
     np.savez(latents, **{manifest.keys[i]: mu for i, mu in mus.items()})
     clear_checkpoint(train_root / name)
-    LOG.info("%s: ROC-AUC %.3f (best epoch %d of %d)", name, metrics.roc_auc, result.best_epoch,
-             result.epochs_run)
+    LOG.info("%s: ROC-AUC %.3f (C %g; best epoch %d of %d)", name, metrics.roc_auc, metrics.c,
+             result.best_epoch, result.epochs_run)
     training = VAETraining(
         best_epoch=result.best_epoch, epochs_run=result.epochs_run,
         best_val_loss=result.best_val_loss, stopped_early=result.stopped_early,
@@ -80,19 +93,20 @@ def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: 
         kl_per_volume=result.kl_per_volume, recon_r2=result.recon_r2)
     return FoldResult(
         method="vae", latent_dim=latent_dim, seed=seed, fold=fold, roc_auc=metrics.roc_auc,
-        n_train=metrics.n_train, n_test=metrics.n_test, backend=metrics.backend,
+        n_train=metrics.n_train, n_test=metrics.n_test, backend=metrics.backend, repeat=repeat,
+        svm_c=metrics.c, grid=_grid_text(result.model.grid),
         test_subjects=[manifest.keys[cls[i]] for i in f.test],
         test_labels=manifest.y()[f.test].tolist(), decision=metrics.decision.tolist(),
         importance=importance.tolist(), training=training)
 
 
-def gram_cache_path(cache_dir: Path, files: list[Path]) -> Path:
+def gram_cache_path(cache_dir: Path, files: list[Path], downsample: int = 1) -> Path:
     """Where the Gram matrices of exactly these cached subjects (and versions) are kept.
 
-    The name hashes each file's path, size and mtime, so another selection of subjects, or a
-    re-preprocessed subject, never reuses stale Grams.
+    The name hashes the grid factor and each file's path, size and mtime, so another grid,
+    another selection of subjects, or a re-preprocessed subject, never reuses stale Grams.
     """
-    digest = hashlib.sha1()
+    digest = hashlib.sha1(f"downsample={int(downsample)}\n".encode())
     for f in files:
         st = Path(f).stat()
         digest.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
@@ -100,10 +114,12 @@ def gram_cache_path(cache_dir: Path, files: list[Path]) -> Path:
 
 
 def run_pca_baseline(cfg: Config, runtime: Runtime, manifest: Manifest, method: str,
-                     latent_dim: int, seed: int, cache_dir: Path | None = None
-                     ) -> list[FoldResult]:
-    """One PCA baseline over all folds of ``seed``; one result per fold.
+                     latent_dim: int, seed: int, repeat: int = 0,
+                     cache_dir: Path | None = None) -> list[FoldResult]:
+    """One PCA baseline over all folds of K-fold repeat ``repeat``; one result per fold.
 
+    The data are the VAE's (the cached stacks at ``--downsample``), the folds and the
+    classifier protocol too; ``seed`` drives only ``pca-shared``'s random projection.
     Not-available (more components than training samples) gives one result per fold with
     ``available=False``, ``roc_auc`` NaN and the reason: the paper's "X".
     """
@@ -112,21 +128,26 @@ def run_pca_baseline(cfg: Config, runtime: Runtime, manifest: Manifest, method: 
         brain_mask,
         cache_loader,
         evaluate_pca_baselines,
+        load_at_grid,
         modality_grams,
+        preloaded,
     )
     from vaefusion.evaluation.classifier import choose_backend
-    from vaefusion.evaluation.folds import make_folds
-    from vaefusion.inputs.cache import load_stack
+    from vaefusion.evaluation.folds import partition_seed
 
     configure_threads(runtime.threads)
     cls = manifest.classified
     files = [Path(manifest.files[i]) for i in cls]
     y = manifest.y()
-    folds = make_folds(y, cfg.folds, seed, cfg.val_fraction)
-    mask = brain_mask(load_stack(p) for p in files)
-    load = cache_loader(files, mask)
+    folds = partition(manifest, cfg, repeat)
+    grid = _grid_text(load_at_grid(files[0], cfg.downsample).shape[1:])
+    mask = brain_mask(load_at_grid(p, cfg.downsample) for p in files)
+    # nprocs units may hold their data at once: the runtime's budget is already per process
+    load = preloaded(cache_loader(files, mask, cfg.downsample), len(files),
+                     runtime.data_budget_bytes)
     grams = None
-    gram_cache = gram_cache_path(cache_dir, files) if cache_dir is not None else None
+    gram_cache = (gram_cache_path(cache_dir, files, cfg.downsample) if cache_dir is not None
+                  else None)
     if method != "pca-shared":
         # the Gram matrices do not depend on fold, seed or latent dim: share them on disk
         if gram_cache is not None and gram_cache.exists():
@@ -137,18 +158,19 @@ def run_pca_baseline(cfg: Config, runtime: Runtime, manifest: Manifest, method: 
                 atomic_save_npy(gram_cache, grams)
     backend = choose_backend("auto" if runtime.device == "cuda" else "sklearn")
     result = evaluate_pca_baselines(method, load, y, folds, latent_dim, backend, grams=grams,
-                                    seed=seed)
+                                    seed=seed, svm_c=cfg.svm_c,
+                                    partition_seed=partition_seed(cfg.cv_seed, repeat))
     rows = []
     for f in folds:
         m = None if isinstance(result, NotAvailable) else result[f.index]
         rows.append(FoldResult(
             method=method, latent_dim=latent_dim, seed=seed, fold=f.index,
             roc_auc=float("nan") if m is None else m.roc_auc, n_train=int(f.fit.size),
-            n_test=int(f.test.size), backend=backend, available=m is not None,
+            n_test=int(f.test.size), backend=backend, repeat=repeat,
+            svm_c=None if m is None else m.c, grid=grid, available=m is not None,
             reason=str(result) if m is None else None,
             test_subjects=[manifest.keys[cls[i]] for i in f.test],
             test_labels=y[f.test].tolist(), decision=[] if m is None else m.decision.tolist()))
     if isinstance(result, NotAvailable):
         LOG.info("%s with %d components: not available (%s)", method, latent_dim, result)
     return rows
-

@@ -1,10 +1,11 @@
 """Cross-validation folds over subjects: stratified K-fold test sets and a validation split.
 
 Every method (the VAE and the PCA baselines) is evaluated on the same :class:`Fold` list, so
-the folds are made once per seed. A fold's test subjects are never used for fitting anything
-(VAE weights, early stopping, PCA, scaler or SVM); its validation subjects are used only for
-the VAE's early stopping / best checkpoint, and the classifier is then trained on
-train + validation (SPEC section 3, "Evaluation").
+the folds are made once per partition (``--cv-seed`` and the repeat: :func:`partition_seed`).
+A fold's test subjects are never used for fitting anything (VAE weights, early stopping, PCA,
+scaler, choice of C or SVM); its validation subjects are used only for the VAE's early
+stopping / best checkpoint, and the classifier (C by inner cross-validation included) is then
+trained on train + validation (SPEC section 3, "Evaluation").
 """
 
 from __future__ import annotations
@@ -91,6 +92,19 @@ def min_subjects_per_class(k: int, val_fraction: float = 0.1) -> int:
         if pool - n_val >= MIN_TRAIN_SUBJECTS:
             return m
         m += 1
+
+
+def partition_seed(cv_seed: int, repeat: int) -> int:
+    """The seed of repeat ``repeat`` of the K-fold: ``cv_seed + repeat``.
+
+    Consecutive integers, so that ``--cv-seed 0 --cv-repeats 1`` gives exactly the folds of
+    earlier versions with ``--seed 0``, and repeat ``r`` of ``--cv-seed s`` is the partition
+    of ``--cv-seed s + r`` (runs with overlapping ranges share those partitions). The
+    partition never depends on ``--seed``, which drives only initialisation and sampling.
+    """
+    if cv_seed < 0 or repeat < 0:
+        raise ValueError(f"cv seed and repeat must be non-negative, got {cv_seed}, {repeat}")
+    return int(cv_seed) + int(repeat)
 
 
 def make_folds(labels: np.ndarray, k: int, seed: int, val_fraction: float = 0.1) -> list[Fold]:

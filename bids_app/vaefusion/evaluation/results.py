@@ -1,5 +1,5 @@
 """Typed results of the cross-validated units: one :class:`FoldResult` per method, latent dim,
-seed and fold, with the VAE's training record in :class:`VAETraining`.
+seed, repeat and fold, with the VAE's training record in :class:`VAETraining`.
 
 They cross the nipype boundary as JSON (``to_dict`` / ``from_dict``) and nothing else reads
 them as dicts. A new field gets a default, so that the writers and summaries that do not know
@@ -43,6 +43,9 @@ class FoldResult:
 
     A baseline that cannot run (more components than training samples) is ``available=False``
     with ``roc_auc`` NaN, no decisions and the ``reason``: the paper's "X".
+
+    ``seed`` is the initialisation/sampling seed (``--seed``); ``repeat`` the K-fold repeat
+    (its partition seed is ``--cv-seed`` + ``repeat``); ``fold`` the test fold within it.
     """
 
     method: str
@@ -53,6 +56,9 @@ class FoldResult:
     n_train: int
     n_test: int
     backend: str
+    repeat: int = 0
+    svm_c: float | None = None  # the SVM's C: chosen by inner CV, or fixed by --svm-c
+    grid: str | None = None  # the analysed grid, e.g. "14x16x13" (after --downsample)
     available: bool = True
     reason: str | None = None
     test_subjects: list[str] = field(default_factory=list)  # subject keys (sub-XX[_ses-YY])
@@ -62,9 +68,9 @@ class FoldResult:
     training: VAETraining | None = None  # VAE only
 
     @property
-    def sort_key(self) -> tuple[str, int, int, int]:
-        """(method, latent dim, seed, fold): the order of every group table."""
-        return (self.method, self.latent_dim, self.seed, self.fold)
+    def sort_key(self) -> tuple[str, int, int, int, int]:
+        """(method, latent dim, seed, repeat, fold): the order of every group table."""
+        return (self.method, self.latent_dim, self.seed, self.repeat, self.fold)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (NaN stays a float: Python's json reads it back)."""

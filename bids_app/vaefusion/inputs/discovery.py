@@ -29,16 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import nibabel as nib
-import numpy as np
 
 from vaefusion.config import Config
-from vaefusion.errors import DataError, MissingInputError, NoDataError, UsageError
+from vaefusion.errors import DataError, MissingInputError, NoDataError
+from vaefusion.inputs.filters import DEFAULT_QUERIES, check_bids_filters, load_bids_filters
+from vaefusion.inputs.headers import check_headers
 from vaefusion.inputs.participants import labels_needed, read_participants
 
 LOG = logging.getLogger("vaefusion.discovery")
-
-
-NIFTI_EXT = [".nii", ".nii.gz"]
 
 
 GIFT_RE = re.compile(r"_sub(?P<index>\d+)_component_ica_s(?P<session>\d+)_?\.nii(\.gz)?$")
@@ -51,13 +49,6 @@ SUB_RE = re.compile(r"sub-(?P<subject>[A-Za-z0-9]+)")
 
 
 SES_RE = re.compile(r"ses-(?P<session>[A-Za-z0-9]+)")
-
-
-#: Default pybids queries for the two inputs; ``--bids-filter-file`` entries update them.
-DEFAULT_QUERIES: dict[str, dict[str, Any]] = {
-    "icn": {"suffix": "components", "extension": NIFTI_EXT},
-    "gmv": {"suffix": "probseg", "label": "GM", "extension": NIFTI_EXT},
-}
 
 
 @dataclass
@@ -88,53 +79,6 @@ class SubjectInputs:
 
 
 # --------------------------------------------------------------------------- helpers
-def pybids_entities() -> set[str]:
-    """Every entity name that pybids knows (raw BIDS and derivatives), for checking filters."""
-    from bids.layout.models import Config as BIDSConfig
-
-    return set(BIDSConfig.load("bids").entities) | set(BIDSConfig.load("derivatives").entities)
-
-
-def check_bids_filters(data: object, source: str) -> dict[str, dict[str, Any]]:
-    """``{"icn": {...}, "gmv": {...}}`` with known pybids entities, else UsageError (exit 64)."""
-    if not isinstance(data, dict) or set(data) - set(DEFAULT_QUERIES):
-        got = ", ".join(map(str, data)) if isinstance(data, dict) else type(data).__name__
-        raise UsageError(
-            f"{source} must be a JSON object with keys among {', '.join(DEFAULT_QUERIES)} "
-            f"(got {got or 'none'}), e.g. {{\"icn\": {{\"desc\": \"neuromark\"}}}}."
-        )
-    known = pybids_entities()
-    for kind, query in data.items():
-        if not isinstance(query, dict):
-            raise UsageError(f"{source}: \"{kind}\" must map entity names to values, e.g. "
-                             f"{{\"{kind}\": {{\"desc\": \"neuromark\"}}}}.")
-        unknown = sorted(set(query) - known)
-        if unknown:
-            raise UsageError(
-                f"{source}: \"{kind}\" names unknown BIDS entit"
-                f"{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; use pybids "
-                f"entity names (e.g. subject, session, task, space, res, desc, label, suffix)."
-            )
-    return data
-
-
-def load_bids_filters(path: Path | None) -> dict[str, dict[str, Any]]:
-    """Read ``--bids-filter-file``: ``{"icn": {...}, "gmv": {...}}`` pybids entity filters."""
-    if path is None:
-        return {}
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, IsADirectoryError):
-        raise UsageError(
-            f"--bids-filter-file {path} does not exist; give an existing JSON file."
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(
-            f"--bids-filter-file {path} is not valid JSON ({exc}); fix its syntax."
-        ) from None
-    return check_bids_filters(data, f"--bids-filter-file {path}")
-
-
 def derivative_dirs(cfg: Config) -> list[Path]:
     """The derivative datasets to search: ``--derivatives`` or BIDS_DIR/derivatives/*."""
     assert cfg.bids_dir is not None
@@ -363,7 +307,7 @@ def discover(cfg: Config) -> list[SubjectInputs]:
     subjects = apply_missing_policy(subjects, cfg.missing_modality)
     check_headers(subjects, cfg.n_components)
     if cfg.model is not None:  # refuse a model that cannot embed these inputs before any work
-        from vaefusion.inputs.options import check_model_fits
+        from vaefusion.inputs.model_check import check_model_fits
 
         check_model_fits(cfg, nib.load(next(s.icn for s in subjects if s.icn)).shape)
     log_inventory(subjects)
@@ -429,65 +373,6 @@ def apply_missing_policy(subjects: list[SubjectInputs], policy: str) -> list[Sub
             "derivatives (see the log for what each subject lacks)."
         )
     return kept
-
-
-def _header(path: str) -> nib.Nifti1Image:
-    try:
-        return nib.load(path)
-    except Exception as exc:  # nibabel raises several types for a broken file
-        raise DataError(f"{path} cannot be read as NIfTI ({exc}); replace the file.") from None
-
-
-def check_headers(subjects: list[SubjectInputs], n_components: int) -> None:
-    """4D ICN files with the expected component count, on one grid for every subject.
-
-    Only headers are read. Component counts are compared across all subjects first, so that
-    one odd subject is named as the odd one rather than the whole dataset as wrong.
-    """
-    icns = [(s.icn, _header(s.icn)) for s in subjects if s.icn is not None]
-    by_count: dict[int, list[str]] = defaultdict(list)
-    for path, img in icns:
-        if len(img.shape) != 4:
-            raise DataError(
-                f"{path} is {len(img.shape)}D but NeuroMark ICN maps must be 4D (one volume per "
-                f"component); give the subject's 4D component file."
-            )
-        by_count[img.shape[3]].append(path)
-    if len(by_count) > 1:
-        common = max(by_count, key=lambda n: len(by_count[n]))
-        odd = min((n for n in by_count if n != common), key=lambda n: len(by_count[n]))
-        raise DataError(
-            f"{by_count[odd][0]} has {odd} components but {len(by_count[common])} other "
-            f"subject(s) have {common} (e.g. {by_count[common][0]}); every subject's ICN maps "
-            f"must come from the same NeuroMark template."
-        )
-    for count, paths in by_count.items():
-        if count != n_components:
-            raise DataError(
-                f"{paths[0]} has {count} components but {n_components} are expected; give "
-                f"NeuroMark's {n_components}-component maps or set --n-components {count}."
-            )
-    ref_path, ref_img = icns[0] if icns else (None, None)
-    for path, img in icns:
-        if img.shape[:3] != ref_img.shape[:3] or not np.allclose(img.affine, ref_img.affine,
-                                                                  atol=1e-3):
-            raise DataError(
-                f"{path} has grid {img.shape[:3]} / affine "
-                f"{np.round(img.affine[:3], 2).tolist()} but {ref_path} has {ref_img.shape[:3]} "
-                f"/ {np.round(ref_img.affine[:3], 2).tolist()}; resample all ICN maps to one grid."
-            )
-    for s in subjects:
-        if s.gmv is None:
-            continue
-        gimg = _header(s.gmv)
-        gshape = gimg.shape
-        if len(gshape) == 4 and gshape[3] == 1:
-            gshape = gshape[:3]
-        if len(gshape) != 3:
-            raise DataError(f"{s.gmv} is {len(gshape)}D but a GMV volume must be 3D; give one "
-                            f"gray-matter volume per file.")
-        if abs(np.linalg.det(gimg.affine[:3, :3])) < 1e-6:
-            raise DataError(f"{s.gmv} has a singular affine; fix its header.")
 
 
 def log_inventory(subjects: list[SubjectInputs]) -> None:

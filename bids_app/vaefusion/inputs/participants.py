@@ -12,11 +12,15 @@ import csv
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vaefusion.config import Config
 from vaefusion.errors import DataError, MissingInputError
+
+if TYPE_CHECKING:  # discovery imports this module
+    from vaefusion.inputs.discovery import SubjectInputs
 
 LOG = logging.getLogger("vaefusion.participants")
 
@@ -95,7 +99,7 @@ def read_participants(bids_dir: Path, cfg: Config, warn: bool = True) -> dict[st
             for pid, row in zip(ids, rows, strict=True) if pid}
 
 
-def classification_labels(subjects: list, cfg: Config) -> np.ndarray:
+def classification_labels(subjects: list[SubjectInputs], cfg: Config) -> np.ndarray:
     """1 (patient) / 0 (control) of the subjects that a group run would classify.
 
     As the group manifest does: subjects with every modality, one session per participant,

@@ -40,7 +40,8 @@ class _UnitInputSpec(BaseInterfaceInputSpec):
                               desc="device, threads and memory budget (not hashed: changing "
                                    "them reuses finished units)")
     latent_dim = traits.Int(mandatory=True)
-    seed = traits.Int(mandatory=True)
+    seed = traits.Int(mandatory=True, desc="initialisation and sampling seed (--seed)")
+    repeat = traits.Int(mandatory=True, desc="K-fold repeat (partition seed: cv_seed + repeat)")
 
 
 class _VAEFoldInputSpec(_UnitInputSpec):
@@ -60,7 +61,7 @@ def _settings(inputs):
 
 
 class VAEFold(SimpleInterface):
-    """Train, embed and classify one (latent dim, seed, fold)."""
+    """Train, embed and classify one (latent dim, seed, repeat, fold)."""
 
     input_spec = _VAEFoldInputSpec
     output_spec = _ResultOutputSpec
@@ -71,8 +72,8 @@ class VAEFold(SimpleInterface):
 
         out = Path(runtime.cwd)
         result = run_vae_fold(*_settings(self.inputs), Manifest.read(self.inputs.manifest),
-                              self.inputs.latent_dim, self.inputs.seed, self.inputs.fold,
-                              Path(self.inputs.train_root), out)
+                              self.inputs.latent_dim, self.inputs.seed, self.inputs.repeat,
+                              self.inputs.fold, Path(self.inputs.train_root), out)
         self._results["result"] = write_results(out / naming.UNIT_RESULT, [result])
         return runtime
 
@@ -83,7 +84,7 @@ class _PCAInputSpec(_UnitInputSpec):
 
 
 class PCABaseline(SimpleInterface):
-    """One PCA baseline at one latent dim and seed, over all folds."""
+    """One PCA baseline at one latent dim, seed and repeat, over all folds."""
 
     input_spec = _PCAInputSpec
     output_spec = _ResultOutputSpec
@@ -94,7 +95,7 @@ class PCABaseline(SimpleInterface):
 
         rows = run_pca_baseline(*_settings(self.inputs),
                                 Manifest.read(self.inputs.manifest), self.inputs.method,
-                                self.inputs.latent_dim, self.inputs.seed,
+                                self.inputs.latent_dim, self.inputs.seed, self.inputs.repeat,
                                 Path(self.inputs.cache_dir))
         self._results["result"] = write_results(Path(runtime.cwd) / naming.UNIT_RESULT, rows)
         return runtime

@@ -1,8 +1,9 @@
 """The group level: cross-validated VAE folds and PCA baselines as parallel branches.
 
-Every (latent dim, seed, fold) of the VAE and every (baseline, latent dim, seed) is a branch
-(nipype iterables), so MultiProc or a cluster plugin runs them at the same time; JoinNodes
-gather their metrics, and the outputs are written from the joined results.
+Every (latent dim, seed, repeat, fold) of the VAE and every (baseline, latent dim, seed,
+repeat) is a branch (nipype iterables), so MultiProc or a cluster plugin runs them at the
+same time; JoinNodes gather their metrics, and the outputs are written from the joined
+results.
 """
 
 from __future__ import annotations
@@ -31,28 +32,33 @@ def init_group_wf(cfg: Config, manifest_path: Path, name: str = "vaefusion_group
               "method_json": json.dumps(cfg.method_settings(), sort_keys=True),
               "runtime_json": cfg.runtime().to_json()}
     if "vae" in cfg.methods:
-        src = pe.Node(IdentityInterface(fields=["latent_dim", "seed", "fold"]), name="vae_src")
+        src = pe.Node(IdentityInterface(fields=["latent_dim", "seed", "repeat", "fold"]),
+                      name="vae_src")
         src.iterables = [("latent_dim", cfg.latent_dims), ("seed", cfg.seeds),
+                         ("repeat", list(range(cfg.cv_repeats))),
                          ("fold", list(range(cfg.folds)))]
         fold = pe.Node(VAEFold(train_root=str(Path(cfg.work_dir) / "training"), **common),
                        name="vae_fold", n_procs=cfg.omp_nthreads, mem_gb=4.0)
         join = pe.JoinNode(GatherResults(), joinsource="vae_src", joinfield=["results"],
                            name="vae_join")
         wf.connect([
-            (src, fold, [("latent_dim", "latent_dim"), ("seed", "seed"), ("fold", "fold")]),
+            (src, fold, [("latent_dim", "latent_dim"), ("seed", "seed"), ("repeat", "repeat"),
+                         ("fold", "fold")]),
             (fold, join, [("result", "results")]),
         ])
     baselines = [m for m in cfg.methods if m.startswith("pca-")]
     if baselines:
-        src = pe.Node(IdentityInterface(fields=["method", "latent_dim", "seed"]), name="pca_src")
+        src = pe.Node(IdentityInterface(fields=["method", "latent_dim", "seed", "repeat"]),
+                      name="pca_src")
         src.iterables = [("method", baselines), ("latent_dim", cfg.latent_dims),
-                         ("seed", cfg.seeds)]
+                         ("seed", cfg.seeds), ("repeat", list(range(cfg.cv_repeats)))]
         pca = pe.Node(PCABaseline(cache_dir=str(Path(cfg.work_dir) / "pca"),
                                   **common), name="pca_baseline", mem_gb=2.0)
         join = pe.JoinNode(GatherResults(), joinsource="pca_src", joinfield=["results"],
                            name="pca_join")
         wf.connect([
-            (src, pca, [("method", "method"), ("latent_dim", "latent_dim"), ("seed", "seed")]),
+            (src, pca, [("method", "method"), ("latent_dim", "latent_dim"), ("seed", "seed"),
+                        ("repeat", "repeat")]),
             (pca, join, [("result", "results")]),
         ])
     return wf
@@ -80,13 +86,15 @@ def run_group_level(cfg: Config) -> dict | None:
         embed_with_model(cfg, files, group=True)
         return None
     manifest = build_manifest(files, cfg)
-    from vaefusion.evaluation.folds import make_folds
+    from vaefusion.evaluation.folds import make_folds, partition_seed
 
-    for seed in cfg.seeds:  # refuse an impossible K before any training starts
-        make_folds(manifest.y(), cfg.folds, seed, cfg.val_fraction)
+    for repeat in range(cfg.cv_repeats):  # refuse an impossible K before any training starts
+        make_folds(manifest.y(), cfg.folds, partition_seed(cfg.cv_seed, repeat),
+                   cfg.val_fraction)
     manifest_path = Path(cfg.work_dir) / naming.GROUP_MANIFEST
     manifest.write(manifest_path)
-    n_units = len(cfg.latent_dims) * len(cfg.seeds) * cfg.folds * ("vae" in cfg.methods)
+    n_units = (len(cfg.latent_dims) * len(cfg.seeds) * cfg.cv_repeats * cfg.folds
+               * ("vae" in cfg.methods))
     LOG.info("Group level: %d subjects (%d classified: %d %s, %d %s), %d VAE fold(s), "
              "methods %s", len(files), manifest.classified.size, int((manifest.y() == 1).sum()),
              cfg.positive_label, int((manifest.y() == 0).sum()), cfg.negative_label, n_units,
@@ -96,11 +104,14 @@ def run_group_level(cfg: Config) -> dict | None:
     from vaefusion.derivatives.group import write_group_outputs
 
     summary = write_group_outputs(cfg, manifest, gathered_results(graph))
+    from vaefusion.evaluation.summary import format_auc
+
     for method, info in summary["methods"].items():
-        auc = info["roc_auc_mean"]
-        LOG.info("%-10s ROC-AUC %s (latent dim %d)", method,
-                 "not available" if auc is None else f"{auc:.3f} ± {info['roc_auc_std']:.3f}",
-                 info["latent_dim"])
+        LOG.info("%-10s ROC-AUC %s (latent dim %d)", method, format_auc(info), info["latent_dim"])
+    for comp in summary["comparisons"]:
+        LOG.info("%s - %s: %+.3f, 95%% CI [%.3f, %.3f], p = %.3g (%d paired folds)",
+                 comp["method"], comp["baseline"], comp["mean_difference"], comp["ci"][0],
+                 comp["ci"][1], comp["p_value"], comp["n_pairs"])
     LOG.info("Summary: %s", naming.group_dir(cfg.output_dir) / naming.SUMMARY)
     return summary
 

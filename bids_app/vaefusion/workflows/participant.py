@@ -71,11 +71,11 @@ def run_participant_level(cfg: Config, embed: bool = True) -> list[Path]:
     log = logging.getLogger("vaefusion.participant")
     subjects = discover(cfg)
     if labels_needed(cfg):  # refuse an impossible classification before preprocessing
-        from vaefusion.evaluation.folds import make_folds
+        from vaefusion.evaluation.folds import make_folds, partition_seed
 
         y = classification_labels(subjects, cfg)
-        for seed in cfg.seeds:
-            make_folds(y, cfg.folds, seed, cfg.val_fraction)
+        for repeat in range(cfg.cv_repeats):
+            make_folds(y, cfg.folds, partition_seed(cfg.cv_seed, repeat), cfg.val_fraction)
     configure_nipype(cfg)
     log.info("Preprocessing %d subject(s) (cache: %s)", len(subjects), cache_dir(cfg))
     graph = run_workflow(init_participant_wf(cfg, subjects), cfg)
