@@ -60,10 +60,11 @@ def test_sidecars_and_group_names(tmp_path):
     assert naming.sidecar(tmp_path / "a_latents.tsv").name == "a_latents.json"
     with pytest.raises(ValueError):
         naming.sidecar(tmp_path / "a.txt")
-    assert naming.unit_name("vae", 8, 0, 2) == "vae_L8_seed0_fold2"
-    assert naming.model_dir(Path("group"), "vae", 8, 0, 2).as_posix() == \
-        "group/models/vae_L8_seed0_fold2"
-    assert naming.latents_table(8, 1) == "latents_vae_L8_seed1.tsv"
+    assert naming.unit_name("vae", 8, 0, 1, 2) == "vae_L8_seed0_rep1_fold2"
+    assert naming.unit_name("pca-late", 8, 0, 1) == "pca-late_L8_seed0_rep1"
+    assert naming.model_dir(Path("group"), "vae", 8, 0, 0, 2).as_posix() == \
+        "group/models/vae_L8_seed0_rep0_fold2"
+    assert naming.latents_table(8, 1, 0) == "latents_vae_L8_seed1_rep0.tsv"
     assert naming.config_file(tmp_path, "group") == tmp_path / "logs" / "config-group.toml"
 
 
@@ -179,6 +180,7 @@ def test_group_outputs_are_written_from_typed_results(fake_run):
     assert vae["roc_auc_mean"] == pytest.approx(0.625) and vae["roc_auc_std"] == 0.125
     late = summary["methods"]["pca-late"]
     assert late["available"] is False and late["roc_auc_mean"] is None
+    assert late["reason"] == "too few" and late["roc_auc_ci"] is None
     assert summary["n_subjects"] == 7 and summary["n_classified"] == 6
     assert summary["device"] == ["cpu"] and summary["classifier_backend"] == "sklearn"
     assert [i["modality"] for i in summary["importance"]] == ["ICN01", "GMV", "ICN02"]
@@ -197,8 +199,8 @@ def test_group_outputs_are_written_from_typed_results(fake_run):
     assert [(r["fold"], r["epoch"]) for r in history] == [("0", "1"), ("0", "2"), ("1", "1"),
                                                           ("1", "2")]
     assert sorted(p.name for p in (group / "models").iterdir()) == [
-        "vae_L2_seed0_fold0", "vae_L2_seed0_fold1"]
-    assert json.loads((group / "models" / "vae_L2_seed0_fold1" / "model.json").read_text()) \
+        "vae_L2_seed0_rep0_fold0", "vae_L2_seed0_rep0_fold1"]
+    assert json.loads((group / "models" / "vae_L2_seed0_rep0_fold1" / "model.json").read_text()) \
         == {"fold": 1}
 
 
@@ -212,12 +214,12 @@ def test_subject_latents_come_from_the_fold_that_tested_them(fake_run):
     assert float(rows[0]["z000"]) == _latents(1, 3)[0, 0]  # fold 1 tested sub-04
     side = json.loads(naming.sidecar(sub04).read_text())
     assert side == {"LatentDim": 2, "Seed": 0, "Fold": 1,
-                    "Model": "group/models/vae_L2_seed0_fold1", "OutOfFold": True}
+                    "Model": "group/models/vae_L2_seed0_rep0_fold1", "OutOfFold": True}
     # the unlabeled subject was tested by no fold: fold 0's model, not out of fold
     sub07 = out / "sub-07" / "ses-2" / "sub-07_ses-2_desc-vae_latents.tsv"
     assert float(_rows(sub07)[0]["z000"]) == _latents(0, 6)[0, 0]
     assert json.loads(naming.sidecar(sub07).read_text())["OutOfFold"] is False
-    table = _rows(out / "group" / "latents_vae_L2_seed0.tsv")
+    table = _rows(out / "group" / "latents_vae_L2_seed0_rep0.tsv")
     assert len(table) == 7 * 3
     assert table[-1]["participant_id"] == "sub-07" and table[-1]["session_id"] == "ses-2"
     assert table[0]["session_id"] == "n/a" and table[0]["fold"] == "0"
@@ -240,7 +242,7 @@ def test_latents_schema_is_the_same_for_cross_validation_and_model(fake_run, tmp
         model_side = json.loads(naming.sidecar(model).read_text())
         assert list(cv_side) == list(model_side)
     assert model_side["OutOfFold"] is None and model_side["Model"] == "/models/m"
-    assert _header(cfg.output_dir / "group" / "latents_vae_L2_seed0.tsv") == \
+    assert _header(cfg.output_dir / "group" / "latents_vae_L2_seed0_rep0.tsv") == \
         _header(embed_out / "group" / "latents_model.tsv") == \
         ["participant_id", "session_id", "fold", "modality", "domain", "z000", "z001"]
     summary = json.loads((embed_out / "group" / "summary.json").read_text())

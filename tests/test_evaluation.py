@@ -233,6 +233,122 @@ def test_random_labels_give_auc_half_on_average() -> None:
     assert abs(np.mean(aucs) - 0.5) < 0.08
 
 
+# --------------------------------------------------------------------------------- C
+def _signal(n0: int = 20, n1: int = 20, n_feat: int = 30, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = _labels(n0, n1, seed)
+    x = rng.standard_normal((n0 + n1, n_feat))
+    x[:, :3] += 0.8 * (2 * y - 1)[:, None]
+    return x, y
+
+
+def test_select_c_is_a_grid_search_with_inner_stratified_cv() -> None:
+    """The same choice as scikit-learn's GridSearchCV over (scaler, SVC) with ROC-AUC on the
+    same inner folds (ties: the first, i.e. smallest, C)."""
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    chosen = set()
+    for seed in range(4):
+        x, y = _signal(seed=seed, n_feat=40)
+        sel = classify.select_c(x, y, "sklearn", seed=seed)
+        ref = GridSearchCV(
+            make_pipeline(StandardScaler(), SVC(kernel="linear", class_weight="balanced")),
+            {"svc__C": list(classify.SVM_C_GRID)}, scoring="roc_auc",
+            cv=StratifiedKFold(classify.INNER_FOLDS, shuffle=True, random_state=seed),
+        ).fit(x, y)
+        assert sel.c == ref.best_params_["svc__C"]
+        np.testing.assert_allclose(sel.mean_auc, ref.cv_results_["mean_test_score"])
+        assert sel.n_inner_folds == classify.INNER_FOLDS and sel.grid == classify.SVM_C_GRID
+        chosen.add(sel.c)
+    assert len(chosen) > 1  # the choice follows the data (fixed seeds: deterministic)
+    assert classify.SVM_C_GRID[0] == 1e-4 and classify.SVM_C_GRID[-1] == 1e2
+
+
+def test_select_c_with_a_tiny_class() -> None:
+    x, y = _signal(3, 9)
+    assert classify.select_c(x, y, "sklearn", 0).n_inner_folds == 3  # the smaller class
+    one = classify.select_c(x[:10], np.r_[np.zeros(9, int), 1], "sklearn", 0)
+    assert (one.c, one.n_inner_folds) == (classify.FALLBACK_C, 0)
+
+
+def test_c_selection_never_touches_the_test_fold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wild or permuted test features leave the chosen C and the weights bit-identical, and no
+    SVM (inner or final) is ever fitted on a test subject's row."""
+    x, y = _signal(n_feat=12)
+    fold = make_folds(y, 4, 0)[1]
+    base = evaluate_fold(x, y, fold, "sklearn", partition_seed=3)
+    rng = np.random.default_rng(5)
+    wild = x.copy()
+    wild[fold.test] = 100 * rng.standard_normal((fold.test.size, x.shape[1]))
+    permuted = x.copy()
+    permuted[fold.test] = x[rng.permutation(fold.test)]
+    for other in (wild, permuted):
+        res = evaluate_fold(other, y, fold, "sklearn", partition_seed=3)
+        assert res.c == base.c
+        np.testing.assert_array_equal(res.weights, base.weights)
+    assert not np.allclose(evaluate_fold(wild, y, fold, "sklearn", partition_seed=3).decision,
+                           base.decision)
+
+    marked = x.copy()
+    marked[fold.test, 0] = 1e9  # a value no training row has
+    fitted_on: list[np.ndarray] = []
+    real_fit = classify.fit_linear_svm
+
+    def spy(x_train, y_train, x_test, backend, c=classify.FALLBACK_C):
+        fitted_on.append(np.asarray(x_train))
+        return real_fit(x_train, y_train, x_test, backend, c)
+
+    monkeypatch.setattr(classify, "fit_linear_svm", spy)
+    res = evaluate_fold(marked, y, fold, "sklearn", partition_seed=3)
+    # every C of the grid on every inner split, then the final fit
+    assert len(fitted_on) == len(classify.SVM_C_GRID) * classify.INNER_FOLDS + 1
+    assert all((rows[:, 0] != 1e9).all() for rows in fitted_on)
+    assert fitted_on[-1].shape[0] == fold.fit.size and res.c == base.c
+
+
+def test_fixed_svm_c_skips_the_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = _signal()
+    fold = make_folds(y, 4, 0)[0]
+    monkeypatch.setattr(classify, "select_c", lambda *a, **k: pytest.fail("C was searched"))
+    res = evaluate_fold(x, y, fold, "sklearn", svm_c=0.01)
+    ref = fit_linear_svm(x[fold.fit], y[fold.fit], x[fold.test], "sklearn", 0.01)
+    assert res.c == 0.01
+    np.testing.assert_array_equal(res.weights, ref.weights)
+
+
+def test_cuml_path_chooses_the_same_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = _signal(seed=2)
+    fold = make_folds(y, 4, 1)[2]
+    ref = evaluate_fold(x, y, fold, "sklearn", partition_seed=1)
+    _fake_cuml(monkeypatch)
+    gpu = evaluate_fold(x, y, fold, "cuml", partition_seed=1)
+    assert gpu.backend == "cuml" and gpu.c == ref.c
+    np.testing.assert_allclose(gpu.weights, ref.weights, atol=1e-6)
+
+
+def test_inner_split_depends_on_partition_and_fold_only() -> None:
+    seeds = {classify.inner_cv_seed(p, f) for p in range(3) for f in range(4)}
+    assert len(seeds) == 12 and classify.inner_cv_seed(1, 2) == classify.inner_cv_seed(1, 2)
+
+
+def test_partition_seed_keeps_the_old_folds() -> None:
+    """--cv-seed 0, repeat 0 is exactly the partition earlier versions made with --seed 0."""
+    from vaefusion.evaluation.folds import partition_seed
+
+    y = _labels(23, 17)
+    assert partition_seed(0, 0) == 0 and partition_seed(4, 2) == 6
+    old, new = make_folds(y, 5, 0), make_folds(y, 5, partition_seed(0, 0))
+    assert all(np.array_equal(a.test, b.test) and np.array_equal(a.val, b.val)
+               and np.array_equal(a.train, b.train) for a, b in zip(old, new, strict=True))
+    other = make_folds(y, 5, partition_seed(0, 1))
+    assert any(not np.array_equal(a.test, b.test) for a, b in zip(old, other, strict=True))
+    with pytest.raises(ValueError):
+        partition_seed(-1, 0)
+
+
 def test_roc_auc() -> None:
     assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
     assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.4, 0.3, 0.2, 0.1])) == 0.0

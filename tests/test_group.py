@@ -1,4 +1,5 @@
-"""The group level through the real CLI: cross-validated VAE and baselines, summary, --model."""
+"""The group level through the real CLI: cross-validated VAE and baselines on the same grid,
+folds and classifier protocol, repeats, CIs and comparisons, summary, --model; the null arm."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def strong(tmp_path_factory) -> Path:
 def group_run(strong, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("grp") / "out"
     code = main([str(strong), str(out), "group", "-w", str(out.parent / "work"), *TINY_GROUP,
-                 "--seed", "1"])
+                 "--seed", "1", "--cv-repeats", "2"])
     assert code == 0
     return out
 
@@ -52,18 +53,63 @@ def test_summary_and_tables(group_run):
     assert {"modality", "domain", "mean", "std"} <= set(imp[0])
 
     metrics = _rows(group_run / "group" / "metrics.tsv")
-    assert len(metrics) == 4 * 3  # 4 methods x 3 folds
+    assert len(metrics) == 4 * 2 * 3  # 4 methods x 2 repeats x 3 folds
     assert {r["backend"] for r in metrics} == {"sklearn"}
+    assert {(r["seed"], r["repeat"], r["fold"]) for r in metrics} == {
+        ("1", str(r), str(f)) for r in range(2) for f in range(3)}
+    assert {r["svm_c"] for r in metrics} <= {f"{c:g}" for c in (1e-4, 1e-3, 0.01, 0.1, 1, 10, 100)}
     scores = _rows(group_run / "group" / "decision_scores.tsv")
-    vae_scores = [r for r in scores if r["method"] == "vae"]
-    assert sorted(r["participant_id"] for r in vae_scores) == [f"sub-{i:02d}" for i in range(1, 17)]
+    for repeat in ("0", "1"):  # each repeat tests every subject once
+        vae_scores = [r for r in scores if r["method"] == "vae" and r["repeat"] == repeat]
+        assert sorted(r["participant_id"] for r in vae_scores) == [
+            f"sub-{i:02d}" for i in range(1, 17)]
+    assert {"seed", "repeat", "fold"} <= set(_rows(group_run / "group" / "importance.tsv")[0])
+    history = _rows(group_run / "group" / "training_history.tsv")
+    assert {(r["seed"], r["repeat"]) for r in history} == {("1", "0"), ("1", "1")}
+
+
+def test_every_method_sees_the_vae_grid(group_run):
+    """metrics.tsv records one grid for all methods: the VAE's, after --downsample 2."""
+    from vaefusion.evaluation.baselines import analysis_grid
+    from vaefusion.inputs.cache import read_meta
+
+    metrics = _rows(group_run / "group" / "metrics.tsv")
+    cached = next((group_run.parent / "work").rglob("sub-01.npy"))
+    expected = analysis_grid(read_meta(cached).shape, 2)
+    assert {(r["method"], r["grid"]) for r in metrics} == {
+        (m, expected) for m in ("vae", "pca-early", "pca-late", "pca-shared")}
+    summary = json.loads((group_run / "group" / "summary.json").read_text())
+    assert {info["grid"] for info in summary["methods"].values()} == {expected}
+
+
+def test_summary_has_cis_and_paired_comparisons(group_run):
+    summary = json.loads((group_run / "group" / "summary.json").read_text())
+    assert (summary["cv_seed"], summary["cv_repeats"], summary["svm_c"]) == (0, 2, None)
+    for method, info in summary["methods"].items():
+        lo, hi = info["roc_auc_ci"]
+        assert 0.0 <= lo <= info["roc_auc_mean"] <= hi <= 1.0, method
+        assert (info["n_folds"], info["n_repeats"]) == (6, 2)
+    vae = summary["methods"]["vae"]
+    assert {"active_units", "kl_per_volume", "recon_r2"} <= set(vae)
+    assert 0 <= vae["active_units"] <= 4
+    comps = summary["comparisons"]
+    assert sorted(c["baseline"] for c in comps) == ["pca-early", "pca-late", "pca-shared"]
+    for c in comps:
+        assert c["method"] == "vae" and c["n_pairs"] == 6 and c["latent_dim"] == 4
+        diff = vae["roc_auc_mean"] - summary["methods"][c["baseline"]]["roc_auc_mean"]
+        assert c["mean_difference"] == pytest.approx(diff)
+        assert c["ci"][0] <= c["mean_difference"] <= c["ci"][1] and 0 <= c["p_value"] <= 1
+    table = _rows(group_run / "group" / "comparisons.tsv")
+    assert [r["baseline"] for r in table] == ["pca-early", "pca-late", "pca-shared"]
+    assert {"mean_difference", "ci_low", "ci_high", "p_value", "n_pairs"} <= set(table[0])
 
 
 def test_models_load_without_pickle_and_latents(group_run):
     from safetensors.torch import load_file
 
     models = sorted((group_run / "group" / "models").iterdir())
-    assert [m.name for m in models] == [f"vae_L4_seed1_fold{k}" for k in range(3)]
+    assert [m.name for m in models] == [f"vae_L4_seed1_rep{r}_fold{k}" for r in range(2)
+                                        for k in range(3)]
     meta = json.loads((models[0] / "model.json").read_text())
     assert meta["latent_dim"] == 4 and meta["modalities"][-1] == "GMV"
     assert load_file(str(models[0] / "model.safetensors"))
@@ -100,7 +146,8 @@ def test_rerun_reuses_finished_folds(strong, group_run):
     before = _unit_results(work)
     out = group_run.parent / "out2"
     code = main([str(strong), str(out), "group", "-w", str(work),
-                 *TINY_GROUP, "--seed", "1", "--nprocs", "2", "--omp-nthreads", "1"])
+                 *TINY_GROUP, "--seed", "1", "--cv-repeats", "2", "--nprocs", "2",
+                 "--omp-nthreads", "1"])
     assert code == 0
     assert _unit_results(work) == before
     first = json.loads((group_run / "group" / "summary.json").read_text())
@@ -109,7 +156,7 @@ def test_rerun_reuses_finished_folds(strong, group_run):
 
 
 def test_model_embeds_new_subjects(strong, group_run, tmp_path):
-    model = group_run / "group" / "models" / "vae_L4_seed1_fold0"
+    model = group_run / "group" / "models" / "vae_L4_seed1_rep0_fold0"
     out = tmp_path / "embed"
     code = main([str(strong), str(out), "participant", "-w", str(tmp_path / "work"),
                  "--model", str(model), "--participant-label", "03", "04", *TINY_GROUP[-3:]])
@@ -130,7 +177,8 @@ def test_model_embeds_new_subjects(strong, group_run, tmp_path):
     assert list(side) == list(json.loads(cv.with_suffix(".json").read_text()))
     assert (side["Seed"], side["Fold"], side["Model"]) == (1, 0, str(model))
     table = _rows(out / "group" / "latents_model.tsv")
-    assert list(table[0]) == list(_rows(group_run / "group" / "latents_vae_L4_seed1.tsv")[0])
+    assert list(table[0]) == list(_rows(group_run / "group" / "latents_vae_L4_seed1_rep0.tsv")[0])
+    assert (group_run / "group" / "latents_vae_L4_seed1_rep1.tsv").exists()
     assert len(table) == 16 * 5 and {r["fold"] for r in table} == {"0"}
 
 
@@ -139,3 +187,26 @@ def test_too_many_folds_is_refused(strong, tmp_path, caplog):
                  *TINY_GROUP, "--folds", "9"])
     assert code == 65
     assert "--folds" in caplog.text
+
+
+def test_null_arm_is_at_chance(tmp_path_factory):
+    """No planted effect: every method's mean ROC-AUC over 5 repeats x 3 folds is at chance.
+
+    Bound: |mean AUC - 0.5| < 0.25. With 20 patients and 20 controls, one AUC over all
+    subjects has a null SD of sqrt((n0 + n1 + 1) / (12 n0 n1)) = 0.09 (Hanley & McNeil), and a
+    cross-validated mean is no less variable, so 0.25 is about 2.7 SD: wide enough for an
+    honest null, narrow enough that a planted effect or a label leak (AUC -> 1) fails. The
+    data, folds, inner splits and initialisations are all seeded, so the test is
+    deterministic and cannot flake; it fails only if the code changes the answer.
+    """
+    root = tmp_path_factory.mktemp("null")
+    ds = simulate(root / "ds", "--n-subjects", "40", "--seed", "11", "--arm", "null")
+    out = root / "out"
+    code = main([str(ds), str(out), "group", "-w", str(root / "work"), *TINY_GROUP,
+                 "--cv-repeats", "5"])
+    assert code == 0
+    summary = json.loads((out / "group" / "summary.json").read_text())
+    assert set(summary["methods"]) == {"vae", "pca-early", "pca-late", "pca-shared"}
+    for method, info in summary["methods"].items():
+        assert info["n_folds"] == 15, method
+        assert abs(info["roc_auc_mean"] - 0.5) < 0.25, (method, info)

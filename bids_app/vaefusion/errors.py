@@ -6,6 +6,8 @@ fix; the CLI prints that sentence and exits with ``code``, never with a tracebac
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BIDS_INVALID = 16
@@ -64,3 +66,17 @@ class NoDataError(VaefusionError):
 class OutputError(VaefusionError):
     def __init__(self, message: str) -> None:
         super().__init__(message, EXIT_CANT_CREATE)
+
+
+#: errno values that mean the disk (or the user's quota) is full
+FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full_error(exc: BaseException) -> OutputError | None:
+    """The exit-73 error for an ``OSError`` that says the disk or quota is full, else None."""
+    if not isinstance(exc, OSError) or exc.errno not in FULL_DISK_ERRNOS:
+        return None
+    where = f" while writing {exc.filename}" if exc.filename else ""
+    return OutputError(f"The disk is full{where} ({exc.strerror or 'no space left'}); free "
+                       f"space or give another OUTPUT_DIR or -w, then rerun the same command "
+                       f"(finished work is reused).")

@@ -1,21 +1,35 @@
-"""The ``vaefusion`` entry point: configuration, guards, logging, and the analysis levels."""
+"""The ``vaefusion`` entry point: configuration, guards, logging, and the analysis levels.
+
+Every run ends with one line that says how it ended (success, failure or interrupted), with
+the exit code and, after a crash, the crash file; ``OUTPUT_DIR/logs/status.json`` says the
+same. Ctrl-C (SIGINT) and SIGTERM stop the whole run, worker processes included, and exit 130
+or 143; training checkpoints and finished units stay in the work dir, so the same command
+resumes.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vaefusion import __version__
 from vaefusion.cli.parser import ANALYSIS_LEVELS, build_parser
 from vaefusion.config import Config, load_toml
 from vaefusion.derivatives import naming
 from vaefusion.errors import (
+    EXIT_CODES,
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_UNKNOWN_LEVEL,
@@ -23,9 +37,16 @@ from vaefusion.errors import (
     OutputError,
     UsageError,
     VaefusionError,
+    disk_full_error,
 )
 
+if TYPE_CHECKING:  # the status module pulls in numpy and nibabel: not for --help
+    from vaefusion.workflows.status import RunStatus
+
 LOG = logging.getLogger("vaefusion")
+
+#: ``extra`` of the last log line of a run (tests and tools find it by this attribute).
+ENDING = {"vaefusion_ending": True}
 
 #: CLI destinations that map one-to-one onto Config fields.
 _DIRECT = ("participant_label", "session_label", "bids_filter_file", "skip_bids_validation",
@@ -162,22 +183,41 @@ def setup_logging(cfg: Config | None, verbose: int = 0) -> Path | None:
     return path
 
 
-def run(cfg: Config, latent_dims_given: bool = False) -> int:
+@dataclass
+class RunRecord:
+    """What :func:`main` needs to end a run: when it started, its status file and log."""
+
+    started: float = field(default_factory=time.time)
+    status: RunStatus | None = None
+    log_file: Path | None = None
+
+
+def run(cfg: Config, latent_dims_given: bool = False, record: RunRecord | None = None) -> int:
     """Run one analysis level with a validated configuration."""
     from vaefusion.derivatives.dataset import init_output_dir
+    from vaefusion.derivatives.provenance import versions_line
     from vaefusion.inputs.options import check_inputs
     from vaefusion.inputs.validation import validate_input
-    from vaefusion.workflows.base import plugin_settings
+    from vaefusion.workflows.base import plugin_settings, reporting
+    from vaefusion.workflows.status import RunStatus
 
+    record = record if record is not None else RunRecord()
     check_paths(cfg)
     check_inputs(cfg, latent_dims_given)
     plugin_settings(cfg)  # a missing or malformed --use-plugin file: exit 64 now, not later
     # every option is checked: only now is anything created
     create_work_dir(cfg)
     init_output_dir(cfg)
-    setup_logging(cfg, cfg.verbose)
+    assert cfg.output_dir is not None
+    record.log_file = setup_logging(cfg, cfg.verbose)
+    record.status = RunStatus(naming.status_file(cfg.output_dir), cfg.analysis_level,
+                              record.log_file).start()
+    if cfg.analysis_level == "group":  # a summary of an earlier run would read as this one's
+        summary_path(cfg).unlink(missing_ok=True)
     LOG.info("vaefusion %s: %s level on %s", __version__, cfg.analysis_level, cfg.bids_dir)
-    LOG.info("Work dir: %s", cfg.work_dir)
+    LOG.info("Software: %s", versions_line())
+    LOG.info("Work dir: %s; status: %s", cfg.work_dir, naming.status_file(cfg.output_dir))
+    record.status.phase("validating the input")
     if cfg.skip_bids_validation:
         LOG.info("BIDS validation skipped (--skip-bids-validation)")
     else:
@@ -187,26 +227,136 @@ def run(cfg: Config, latent_dims_given: bool = False) -> int:
 
         if cfg.device == "cpu" or not torch.cuda.is_available():
             LOG.warning("--bf16 applies to CUDA only: training runs in fp32 on the CPU.")
-    if cfg.analysis_level == "participant":
-        from vaefusion.workflows.participant import run_participant_level
+    record.status.phase("finding the input files")
+    with reporting(record.status):
+        if cfg.analysis_level == "participant":
+            from vaefusion.workflows.participant import run_participant_level
 
-        run_participant_level(cfg)
-    else:
-        from vaefusion.workflows.group import run_group_level
+            run_participant_level(cfg)
+        else:
+            from vaefusion.workflows.group import run_group_level
 
-        run_group_level(cfg)
-    LOG.info("Done. Outputs are in %s", cfg.output_dir)
+            run_group_level(cfg)
     return EXIT_OK
 
 
+def summary_path(cfg: Config) -> Path:
+    assert cfg.output_dir is not None
+    return naming.group_dir(cfg.output_dir) / naming.SUMMARY
+
+
 def _crash_file(cfg: Config | None) -> Path:
+    from vaefusion.derivatives.io import atomic_write_text
+
     # OUTPUT_DIR/logs if the run got that far; never litter the current directory
     folder = naming.logs_dir(cfg.output_dir) if cfg and cfg.output_dir else None
     if folder is None or not folder.is_dir():
         folder = Path(tempfile.gettempdir())
     path = naming.crash_file(folder, time.strftime("%Y%m%d-%H%M%S"))
-    path.write_text(traceback.format_exc())
+    atomic_write_text(path, traceback.format_exc())
     return path
+
+
+# --------------------------------------------------------------------------- signals
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: stop the run.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception`` (in the
+    workflow engine or a node) takes it for one failed node and goes on with the next.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+
+    @property
+    def code(self) -> int:
+        """128 + the signal number, as a shell reports it: 130 (SIGINT), 143 (SIGTERM)."""
+        return 128 + self.signum
+
+    @property
+    def signame(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_OWNER_PID: int | None = None  # the process whose run the handlers stop
+
+
+def _on_signal(signum: int, frame) -> None:
+    if os.getpid() != _OWNER_PID:  # a forked worker that kept this handler: just end
+        os._exit(128 + signum)
+    for sig in _STOP_SIGNALS:  # one interrupt is enough; the cleanup that follows is bounded
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def _worker_signals() -> None:
+    """In a worker forked during a run (MultiProc, data loaders): Ctrl-C reaches the whole
+    process group, but only the parent acts on it (it stops the workers); SIGTERM, which the
+    parent sends to stop a worker, ends it at once."""
+    if _OWNER_PID is not None and os.getpid() != _OWNER_PID:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_worker_signals)
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in this process while the block runs."""
+    global _OWNER_PID
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    _OWNER_PID = os.getpid()
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _on_signal)
+    try:
+        yield
+    finally:
+        _OWNER_PID = None
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------- the ending
+def _meaning(code: int) -> str:
+    return EXIT_CODES.get(code, "failure").split(" (")[0]
+
+
+def finish(record: RunRecord, cfg: Config | None, level: str, code: int,
+           message: str | None = None, crash: Path | None = None,
+           interrupted: Interrupted | None = None) -> int:
+    """Write the outcome to the status file and log the run's last line; returns ``code``.
+
+    A failed group run removes ``group/summary.json``: it appears only after a full success.
+    """
+    if code != EXIT_OK and cfg is not None and record.status is not None \
+            and cfg.analysis_level == "group":
+        try:
+            summary_path(cfg).unlink(missing_ok=True)
+        except OSError:
+            pass
+    state = "succeeded" if code == EXIT_OK else "interrupted" if interrupted else "failed"
+    if record.status is not None:
+        record.status.finish(code, state, message, crash)
+    where = f"vaefusion {level} level"
+    if interrupted is not None:
+        work = f" in {cfg.work_dir}" if cfg is not None and cfg.work_dir else ""
+        LOG.error("%s: interrupted by %s (exit %d); finished units and training checkpoints "
+                  "are kept%s, so the same command resumes.", where, interrupted.signame, code,
+                  work, extra=ENDING)
+    elif code == EXIT_OK:
+        out = cfg.output_dir if cfg is not None else None
+        LOG.info("%s: success (exit 0); outputs in %s", where, out, extra=ENDING)
+    else:
+        tail = f"; crash file: {crash}" if crash else ""
+        LOG.error("%s: failed (exit %d, %s)%s", where, code, _meaning(code), tail, extra=ENDING)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,25 +371,70 @@ def main(argv: list[str] | None = None) -> int:
     cfg: Config | None = None
     setup_logging(None, args.verbose or 0)
     handlers = set(LOG.handlers)
-    try:
-        cfg = build_config(args)
-        # only the command line: a reused config file always holds latent_dims
-        return run(cfg, latent_dims_given=args.latent_dims is not None)
-    except VaefusionError as exc:
-        LOG.error("%s", exc.message)
-        return exc.code
-    except KeyboardInterrupt:
-        LOG.error("Interrupted; rerun the same command to resume from the work dir.")
-        return 130
-    except Exception as exc:  # a bug, not a user error: keep the traceback in a crash file
-        crash = _crash_file(cfg)
+    record = RunRecord()
+    level = str(args.analysis_level)
+    with stop_signals():
+        try:
+            try:
+                cfg = build_config(args)
+                # only the command line: a reused config file always holds latent_dims
+                code = run(cfg, latent_dims_given=args.latent_dims is not None, record=record)
+            except OSError as exc:  # a full disk in this process is the user's to fix
+                full = disk_full_error(exc)
+                if full is None:
+                    raise
+                raise full from None
+            return _after_success(record, cfg, level, code)
+        except Interrupted as exc:
+            return finish(record, cfg, level, exc.code, f"interrupted by {exc.signame}",
+                          interrupted=exc)
+        except KeyboardInterrupt:  # SIGINT where no handler could be set (not the main thread)
+            return finish(record, cfg, level, 130, "interrupted",
+                          interrupted=Interrupted(signal.SIGINT))
+        except VaefusionError as exc:
+            LOG.error("%s", exc.message)
+            return finish(record, cfg, level, exc.code, exc.message)
+        except Exception as exc:  # a bug, not a user error: keep the traceback in a crash file
+            return _crashed(record, cfg, level, exc)
+        finally:  # this run's log file closes with it (main may be called again in a process)
+            if record.status is not None:
+                record.status.stop()
+            for handler in set(LOG.handlers) - handlers:
+                LOG.removeHandler(handler)
+                handler.close()
+
+
+def _after_success(record: RunRecord, cfg: Config | None, level: str, code: int) -> int:
+    """Success, unless a crash file appeared in OUTPUT_DIR/logs during the run."""
+    from vaefusion.workflows.base import crash_files
+
+    crashes = crash_files(cfg, record.started) if cfg is not None else []
+    if crashes:
+        LOG.error("A step of the run crashed although the run went on; the traceback is in "
+                  "%s. Please report it.", crashes[0])
+        return finish(record, cfg, level, EXIT_FAILURE, "a step crashed", crashes[0])
+    return finish(record, cfg, level, code)
+
+
+def _crashed(record: RunRecord, cfg: Config | None, level: str, exc: Exception) -> int:
+    from vaefusion.workflows.base import NodeCrash
+
+    if isinstance(exc, NodeCrash) and exc.crash_files:
+        crash = exc.crash_files[0]
+        more = (f" ({len(exc.crash_files) - 1} more crash file(s) in the same folder)"
+                if len(exc.crash_files) > 1 else "")
+        LOG.error("vaefusion crashed: %s; the traceback is in %s%s. Please report it.",
+                  exc.summary, crash, more)
+    else:
+        try:
+            crash = _crash_file(cfg)
+        except OSError:  # e.g. a full disk: the traceback goes to the terminal instead
+            LOG.error("vaefusion crashed and could not write a crash file:\n%s",
+                      traceback.format_exc())
+            return finish(record, cfg, level, EXIT_FAILURE, str(exc))
         LOG.error("vaefusion crashed (%s: %s); the traceback is in %s. Please report it.",
                   type(exc).__name__, exc, crash)
-        return EXIT_FAILURE
-    finally:  # this run's log file closes with it (main may be called again in one process)
-        for handler in set(LOG.handlers) - handlers:
-            LOG.removeHandler(handler)
-            handler.close()
+    return finish(record, cfg, level, EXIT_FAILURE, f"{type(exc).__name__}: {exc}", crash)
 
 
 if __name__ == "__main__":

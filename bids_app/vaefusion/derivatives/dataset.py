@@ -9,7 +9,7 @@ from pathlib import Path
 from vaefusion import __version__
 from vaefusion.config import Config
 from vaefusion.derivatives import naming
-from vaefusion.derivatives.io import atomic_write_text, write_json
+from vaefusion.derivatives.io import atomic_write_text, write_json, write_tsv
 from vaefusion.errors import OutputError
 from vaefusion.inputs.reference import citation
 
@@ -28,7 +28,16 @@ group
 *_stack.json
 *_latents.tsv
 *_latents.json
+# per-subject HTML reports at the root, named as fMRIPrep names them (BIDS has no report files)
+/sub-*.html
 """
+
+#: The ``desc-`` labels every run writes (the group level adds its maps' labels).
+DESCRIPTIONS = {
+    "preproc": "Preprocessed vaefusion input stack: GMV resampled to the ICN grid, each volume "
+               "scaled to [-1, 1] by its maximum absolute value, ICNs first, then GMV.",
+    "vae": "VAE posterior means (latents), one row per modality.",
+}
 
 
 OUTPUT_README = """\
@@ -95,5 +104,29 @@ def init_output_dir(cfg: Config) -> Path:
     atomic_write_text(out / naming.README, OUTPUT_README)
     atomic_write_text(logs / naming.CITATION, "# Citing vaefusion\n\n" + citation())
     atomic_write_text(naming.config_file(out, cfg.analysis_level), cfg.to_toml())
+    write_descriptions(out, DESCRIPTIONS)
     return out
+
+
+def write_descriptions(out: Path, labels: dict[str, str]) -> Path:
+    """Add ``labels`` (``desc-`` label -> meaning) to ``descriptions.tsv`` at the output root,
+    keeping the labels earlier runs documented, and its JSON sidecar."""
+    import csv
+
+    path = naming.descriptions_file(out)
+    known: dict[str, str] = {}
+    if path.is_file():
+        with open(path, newline="") as fh:
+            known = {row["desc_id"]: row["description"]
+                     for row in csv.DictReader(fh, delimiter="\t")
+                     if row.get("desc_id") and row.get("description")}
+    known.update({f"desc-{label}": text for label, text in labels.items()})
+    write_tsv(path, [{"desc_id": k, "description": v} for k, v in sorted(known.items())],
+              ["desc_id", "description"])
+    write_json(naming.sidecar(path), {
+        "Description": "Every desc- label of this dataset and what it means.",
+        "desc_id": {"Description": "The desc entity of a file name (desc-<label>)."},
+        "description": {"Description": "What files with this label hold."},
+    })
+    return path
 

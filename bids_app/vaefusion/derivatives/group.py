@@ -21,6 +21,7 @@ from vaefusion import __version__
 from vaefusion.config import Config
 from vaefusion.derivatives import naming
 from vaefusion.derivatives.io import write_json, write_tsv
+from vaefusion.derivatives.provenance import software_versions
 from vaefusion.derivatives.subject import (
     LATENT_ROW_COLUMNS,
     LatentsSource,
@@ -52,8 +53,13 @@ COMPARISON_COLUMNS = ["method", "baseline", "latent_dim", "n_pairs", "mean_diffe
 LATENTS_TABLE_COLUMNS = ["participant_id", "session_id", "fold", *LATENT_ROW_COLUMNS]
 
 
-def write_group_outputs(cfg: Config, manifest: Manifest, results: list[FoldResult]) -> dict:
-    """Write everything under OUTPUT_DIR/group (and per-subject latents); returns the summary."""
+def write_group_outputs(cfg: Config, manifest: Manifest, results: list[FoldResult],
+                        summary_file: bool = True) -> dict:
+    """Write everything under OUTPUT_DIR/group (and per-subject latents); returns the summary.
+
+    ``summary_file=False`` leaves ``summary.json`` to the caller, who writes it
+    (:func:`write_summary`) after its own last step: the file means the run succeeded.
+    """
     assert cfg.output_dir is not None
     group = naming.group_dir(cfg.output_dir)
     group.mkdir(parents=True, exist_ok=True)
@@ -61,9 +67,11 @@ def write_group_outputs(cfg: Config, manifest: Manifest, results: list[FoldResul
 
     write_tsv(group / naming.METRICS,
               [{c: getattr(r, c) for c in METRIC_COLUMNS} for r in results], METRIC_COLUMNS)
+    # the dataset's own labels (participants.tsv), not the classifier's 1/0 coding
+    names = {1: cfg.positive_label, 0: cfg.negative_label}
     scores = [
         {"method": r.method, "latent_dim": r.latent_dim, "seed": r.seed, "repeat": r.repeat,
-         "fold": r.fold, "participant_id": key, "label": lab, "decision": d}
+         "fold": r.fold, "participant_id": key, "label": names[int(lab)], "decision": d}
         for r in results if r.available
         for key, lab, d in zip(r.test_subjects, r.test_labels, r.decision, strict=True)
     ]
@@ -127,9 +135,17 @@ def write_group_outputs(cfg: Config, manifest: Manifest, results: list[FoldResul
         "classifier_backend": backends[0] if len(backends) == 1 else backends,
         "device": sorted({r.training.device for r in vae if r.training is not None}) or None,
         "vaefusion_version": __version__,
+        # what else the numbers depend on (seeds and backend above): the software versions
+        "software": software_versions(),
     }
-    write_json(group / naming.SUMMARY, summary)
+    if summary_file:
+        write_summary(cfg.output_dir, summary)
     return summary
+
+
+def write_summary(out: Path, summary: dict) -> Path:
+    """``group/summary.json``: written last, so that it appears only after a full success."""
+    return write_json(naming.group_dir(out) / naming.SUMMARY, summary)
 
 
 def _number(value: float) -> float | None:

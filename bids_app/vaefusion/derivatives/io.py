@@ -31,10 +31,20 @@ def _umask() -> int:
 
 
 def _mkstemp(path: Path, suffix: str) -> tuple[int, str]:
-    """mkstemp beside ``path``, with the mode a plain open() would give (mkstemp's is 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=suffix)
+    """mkstemp beside ``path``, with the mode a plain open() would give (mkstemp's is 0600).
+
+    The temporary name is hidden and ends in ``.part`` (``.sub-01.json.x1y2.part``), so that a
+    file left by a killed run never looks complete, to people or to the BIDS validator.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.fchmod(fd, 0o666 & ~_umask())
     return fd, tmp
+
+
+def _name_target(exc: BaseException, path: Path, tmp: str | Path) -> None:
+    """An OSError from writing a temporary file names the file it was meant to become."""
+    if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
+        exc.filename = str(path)
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -45,8 +55,9 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, array)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        _name_target(exc, path, tmp)
         raise
 
 
@@ -58,8 +69,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        _name_target(exc, path, tmp)
         raise
 
 
@@ -71,8 +83,9 @@ def write_nifti_atomic(path: Path, img: nib.Nifti1Image) -> None:
     try:
         nib.save(img, tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        _name_target(exc, path, tmp)
         raise
 
 

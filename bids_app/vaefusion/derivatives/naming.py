@@ -49,6 +49,12 @@ UNIT_RESULT = "result.json"
 GATHERED_RESULTS = "results.json"
 UNIT_MODEL = "model"
 UNIT_LATENTS = "latents.npz"
+#: resumable training state of the VAE units: ``WORK_DIR/training/<unit>/``
+TRAINING_DIR = "training"
+#: a training unit's epoch progress, read by the parent for ``logs/status.json``
+UNIT_PROGRESS = "progress.json"
+#: a user-facing error of a workflow node (message and exit code), in the node's folder
+NODE_ERROR = "vaefusion_error.json"
 CACHE_STACK_EXT = ".npy"
 
 
@@ -137,6 +143,16 @@ def log_file(out: Path, analysis_level: str, stamp: str) -> Path:
 def crash_file(folder: Path, stamp: str) -> Path:
     """A crash report outside nipype (``logs/`` or, before it exists, the temp folder)."""
     return Path(folder) / f"crash-{stamp}-vaefusion.txt"
+
+
+#: Every crash file in ``logs/``: vaefusion's (:func:`crash_file`) and nipype's
+#: (``crash-<time>-<user>-<node>-<uuid>.txt``, nipype's ``crashdump_dir`` is ``logs/``).
+CRASH_PATTERN = "crash-*"
+
+
+def status_file(out: Path) -> Path:
+    """The run's status, rewritten while it goes on: ``logs/status.json``."""
+    return logs_dir(out) / "status.json"
 
 
 # ------------------------------------------------------------------- group

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,14 +43,15 @@ def _grid_text(grid) -> str:
 
 def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: int,
                  seed: int, repeat: int, fold: int, train_root: Path,
-                 out_dir: Path) -> FoldResult:
+                 out_dir: Path, on_epoch_end: Callable[[Any], None] | None = None
+                 ) -> FoldResult:
     """Train the fold's VAE on its train subjects (validation for model selection), embed
     every subject with it, and score the SVM on the fold's test subjects.
 
     ``seed`` drives the VAE's initialisation and data order; ``repeat`` and ``fold`` pick the
     fold of the partition (:func:`partition`). The model and the latents are saved under
     ``out_dir``; training checkpoints live in ``train_root`` so that a killed run resumes
-    whatever the workflow engine does.
+    whatever the workflow engine does. ``on_epoch_end`` goes to the trainer (progress).
     """
     from vaefusion.evaluation.classifier import choose_backend, evaluate_fold, modality_importance
     from vaefusion.evaluation.folds import partition_seed
@@ -62,7 +65,8 @@ def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: 
     LOG.info("%s: training on %d subjects (validation %d), testing on %d", name, f.train.size,
              f.val.size, f.test.size)
     result = train_vae(cfg, runtime, latent_dim, seed, [files[cls[i]] for i in f.train],
-                       [files[cls[i]] for i in f.val], train_root / name)
+                       [files[cls[i]] for i in f.val], train_root / name,
+                       on_epoch_end=on_epoch_end)
     mus = embed_groups(result.model, manifest.files, result.device, cfg.downsample)
     features = np.stack([mus[i] for i in cls]).reshape(cls.size, -1)
     backend = choose_backend("auto" if runtime.device == "cuda" else "sklearn")
@@ -75,6 +79,8 @@ def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: 
     save_model(result.model, model_dir, {
         **result.meta, "modalities": manifest.modalities, "fold": fold, "seed": seed,
         "repeat": repeat, "cv_seed": cfg.cv_seed,
+        # the input grid, so that decoded volumes can be placed (vaefusion-generate, maps)
+        **input_grid(files[0]),
         "train_subjects": [manifest.keys[cls[i]] for i in f.train],
         "val_subjects": [manifest.keys[cls[i]] for i in f.val],
         "test_subjects": [manifest.keys[cls[i]] for i in f.test],
@@ -98,6 +104,14 @@ def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: 
         test_subjects=[manifest.keys[cls[i]] for i in f.test],
         test_labels=manifest.y()[f.test].tolist(), decision=metrics.decision.tolist(),
         importance=importance.tolist(), training=training)
+
+
+def input_grid(cache_file: Path) -> dict[str, list]:
+    """``input_affine`` and ``input_shape`` of the cached inputs, for ``model.json``."""
+    from vaefusion.inputs.cache import read_meta
+
+    meta = read_meta(cache_file)
+    return {"input_affine": meta.affine, "input_shape": meta.shape}
 
 
 def gram_cache_path(cache_dir: Path, files: list[Path], downsample: int = 1) -> Path:

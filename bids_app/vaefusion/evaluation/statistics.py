@@ -57,13 +57,13 @@ def corrected_resampled_t(values: Sequence[float], n_train: float, n_test: float
     if n_train <= 0 or n_test <= 0:
         raise ValueError(f"training and test sizes must be positive, got {n_train}, {n_test}")
     j = x.size
-    mean = float(x.mean())
-    var = float(x.var(ddof=1))
-    se = math.sqrt((1.0 / j + n_test / n_train) * var)
     df = j - 1
-    if se == 0.0:
+    if np.ptp(x) == 0.0:  # exactly equal values (float sums would leave a spurious spread)
+        mean = float(x[0])
         # no spread: the t statistic is undefined (NaN), the p value its limit
         return CorrectedT(mean, 0.0, mean, mean, math.nan, df, 1.0 if mean == 0.0 else 0.0, j)
+    mean = float(x.mean())
+    se = math.sqrt((1.0 / j + n_test / n_train) * float(x.var(ddof=1)))
     half = float(stats.t.ppf(0.5 + confidence / 2.0, df)) * se
     t = mean / se
     p = float(2.0 * stats.t.sf(abs(t), df))

@@ -5,14 +5,17 @@ A *resample* is one (repeat, fold): its test subjects and training set are the s
 method and seed. Several ``--seed`` values are initialisation noise within a resample, so a
 method's AUCs are first averaged over seeds per resample; the J = K x R resample means then
 give the mean and its Nadeau-Bengio CI (:mod:`vaefusion.evaluation.statistics`), and the paired
-differences of two methods over the same resamples give the comparison. Nothing here picks a
-latent dim or seed by its test AUC.
+differences of two methods over the same resamples give the comparison. Intervals are clipped
+to the values an AUC (0 ... 1) or a difference of AUCs (-1 ... 1) can take: with few folds the
+t interval can reach past them, and such an interval says only that the data do not tell.
+Nothing here picks a latent dim or seed by its test AUC.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -50,14 +53,15 @@ def _usable(results: list[FoldResult]) -> bool:
 
 
 def auc_ci(results: list[FoldResult]) -> CorrectedT | None:
-    """The mean AUC of one method at one latent dim with its corrected 95% CI (None when the
-    method is not available)."""
+    """The mean AUC of one method at one latent dim with its corrected 95% CI, clipped to
+    [0, 1] (None when the method is not available)."""
     if not results or not _usable(results):
         return None
     res = resamples(results)
     aucs, n_train, n_test = (np.array(v, dtype=np.float64) for v in zip(*res.values(),
                                                                          strict=True))
-    return corrected_resampled_t(aucs, float(n_train.mean()), float(n_test.mean()))
+    ci = corrected_resampled_t(aucs, float(n_train.mean()), float(n_test.mean()))
+    return replace(ci, ci_low=max(ci.ci_low, 0.0), ci_high=min(ci.ci_high, 1.0))
 
 
 def auc_table(results: list[FoldResult]) -> list[dict[str, Any]]:
@@ -104,8 +108,8 @@ def comparisons(results: list[FoldResult], reference: str = REFERENCE) -> list[d
         n_test = float(np.mean([a[k][2] for k in keys]))
         t = paired_corrected_t([a[k][0] for k in keys], [b[k][0] for k in keys], n_train, n_test)
         rows.append({"method": reference, "baseline": method, "latent_dim": dim,
-                     "n_pairs": t.n, "mean_difference": t.mean, "ci_low": t.ci_low,
-                     "ci_high": t.ci_high, "t": t.t, "df": t.df, "p_value": t.p_value})
+                     "n_pairs": t.n, "mean_difference": t.mean, "ci_low": max(t.ci_low, -1.0),
+                     "ci_high": min(t.ci_high, 1.0), "t": t.t, "df": t.df, "p_value": t.p_value})
     return rows
 
 

@@ -19,12 +19,14 @@ from nipype.interfaces.base import (
 )
 
 from vaefusion.derivatives import naming
+from vaefusion.derivatives.io import atomic_write_text
 from vaefusion.evaluation.results import FoldResult
 
 
 def write_results(path: Path, results: list[FoldResult]) -> str:
-    """A unit's results as a JSON list (the node's output file); returns the path."""
-    path.write_text(json.dumps([r.to_dict() for r in results]))
+    """A unit's results as a JSON list (the node's output file), atomically; returns the
+    path."""
+    atomic_write_text(path, json.dumps([r.to_dict() for r in results]))
     return str(path)
 
 
@@ -69,12 +71,25 @@ class VAEFold(SimpleInterface):
     def _run_interface(self, runtime):
         from vaefusion.evaluation.crossval import run_vae_fold
         from vaefusion.evaluation.manifest import Manifest
+        from vaefusion.interfaces.errors import reported_errors
+        from vaefusion.workflows.status import write_unit_progress
 
         out = Path(runtime.cwd)
-        result = run_vae_fold(*_settings(self.inputs), Manifest.read(self.inputs.manifest),
-                              self.inputs.latent_dim, self.inputs.seed, self.inputs.repeat,
-                              self.inputs.fold, Path(self.inputs.train_root), out)
-        self._results["result"] = write_results(out / naming.UNIT_RESULT, [result])
+        cfg, run = _settings(self.inputs)
+        unit = naming.unit_name("vae", self.inputs.latent_dim, self.inputs.seed,
+                                self.inputs.repeat, self.inputs.fold)
+        progress = Path(self.inputs.train_root) / unit / naming.UNIT_PROGRESS
+        progress.unlink(missing_ok=True)  # an earlier run's epochs
+
+        def report(stats) -> None:  # the epoch, for OUTPUT_DIR/logs/status.json
+            write_unit_progress(progress, stats.epoch, cfg.epochs)
+
+        with reported_errors(out):
+            result = run_vae_fold(cfg, run, Manifest.read(self.inputs.manifest),
+                                  self.inputs.latent_dim, self.inputs.seed, self.inputs.repeat,
+                                  self.inputs.fold, Path(self.inputs.train_root), out,
+                                  on_epoch_end=report)
+            self._results["result"] = write_results(out / naming.UNIT_RESULT, [result])
         return runtime
 
 
@@ -92,12 +107,15 @@ class PCABaseline(SimpleInterface):
     def _run_interface(self, runtime):
         from vaefusion.evaluation.crossval import run_pca_baseline
         from vaefusion.evaluation.manifest import Manifest
+        from vaefusion.interfaces.errors import reported_errors
 
-        rows = run_pca_baseline(*_settings(self.inputs),
-                                Manifest.read(self.inputs.manifest), self.inputs.method,
-                                self.inputs.latent_dim, self.inputs.seed, self.inputs.repeat,
-                                Path(self.inputs.cache_dir))
-        self._results["result"] = write_results(Path(runtime.cwd) / naming.UNIT_RESULT, rows)
+        with reported_errors(runtime.cwd):
+            rows = run_pca_baseline(*_settings(self.inputs),
+                                    Manifest.read(self.inputs.manifest), self.inputs.method,
+                                    self.inputs.latent_dim, self.inputs.seed,
+                                    self.inputs.repeat, Path(self.inputs.cache_dir))
+            self._results["result"] = write_results(Path(runtime.cwd) / naming.UNIT_RESULT,
+                                                    rows)
         return runtime
 
 

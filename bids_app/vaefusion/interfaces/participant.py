@@ -70,15 +70,18 @@ class PreprocessSubject(SimpleInterface):
 
     def _run_interface(self, runtime):
         from vaefusion.inputs.preprocess import preprocess_subject
+        from vaefusion.interfaces.errors import reported_errors
 
-        try:
-            npy, _ = preprocess_subject(
-                self.inputs.icn, self.inputs.gmv, self.inputs.subject, self.inputs.session,
-                self.inputs.label, Path(self.inputs.cache_dir),
-            )
-            self._results.update(cache_file=str(npy), error="")
-        except VaefusionError as exc:
-            self._results.update(cache_file=None, error=exc.message)
+        # a full disk fails the node (so a rerun retries it) with a record of exit 73
+        with reported_errors(runtime.cwd):
+            try:
+                npy, _ = preprocess_subject(
+                    self.inputs.icn, self.inputs.gmv, self.inputs.subject, self.inputs.session,
+                    self.inputs.label, Path(self.inputs.cache_dir),
+                )
+                self._results.update(cache_file=str(npy), error="")
+            except VaefusionError as exc:
+                self._results.update(cache_file=None, error=exc.message)
         return runtime
 
 
@@ -96,17 +99,23 @@ class _SinkOutputSpec(TraitedSpec):
 class DerivativesSink(SimpleInterface):
     """Write a subject's preprocessed stack into the BIDS-Derivatives output, atomically.
 
-    The node always runs (so deleted outputs come back) but skips a subject whose output is
-    already newer than its cache entry.
+    The node always runs (so deleted outputs come back) but skips a subject whose output and
+    sidecar are already newer than its cache entry.
     """
 
     input_spec = _SinkInputSpec
     output_spec = _SinkOutputSpec
 
     def _run_interface(self, runtime):
+        from vaefusion.interfaces.errors import reported_errors
+
+        with reported_errors(runtime.cwd):
+            return self._sink(runtime)
+
+    def _sink(self, runtime):
         import numpy as np
 
-        from vaefusion.derivatives.naming import preproc_stack
+        from vaefusion.derivatives.naming import preproc_stack, sidecar
         from vaefusion.derivatives.subject import write_subject_stack
         from vaefusion.inputs.cache import load_stack, read_meta
 
@@ -118,7 +127,11 @@ class DerivativesSink(SimpleInterface):
         meta = read_meta(Path(cache))
         out = Path(self.inputs.output_dir)
         target = preproc_stack(out, meta.subject, meta.session)
-        if not (target.exists() and target.stat().st_mtime >= Path(cache).stat().st_mtime):
+        # both files, each newer than the cache entry: a run killed between the two writes
+        # must not leave a stack without its sidecar for good
+        newer = all(p.exists() and p.stat().st_mtime >= Path(cache).stat().st_mtime
+                    for p in (target, sidecar(target)))
+        if not newer:
             target = write_subject_stack(
                 out, meta.subject, meta.session, np.asarray(load_stack(Path(cache))),
                 np.asarray(meta.affine), meta.modalities, meta.sources,

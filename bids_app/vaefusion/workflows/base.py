@@ -1,15 +1,61 @@
-"""Shared nipype plumbing: configuration of nipype itself and running a workflow."""
+"""Shared nipype plumbing: configuration of nipype itself and running a workflow.
+
+:func:`run_workflow` runs a workflow with the configured plugin and turns the ways it can
+end into the run's outcome: a node's user-facing error (a record left by
+:func:`vaefusion.interfaces.errors.reported_errors`) becomes that error and its exit code, a
+full disk exit 73, any other node failure a :class:`NodeCrash` naming nipype's crash file; an
+interrupt (Ctrl-C, SIGTERM) stops the worker processes before it propagates. While it runs,
+the nodes that are units of work (a subject's preprocessing, a VAE fold, a PCA baseline)
+report to the run's :class:`~vaefusion.workflows.status.RunStatus`, if one is active
+(:func:`reporting`).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from vaefusion.config import Config
 from vaefusion.derivatives import naming
-from vaefusion.errors import UsageError
+from vaefusion.errors import OutputError, UsageError, VaefusionError, disk_full_error
+from vaefusion.workflows.status import RunStatus
 
 LOG = logging.getLogger("vaefusion.workflow")
+
+#: The nodes that are units of work, and the phase of the run they belong to.
+UNIT_NODES = {"preprocess": "preprocessing", "vae_fold": "cross-validation",
+              "pca_baseline": "cross-validation"}
+
+#: Below this much free space on the work or output disk, a failed node is put down to a full
+#: disk (a full disk may refuse even the node's error record).
+MIN_FREE_BYTES = 16 * 2**20
+
+_STATUS: RunStatus | None = None
+
+
+class NodeCrash(Exception):
+    """A workflow node failed with a bug (not a user error); nipype wrote its crash file(s)."""
+
+    def __init__(self, summary: str, crash_files: list[Path]) -> None:
+        super().__init__(summary)
+        self.summary = summary
+        self.crash_files = crash_files
+
+
+@contextmanager
+def reporting(status: RunStatus | None) -> Iterator[None]:
+    """Make ``status`` the run's status for the workflows run inside the block."""
+    global _STATUS
+    previous, _STATUS = _STATUS, status
+    try:
+        yield
+    finally:
+        _STATUS = previous
 
 
 def configure_nipype(cfg: Config) -> None:
@@ -31,8 +77,11 @@ def configure_nipype(cfg: Config) -> None:
         "monitoring": {"enabled": False},
         "logging": {"workflow_level": "WARNING", "interface_level": "WARNING"},
     })
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+    for name in ("nipype.interface", "nipype.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # nipype logs a node's failure with its whole traceback (once per node); run_workflow
+    # reports it in one line that names the crash file, which keeps the traceback
+    logging.getLogger("nipype.workflow").setLevel(logging.CRITICAL)
 
 
 def plugin_settings(cfg: Config) -> tuple[str, dict]:
@@ -58,10 +107,178 @@ def plugin_settings(cfg: Config) -> tuple[str, dict]:
 
 
 def run_workflow(wf, cfg: Config):
-    """Run a workflow with the configured plugin; returns the executed graph."""
+    """Run a workflow with the configured plugin; returns the executed graph.
+
+    Raises the first node's user-facing error (with its exit code), an ``OutputError`` for a
+    full disk, or :class:`NodeCrash` for a bug in a node (see the module docstring).
+    """
     plugin, args = plugin_settings(cfg)
+    status = _STATUS
+    during, after = PHASES.get(wf.name, (wf.name, f"{wf.name} done"))
+    if status is not None:
+        status.phase(during, total=count_units(wf))
+        args = {**args, "status_callback": _callback(status, cfg)}
     LOG.info("Running %s with the %s plugin", wf.name, plugin)
-    return wf.run(plugin=plugin, plugin_args=args)
+    runner = _runner(plugin, args)
+    start = time.time()
+    try:
+        graph = wf.run(plugin=runner, plugin_args=args)
+    except Exception as exc:
+        raise _failure(wf, cfg, start, exc) from None
+    except BaseException:  # Ctrl-C or SIGTERM: stop the workers before the run ends
+        _stop_workers(runner)
+        raise
+    # MultiProc counts a failed node that ran in this process (the derivatives sink) as done
+    late = _failure(wf, cfg, start, None)
+    if late is not None:
+        raise late
+    if status is not None:
+        status.phase(after)
+    LOG.info("%s done; %s", during.capitalize(), after)
+    return graph
+
+
+#: The phase of the run while each workflow runs, and the one that follows it.
+PHASES = {"vaefusion_participant_wf": ("preprocessing", "collecting the preprocessed subjects"),
+          "vaefusion_group_wf": ("cross-validation", "writing the group outputs (tables, "
+                                 "models, latents, figures, report)")}
+
+
+def _runner(plugin: str, args: dict):
+    """The plugin object for MultiProc (so that an interrupt can stop its workers), else the
+    plugin's name."""
+    if plugin != "MultiProc":
+        return plugin
+    from nipype.pipeline.plugins import MultiProcPlugin
+
+    return MultiProcPlugin(plugin_args=args)
+
+
+def _stop_workers(runner) -> None:
+    """Terminate a MultiProc pool's worker processes now (SIGTERM, then SIGKILL)."""
+    pool = getattr(runner, "pool", None)
+    if pool is None:
+        return
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + 5
+    for proc in procs:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=1)
+
+
+def count_units(wf) -> int:
+    """How many unit nodes (:data:`UNIT_NODES`) the workflow expands to (their iterables)."""
+    import networkx as nx
+
+    graph = wf._graph  # nipype keeps no public accessor for the node graph
+    total = 0
+    for node in graph.nodes():
+        if node.name not in UNIT_NODES:
+            continue
+        copies = 1
+        for up in nx.ancestors(graph, node) | {node}:
+            its = up.iterables
+            if its:
+                pairs = its if isinstance(its, list) else [its]
+                copies *= math.prod(len(values) for _, values in pairs)
+        total += copies
+    return total
+
+
+def unit_label(node) -> str:
+    """A unit's name for progress lines: the cross-validation unit or the subject."""
+    from nipype.interfaces.base import isdefined
+
+    inputs = node.inputs
+
+    def get(name: str):
+        value = getattr(inputs, name, None)
+        return value if isdefined(value) else None
+
+    if node.name == "vae_fold" and None not in (get("latent_dim"), get("seed"), get("fold")):
+        return naming.unit_name("vae", get("latent_dim"), get("seed"), get("repeat") or 0,
+                                get("fold"))
+    if node.name == "pca_baseline" and None not in (get("method"), get("latent_dim")):
+        return naming.unit_name(get("method"), get("latent_dim"), get("seed") or 0,
+                                get("repeat") or 0)
+    if get("subject"):
+        return naming.subject_key(get("subject"), get("session"))
+    return node.itername  # the Linear plugin sets inputs from upstream only when it runs
+
+
+def _callback(status: RunStatus, cfg: Config):
+    """nipype's ``status_callback`` (called in this process): units started and ended."""
+    assert cfg.work_dir is not None
+    train_root = Path(cfg.work_dir) / naming.TRAINING_DIR
+    names: dict[int, str] = {}
+
+    def callback(node, event: str) -> None:
+        if node.name not in UNIT_NODES:
+            return
+        if event == "start":
+            name = names[id(node)] = unit_label(node)
+            progress = (train_root / name / naming.UNIT_PROGRESS if node.name == "vae_fold"
+                        else None)
+            status.unit_started(name, progress)
+            return
+        name = names.pop(id(node), None) or unit_label(node)
+        status.unit_finished(name, ok=event == "end")
+
+    return callback
+
+
+def _failure(wf, cfg: Config, start: float, exc: Exception | None) -> Exception | None:
+    """The error a failed workflow run ends with (see :func:`run_workflow`); with ``exc``
+    None (nipype reported success), an error only if a node left a record or a crash file."""
+    from vaefusion.interfaces.errors import node_errors
+
+    records = node_errors(Path(wf.base_dir) / wf.name, start)
+    if records:
+        first = records[0]
+        more = (f" ({len(records) - 1} more unit(s) failed; see the log)"
+                if len(records) > 1 else "")
+        for record in records[1:]:
+            LOG.error("also failed: %s", record.message)
+        return VaefusionError(first.message + more, first.code)
+    if exc is None:
+        crashes = crash_files(cfg, start)
+        return NodeCrash(f"{wf.name}: a node failed", crashes) if crashes else None
+    if isinstance(exc, VaefusionError):  # the Linear plugin re-raises a node's own error
+        return exc
+    full = disk_full_error(exc)
+    if full is not None:
+        return full
+    for folder in (cfg.work_dir, cfg.output_dir):
+        if folder is not None and Path(folder).exists():
+            free = shutil.disk_usage(folder).free
+            if free < MIN_FREE_BYTES:
+                return OutputError(f"The disk holding {folder} is full ({free // 2**20} MiB "
+                                   f"free); free space or give another OUTPUT_DIR or -w, then "
+                                   f"rerun the same command (finished work is reused).")
+    crashes = crash_files(cfg, start)
+    last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return NodeCrash(f"{wf.name} failed ({last[:300]})", crashes)
+
+
+def crash_files(cfg: Config, since: float) -> list[Path]:
+    """Crash files written to OUTPUT_DIR/logs at or after ``since`` (nipype's and ours)."""
+    if cfg.output_dir is None:
+        return []
+    folder = naming.logs_dir(cfg.output_dir)
+    found = []
+    for path in folder.glob(naming.CRASH_PATTERN) if folder.is_dir() else []:
+        try:
+            if path.stat().st_mtime >= since:
+                found.append(path)
+        except OSError:
+            continue
+    return sorted(found, key=lambda p: p.stat().st_mtime)
 
 
 def node_result(graph, name: str) -> list:

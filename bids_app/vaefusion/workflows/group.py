@@ -101,9 +101,10 @@ def run_group_level(cfg: Config) -> dict | None:
              " ".join(cfg.methods))
     configure_nipype(cfg)
     graph = run_workflow(init_group_wf(cfg, manifest_path), cfg)
-    from vaefusion.derivatives.group import write_group_outputs
+    from vaefusion.derivatives.group import write_group_outputs, write_summary
 
-    summary = write_group_outputs(cfg, manifest, gathered_results(graph))
+    results = gathered_results(graph)
+    summary = write_group_outputs(cfg, manifest, results, summary_file=False)
     from vaefusion.evaluation.summary import format_auc
 
     for method, info in summary["methods"].items():
@@ -113,5 +114,9 @@ def run_group_level(cfg: Config) -> dict | None:
                  comp["method"], comp["baseline"], comp["mean_difference"], comp["ci"][0],
                  comp["ci"][1], comp["p_value"], comp["n_pairs"])
     LOG.info("Summary: %s", naming.group_dir(cfg.output_dir) / naming.SUMMARY)
+    from vaefusion.reports.group import write_interpretation
+
+    write_interpretation(cfg, manifest, results, summary)
+    write_summary(cfg.output_dir, summary)  # last: summary.json means the run succeeded
     return summary
 

@@ -1,0 +1,332 @@
+"""``group/report.html``: the page a person opens first after a group run."""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import re
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from vaefusion import __version__
+from vaefusion.config import Config
+from vaefusion.derivatives import naming
+from vaefusion.derivatives.io import atomic_write_text
+from vaefusion.evaluation.manifest import Manifest
+from vaefusion.evaluation.results import FoldResult
+from vaefusion.inputs.cache import read_meta
+from vaefusion.inputs.reference import citation
+from vaefusion.interpret.importance import modality_name
+from vaefusion.reports import html
+from vaefusion.reports.html import Section
+
+#: Packages whose versions the report lists.
+PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "nibabel", "nilearn", "nipype",
+            "matplotlib", "pybids")
+#: A VAE whose kept model has fewer active units than this has collapsed to its prior.
+MIN_ACTIVE_UNITS = 1
+
+
+def group_page(cfg: Config, manifest: Manifest, results: list[FoldResult],
+               summary: dict[str, Any], interp, table: list[dict]) -> Path:
+    """Write ``group/report.html``; ``interp`` is the :class:`GroupInterpretation`."""
+    assert cfg.output_dir is not None
+    path = naming.group_report(cfg.output_dir)
+    group = path.parent
+    sections = [
+        _overview(cfg, summary, interp),
+        _data(cfg, manifest),
+        _classification(summary, results),
+        _table_one(table, interp),
+        _seeds(table, results, cfg.latent_dims[0], interp),
+        _importance(interp),
+        _maps(interp, group),
+        _latent(interp),
+        _training(results, interp),
+        _warnings(cfg, manifest, results, interp),
+        _subjects(interp, cfg.output_dir, group),
+        _about(cfg),
+    ]
+    subtitle = (f"vaefusion {__version__} · group level · {time.strftime('%Y-%m-%d %H:%M')} · "
+                f"{summary.get('n_subjects', len(manifest.files))} subjects")
+    atomic_write_text(path, html.page("vaefusion group report", subtitle,
+                                      [s for s in sections if s.blocks]))
+    return path
+
+
+def _rel(path: Path, start: Path) -> str:
+    import os
+
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def _fig(interp, name: str, alt: str, caption: str) -> str:
+    png = interp.figures.get(name)
+    return html.image(png, alt, caption + f" (group/figures/{name}.png)") if png else ""
+
+
+# --------------------------------------------------------------------------- sections
+def _overview(cfg: Config, summary: dict, interp) -> Section:
+    s = Section("overview", "Overview")
+    vae = summary.get("methods", {}).get("vae")
+    if vae and vae.get("roc_auc_mean") is not None:
+        ci = vae.get("roc_auc_ci")
+        ci_text = f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        s.add(html.para(f"VAE ROC-AUC {vae['roc_auc_mean']:.3f}{ci_text} at latent dim "
+                        f"{vae.get('latent_dim')} over {vae.get('n_folds')} folds."))
+    if interp.explained is not None:
+        s.add(html.para(f"Figures and maps explain {interp.explained.describe()} (choose "
+                        f"another fold with --explain-fold)."))
+    else:
+        s.add(html.note("No VAE was trained (--methods without vae): there are no maps, "
+                        "no importance and no t-SNE."))
+    return s
+
+
+def _data(cfg: Config, manifest: Manifest) -> Section:
+    s = Section("data", "Data")
+    labels = manifest.labels
+    counts = [{"group": cfg.negative_label, "subjects": labels.count(0)},
+              {"group": cfg.positive_label, "subjects": labels.count(1)},
+              {"group": "not classified", "subjects": labels.count(-1)}]
+    s.add(html.table(counts, ["group", "subjects"]))
+    by_domain: dict[str, list[str]] = {}
+    from vaefusion.inputs.reference import modality_domain
+
+    for m in manifest.modalities:
+        by_domain.setdefault(modality_domain(m), []).append(m)
+    s.add(html.para(f"{len(manifest.modalities)} modalities found:"),
+          html.bullet_list(f"{d}: {', '.join(ms)}" for d, ms in by_domain.items()))
+    unclassified = []
+    for i, (f, y) in enumerate(zip(manifest.files, labels, strict=True)):
+        if y >= 0:
+            continue
+        meta = read_meta(Path(f))
+        if meta.modalities != manifest.modalities:
+            why = f"has {len(meta.modalities)} of {len(manifest.modalities)} modalities"
+        elif meta.label not in (cfg.positive_label, cfg.negative_label):
+            why = f"label {meta.label or 'n/a'} is neither {cfg.positive_label} nor " \
+                  f"{cfg.negative_label}"
+        else:
+            why = "another session of a classified subject"
+        unclassified.append(f"{manifest.keys[i]}: {why} (embedded, not classified)")
+    skipped = [w for w in _log_warnings(cfg) if "lacks a modality" in w or "match no" in w]
+    if unclassified or skipped:
+        s.add(html.para("Skipped or not classified, and why:"),
+              html.bullet_list(skipped + unclassified))
+    else:
+        s.add(html.para("No subject was skipped; every subject was classified."))
+    return s
+
+
+def _classification(summary: dict, results: list[FoldResult]) -> Section:
+    from vaefusion.evaluation.summary import comparisons
+
+    s = Section("classification", "Classification (ROC-AUC)")
+    rows = []
+    for method, info in sorted(summary.get("methods", {}).items()):
+        ci = info.get("roc_auc_ci")
+        rows.append({"method": method, "latent dim": info.get("latent_dim"),
+                     "ROC-AUC": info.get("roc_auc_mean"), "95% CI": ci,
+                     "SD over folds": info.get("roc_auc_std"), "folds": info.get("n_folds"),
+                     "note": info.get("reason") or ("" if info.get("available", True)
+                                                    else "not available")})
+    s.add(html.para("Mean over the test folds of every seed and repeat of the first latent "
+                    "dim; the CI is the corrected resampled t (Nadeau & Bengio)."),
+          html.table(rows, ["method", "latent dim", "ROC-AUC", "95% CI", "SD over folds",
+                            "folds", "note"]))
+    pairs = comparisons(results)
+    if pairs:
+        wanted = ["method", "baseline", "latent_dim", "n_pairs", "mean_difference", "ci_low",
+                  "ci_high", "p_value"]
+        s.add(html.para("Paired comparisons on identical folds (VAE minus baseline):"),
+              html.table(pairs, [c for c in wanted if c in pairs[0]] or list(pairs[0])))
+    return s
+
+
+def _table_one(table: list[dict], interp) -> Section:
+    s = Section("table1", "Table I: latent dim")
+    if not table:
+        return s
+    s.add(_fig(interp, "auc_by_latent_dim", "ROC-AUC by method and latent dim",
+               "Mean ROC-AUC with 95% CIs by method and latent dim."))
+    dims = sorted({r["latent_dim"] for r in table})
+    methods = sorted({r["method"] for r in table})
+    cells = {(r["method"], r["latent_dim"]): r for r in table}
+    rows = []
+    for m in methods:
+        row: dict[str, Any] = {"method": m}
+        for d in dims:
+            c = cells.get((m, d))
+            row[f"L={d}"] = _auc_text(c) if c else "n/a"
+        rows.append(row)
+    s.add(html.table(rows, ["method", *[f"L={d}" for d in dims]]))
+    return s
+
+
+def _auc_text(row: dict) -> str:
+    mean = row.get("roc_auc_mean")
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "X (not available)"
+    lo, hi = row.get("ci_low"), row.get("ci_high")
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _seeds(table: list[dict], results: list[FoldResult], primary: int, interp) -> Section:
+    s = Section("seeds", "Seed robustness")
+    if not table:
+        return s
+    s.add(_fig(interp, "seed_robustness", "ROC-AUC per seed",
+               f"Mean ROC-AUC per seed at latent dim {primary}."))
+    per: dict[tuple[str, int], list[float]] = {}
+    for r in results:
+        if r.latent_dim == primary and r.available and math.isfinite(r.roc_auc):
+            per.setdefault((r.method, r.seed), []).append(r.roc_auc)
+    rows = [{"method": m, "seed": seed, "mean ROC-AUC": sum(v) / len(v), "folds": len(v)}
+            for (m, seed), v in sorted(per.items())]
+    s.add(html.table(rows, ["method", "seed", "mean ROC-AUC", "folds"]),
+          html.table([r for r in table if r.get("latent_dim") == primary],
+                     ["method", "latent_dim", "seed_mean", "seed_std", "n_seeds"],
+                     ["method", "latent dim", "mean over seeds", "SD over seeds", "seeds"]))
+    return s
+
+
+def _importance(interp) -> Section:
+    s = Section("importance", "Modality importance")
+    if not interp.ranking:
+        return s
+    s.add(_fig(interp, "importance", "modality importance",
+               "Top modalities by their share of the SVM's |weights| (mean ± std over folds)."))
+    rows = [{"rank": r.rank, "modality": r.modality, "name": r.name, "domain": r.domain,
+             "mean": r.mean, "std": r.std} for r in interp.ranking[:20]]
+    s.add(html.table(rows, ["rank", "modality", "name", "domain", "mean", "std"]))
+    if len(interp.ranking) > 20:
+        s.add(html.para(f"{len(interp.ranking) - 20} more in group/importance.tsv."))
+    return s
+
+
+def _maps(interp, group: Path) -> Section:
+    s = Section("maps", "Group maps")
+    maps, files = interp.maps, interp.map_files
+    if maps is None or files is None:
+        return s
+    s.add(html.para(f"Decoded latent group centres ({maps.negative}: {maps.n_negative}, "
+                    f"{maps.positive}: {maps.n_positive} subjects), their difference "
+                    f"{maps.negative} − {maps.positive}, and the same difference of the "
+                    f"inputs; r is their spatial correlation inside the brain mask."),
+          _fig(interp, "maps", "group maps", "Top modalities: input difference, decoded "
+               "difference and glass brain; last row: the top-5 map."))
+    rank = {r.modality: r.rank for r in interp.ranking}
+    rows = [{"rank": rank.get(m), "modality": m, "name": modality_name(m), "spatial r": c}
+            for m, c in zip(maps.modalities, maps.correlations, strict=True)]
+    rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0))
+    s.add(html.table(rows, ["rank", "modality", "name", "spatial r"]))
+    s.add(html.para("Files (NIfTI on the input grid, with JSON sidecars):"),
+          html.bullet_list([html.link(_rel(p, group), p.name) for p in files.all()]
+                           + [html.link(_rel(files.centres, group), files.centres.name)],
+                           raw=True))
+    return s
+
+
+def _latent(interp) -> Section:
+    s = Section("tsne", "Latent structure")
+    if interp.layout is None:
+        return s
+    s.add(_fig(interp, "tsne", "t-SNE of the latents", "Every subject's per-modality posterior "
+               "mean, coloured by NeuroMark domain; numbers mark each modality's centre."),
+          html.para(f"{interp.layout.backend} t-SNE, perplexity {interp.layout.perplexity:g}; "
+                    f"coordinates in group/tsne.tsv."))
+    return s
+
+
+def _training(results: list[FoldResult], interp) -> Section:
+    s = Section("training", "Training")
+    vae = [r for r in results if r.method == "vae" and r.training is not None]
+    if not vae:
+        return s
+    s.add(_fig(interp, "training_curves", "training curves",
+               "Loss, KL, active units and R² per epoch."))
+    rows = [{"latent dim": r.latent_dim, "seed": r.seed, "repeat": getattr(r, "repeat", 0),
+             "fold": r.fold, "best epoch": r.training.best_epoch,
+             "epochs": r.training.epochs_run, "likelihood": r.training.likelihood,
+             "sigma": r.training.sigma, "active units": r.training.active_units,
+             "KL/volume": r.training.kl_per_volume, "R²": r.training.recon_r2,
+             "device": r.training.device} for r in vae if r.training is not None]
+    s.add(html.table(rows, list(rows[0])))
+    return s
+
+
+def _warnings(cfg: Config, manifest: Manifest, results: list[FoldResult], interp) -> Section:
+    s = Section("warnings", "Warnings")
+    items = []
+    vae = [r for r in results if r.method == "vae" and r.training is not None]
+    collapsed = [r for r in vae if r.training is not None
+                 and r.training.active_units is not None
+                 and r.training.active_units < MIN_ACTIVE_UNITS]
+    if collapsed:
+        items.append(f"{len(collapsed)} of {len(vae)} VAE folds have no active latent unit: "
+                     f"the posterior collapsed to the prior, so maps and t-SNE show little "
+                     f"(likelihood {collapsed[0].training.likelihood}; --likelihood sigma "
+                     f"avoids this).")
+    bad_r2 = [r for r in vae if r.training is not None and r.training.recon_r2 is not None
+              and r.training.recon_r2 < 0]
+    if bad_r2:
+        items.append(f"{len(bad_r2)} VAE folds reconstruct worse than the modality means "
+                     f"(R² < 0): train longer or check --likelihood.")
+    for method in sorted({r.method for r in results if not r.available}):
+        reason = next(r.reason for r in results if r.method == method and not r.available)
+        items.append(f"{method} is not available at some latent dims: {reason}")
+    n_unclassified = manifest.labels.count(-1)
+    if n_unclassified:
+        items.append(f"{n_unclassified} subject(s) are embedded but not classified (see Data).")
+    items.extend(_log_warnings(cfg))
+    if items:
+        s.add(*[html.note(w) for w in dict.fromkeys(items)])
+    else:
+        s.add(html.note("No warnings.", "ok"))
+    return s
+
+
+def _subjects(interp, out: Path, group: Path) -> Section:
+    s = Section("subjects", "Subjects")
+    if interp.subject_reports:
+        s.add(html.para("Per-subject reports (inputs beside reconstructions, latents):"),
+              html.bullet_list([html.link(_rel(p, group), p.stem)
+                                for p in interp.subject_reports], raw=True))
+    return s
+
+
+def _about(cfg: Config) -> Section:
+    s = Section("about", "Configuration and citation")
+    versions = [{"package": "vaefusion", "version": __version__},
+                {"package": "python", "version": platform.python_version()}]
+    for name in PACKAGES:
+        try:
+            versions.append({"package": name, "version": metadata.version(name)})
+        except metadata.PackageNotFoundError:
+            continue
+    s.add(html.table(versions, ["package", "version"]),
+          html.para(f"Configuration (also in logs/config-{cfg.analysis_level}.toml):"),
+          html.pre(cfg.to_toml()), html.para("Citation (also in logs/CITATION.md):"),
+          html.pre(citation()))
+    return s
+
+
+def _log_warnings(cfg: Config) -> list[str]:
+    """The warnings this run logged (its log file in ``logs/``), without timestamps."""
+    files = [Path(h.baseFilename) for h in logging.getLogger("vaefusion").handlers
+             if isinstance(h, logging.FileHandler) and cfg.output_dir is not None
+             and Path(h.baseFilename).parent == naming.logs_dir(cfg.output_dir)]
+    found = []
+    for path in files:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        found += [m.group(1) for m in re.finditer(r"\[WARNING\] (.*)", text)]
+    return list(dict.fromkeys(found))
