@@ -200,22 +200,25 @@ def test_one_site_fedavg_equals_centralised_training(caches, tmp_path):
 
 
 # --------------------------------------------------------------------------- message content
-def _schema(value):
-    """What could scale with the data: array shapes and list lengths (a list of message parts
-    is a set of part schemas, its length being the number of folds or of active fits)."""
+def _schema(value, path=""):
+    """The leaves of a message as (path, kind, shape or length): what could scale with the
+    data. Lists of message parts (one per fold, per active fit or per test part) are entered
+    without their length, which counts folds or fits, not subjects."""
     if dataclasses.is_dataclass(value):
-        return (type(value).__name__,
-                tuple((f.name, _schema(getattr(value, f.name)))
-                      for f in dataclasses.fields(value)))
+        out = {(path, type(value).__name__, None)}
+        for f in dataclasses.fields(value):
+            out |= _schema(getattr(value, f.name), f"{path}.{f.name}")
+        return out
     if isinstance(value, np.ndarray):
-        return ("array", value.shape)
+        return {(path, "array", value.shape)}
     if isinstance(value, dict):
-        return tuple((k, _schema(v)) for k, v in sorted(value.items()))
+        return {x for k, v in value.items() for x in _schema(v, f"{path}[{k}]")}
     if isinstance(value, list):
-        if value and all(dataclasses.is_dataclass(v) for v in value):
-            return ("parts", frozenset(_schema(v) for v in value))
-        return ("list", len(value), tuple(_schema(v) for v in value))
-    return type(value).__name__
+        if all(dataclasses.is_dataclass(v) for v in value):
+            return {x for v in value for x in _schema(v, f"{path}[]")}
+        return {(path, "list", len(value))} | {x for i, v in enumerate(value)
+                                                for x in _schema(v, f"{path}[{i}]")}
+    return {(path, type(value).__name__, None)}
 
 
 def _part_types(value):
@@ -272,7 +275,8 @@ def test_no_image_latent_label_or_score_leaves_a_site(caches, tmp_path):
     sent_small, _ = _record(smaller, tmp_path / "b", s)
 
     def site1(messages):
-        return {(m.task, _schema(m.message)) for m in messages if m.sender == "site-1"}
+        return {(m.task, *leaf) for m in messages if m.sender == "site-1"
+                for leaf in _schema(m.message)}
     assert site1(sent) == site1(sent_small)
     # images: no array with the grid's shape; subject features: no row of them anywhere
     evaluator = sites["site-1"].evaluator
@@ -322,12 +326,13 @@ def _drop_gmv(files: list[Path], folder: Path) -> list[Path]:
 
 def test_sites_with_different_modalities_or_grids_are_named(caches, site_dirs, tmp_path):
     bad = [caches[0], caches[1], _drop_gmv(caches[2], tmp_path / "nogm")]
-    with pytest.raises(FederationError, match=r"site-3 at prepare: its modalities \(4 volumes"):
+    with pytest.raises(FederationError, match=r"site-3 at prepare: has modalities 4 volumes"):
         run_in_process(settings(rounds=1), runners(bad, tmp_path / "a"), tmp_path / "out")
     coarse = simulate(tmp_path / "coarse", "--n-subjects", "8", "--seed", "4", "--n-sites", "1",
                       "--icn-res", "12")
     other_grid = preprocess(coarse, tmp_path / "pre")
-    with pytest.raises(FederationError, match=r"site-2 at prepare: its grid \(14x16x14\)"):
+    with pytest.raises(FederationError, match=r"site-2 at prepare: has grid 14x16x13 where "
+                                              r"site-1, site-3 have 18x21x18"):
         run_in_process(settings(rounds=1), runners([caches[0], other_grid, caches[2]],
                                                    tmp_path / "b"), tmp_path / "out2")
 
@@ -419,21 +424,27 @@ def test_neuroflame_computation_files_agree_with_the_package():
 
 # --------------------------------------------------------------------------- NVFlare
 def test_simulate_with_nvflare_then_embed_with_its_model(site_dirs, tmp_path):
-    """``vaefusion-federated simulate`` on 3 sites through NVFlare's simulator; its model
-    embeds new subjects with ``vaefusion BIDS OUT participant --model OUT/model``."""
+    """``vaefusion-federated simulate`` on 3 sites through NVFlare's simulator, with a 4th
+    site that lacks GMV and is excluded by ``--min-sites 3``; the model embeds new subjects
+    with ``vaefusion BIDS OUT participant --model OUT/model``."""
     pytest.importorskip("nvflare")
     from vaefusion.cli.federated import main as federated
     from vaefusion.cli.run import main as vaefusion
 
+    bad = tmp_path / "nogm"
+    shutil.copytree(site_dirs[0], bad)
+    shutil.rmtree(bad / "derivatives" / "spm")
     out = tmp_path / "fed"
-    code = federated(["simulate", *map(str, site_dirs), "--out", str(out), "--downsample", "2",
-                      "--width", "0.125", "--latent-dim", "4", "--rounds", "2",
-                      "--local-epochs", "1", "--n-components", "4", "--folds", "2",
-                      "--skip-bids-validation"])
+    code = federated(["simulate", *map(str, site_dirs), str(bad), "--out", str(out),
+                      "--downsample", "2", "--width", "0.125", "--latent-dim", "4", "--rounds",
+                      "2", "--local-epochs", "1", "--n-components", "4", "--folds", "2",
+                      "--skip-bids-validation", "--min-sites", "3"])
     assert code == EXIT_OK
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds_completed"] == 2 and len(summary["loss_per_round"]) == 2
-    assert all(v["status"] == "included" for v in summary["sites"].values())
+    assert [v["status"] for v in summary["sites"].values()] == ["included"] * 3 + ["excluded"]
+    assert "GMV" in summary["sites"]["site-4"]["reason"]
+    assert (out / "sites" / "site-4" / "derivatives" / ".neuroflame_error.json").is_file()
     assert 0 <= summary["evaluation"]["leave_one_site_out"]["pooled_auc"] <= 1
     assert sorted(summary["evaluation"]["within_site_kfold"]["per_site"]) == [
         "site-1", "site-2", "site-3"]

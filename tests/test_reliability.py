@@ -32,18 +32,28 @@ def cli(ds: Path, tmp: Path, level: str = "participant", *extra: str, work: bool
 
 
 def error(caplog) -> str:
-    """The one error message of a failed run (the last ERROR record)."""
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    """The one error message of a failed run (the last ERROR record before the ending)."""
+    errors = [r.getMessage() for r in caplog.records
+              if r.levelname == "ERROR" and not getattr(r, "vaefusion_ending", False)]
     assert errors, "no error was logged"
     return errors[-1]
 
 
+def ending(caplog) -> str:
+    """The run's last line, which says how it ended."""
+    last = caplog.records[-1]
+    assert getattr(last, "vaefusion_ending", False), f"not an ending: {last.getMessage()}"
+    return last.getMessage()
+
+
 def expect(code: int, wanted: int, caplog, fragment: str) -> str:
-    """Exit code ``wanted`` with ``fragment`` in one sentence, and no traceback anywhere."""
+    """Exit code ``wanted`` with ``fragment`` in one sentence, no traceback anywhere, and a
+    last line that says the run failed with that exit code."""
     assert code == wanted, f"exit {code}, expected {wanted}: {caplog.text[-2000:]}"
     msg = error(caplog)
     assert fragment in msg, msg
     assert "\n" not in msg and "Traceback" not in caplog.text and "Please report" not in msg
+    assert f"failed (exit {wanted}," in ending(caplog)
     return msg
 
 

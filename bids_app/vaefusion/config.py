@@ -229,9 +229,10 @@ class Config:
 
     def write(self, directory: Path, stem: str = "config") -> Path:
         """Write the configuration as TOML into ``directory``; returns the file path."""
-        directory.mkdir(parents=True, exist_ok=True)
+        from vaefusion.derivatives.io import atomic_write_text  # numpy: not for --help
+
         path = directory / f"{stem}.toml"
-        path.write_text(self.to_toml())
+        atomic_write_text(path, self.to_toml())
         return path
 
     @classmethod

@@ -7,6 +7,8 @@ fix; the CLI prints that sentence and exits with ``code``, never with a tracebac
 from __future__ import annotations
 
 import errno
+import signal
+from typing import ClassVar
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -80,3 +82,29 @@ def disk_full_error(exc: BaseException) -> OutputError | None:
     return OutputError(f"The disk is full{where} ({exc.strerror or 'no space left'}); free "
                        f"space or give another OUTPUT_DIR or -w, then rerun the same command "
                        f"(finished work is reused).")
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: stop the run, exit 128 + the signal number (130, 143).
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception`` takes it
+    for an ordinary error. The workflow engine still turns anything raised inside a node into
+    a failed node and goes on with the next one, so the interrupt is also kept in
+    :attr:`pending`, which the workflow callbacks re-raise (vaefusion.workflows.base).
+    """
+
+    #: the interrupt of this process's run, once one arrived (set by the signal handler)
+    pending: ClassVar[Interrupted | None] = None
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(int(signum))
+        self.signum = int(signum)
+
+    @property
+    def code(self) -> int:
+        """130 for SIGINT, 143 for SIGTERM, as a shell reports a process ended by them."""
+        return 128 + self.signum
+
+    @property
+    def signame(self) -> str:
+        return signal.Signals(self.signum).name

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from vaefusion.cli.run import main as vaefusion
     from vaefusion.cli.simulate import main as simulate
     from vaefusion.derivatives import naming
+    from vaefusion.evaluation.summary import format_auc
 
     root = args.out_dir.resolve()
     ds, out, work = root / "bids", root / "derivatives", root / "work"
@@ -54,11 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads((naming.group_dir(out) / naming.SUMMARY).read_text())
     print(f"\n[demo] done in {time.monotonic() - start:.0f} s; "
           f"{summary['n_subjects']} subjects, {summary['folds']}-fold cross-validation")
-    print(f"{'method':<12}{'ROC-AUC (mean ± std over folds)':>34}")
+    print(f"{'method':<12}ROC-AUC mean [95% CI, corrected resampled t] (SD over folds)")
     for method, info in summary["methods"].items():
-        auc = info["roc_auc_mean"]
-        text = "not available" if auc is None else f"{auc:.3f} ± {info['roc_auc_std']:.3f}"
-        print(f"{method:<12}{text:>34}")
+        print(f"{method:<12}{format_auc(info)}")
+    for comp in summary.get("comparisons", []):
+        lo, hi = comp["ci"]
+        print(f"{comp['method']} - {comp['baseline']:<11}{comp['mean_difference']:+.3f} "
+              f"[{lo:+.3f}, {hi:+.3f}], p = {comp['p_value']:.2g}")
     top = ", ".join(f"{i['modality']} ({i['domain']})" for i in summary["importance"][:5])
     print(f"most important modalities (VAE): {top}")
     print("planted effects: ICN45 (DM), ICN27 (CC) and GMV (left insula); see "

@@ -7,7 +7,8 @@ NeuroFLAME (``platforms/neuroflame/``). It writes ``OUT/model/`` (usable with
 ``vaefusion BIDS OUT participant --model OUT/model``) and ``OUT/summary.json``.
 
 Exit codes are vaefusion's (``vaefusion --help``): 64 for a bad option, 66 for a missing
-SITE_DIR, 65 for bad data at a site (the message names the site), 1 otherwise.
+SITE_DIR; when sites fail, the code of their errors if they share one (65 for bad data; the
+message names each site), else 1.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from vaefusion.errors import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_UNKNOWN_LEVEL,
+    Interrupted,
     MissingInputError,
     OutputError,
     UsageError,
@@ -258,27 +259,6 @@ def _crash_file(cfg: Config | None) -> Path:
 
 
 # --------------------------------------------------------------------------- signals
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived: stop the run.
-
-    A ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception`` (in the
-    workflow engine or a node) takes it for one failed node and goes on with the next.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = int(signum)
-
-    @property
-    def code(self) -> int:
-        """128 + the signal number, as a shell reports it: 130 (SIGINT), 143 (SIGTERM)."""
-        return 128 + self.signum
-
-    @property
-    def signame(self) -> str:
-        return signal.Signals(self.signum).name
-
-
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _OWNER_PID: int | None = None  # the process whose run the handlers stop
 
@@ -288,6 +268,7 @@ def _on_signal(signum: int, frame) -> None:
         os._exit(128 + signum)
     for sig in _STOP_SIGNALS:  # one interrupt is enough; the cleanup that follows is bounded
         signal.signal(sig, signal.SIG_IGN)
+    Interrupted.pending = Interrupted(signum)
     raise Interrupted(signum)
 
 
@@ -313,12 +294,14 @@ def stop_signals() -> Iterator[None]:
         return
     previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     _OWNER_PID = os.getpid()
+    Interrupted.pending = None
     for sig in _STOP_SIGNALS:
         signal.signal(sig, _on_signal)
     try:
         yield
     finally:
         _OWNER_PID = None
+        Interrupted.pending = None
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -386,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise full from None
             return _after_success(record, cfg, level, code)
         except Interrupted as exc:
+            _drop_interrupt_crash_files(cfg, record.started)
             return finish(record, cfg, level, exc.code, f"interrupted by {exc.signame}",
                           interrupted=exc)
         except KeyboardInterrupt:  # SIGINT where no handler could be set (not the main thread)
@@ -414,6 +398,19 @@ def _after_success(record: RunRecord, cfg: Config | None, level: str, code: int)
                   "%s. Please report it.", crashes[0])
         return finish(record, cfg, level, EXIT_FAILURE, "a step crashed", crashes[0])
     return finish(record, cfg, level, code)
+
+
+def _drop_interrupt_crash_files(cfg: Config | None, since: float) -> None:
+    """nipype writes a crash file for the node an interrupt stopped (Linear plugin): not a
+    crash, so it goes."""
+    from vaefusion.workflows.base import crash_files
+
+    for path in crash_files(cfg, since) if cfg is not None else []:
+        try:
+            if f"{Interrupted.__module__}.Interrupted" in path.read_text(errors="replace"):
+                path.unlink()
+        except OSError:
+            continue
 
 
 def _crashed(record: RunRecord, cfg: Config | None, level: str, exc: Exception) -> int:

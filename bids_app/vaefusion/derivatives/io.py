@@ -61,6 +61,20 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
         raise
 
 
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write an uncompressed ``.npz`` of named arrays atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _mkstemp(path, ".npz.part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        _name_target(exc, path, tmp)
+        raise
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text atomically (temp file in the same directory, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -212,10 +212,12 @@ def maps_dir(group: Path) -> Path:
     return Path(group) / MAPS
 
 
-def group_map(group: Path, desc: str, res: str, stat: str | None = None) -> Path:
+def group_map(group: Path, desc: str, res: str, stat: str | None = None,
+              suffix: str | None = None) -> Path:
     """A group map in BEP041/nilearn style: ``group/maps/space-MNI152NLin6Asym_res-3_desc-top5_
-    stat-effect_statmap.nii.gz``, or ``..._desc-decodedHC_components.nii.gz`` without ``stat``."""
-    suffix = "statmap" if stat else "components"
+    stat-effect_statmap.nii.gz``, or ``..._desc-decodedHC_components.nii.gz`` without ``stat``
+    (``suffix`` overrides: ``..._desc-brain_mask.nii.gz``)."""
+    suffix = suffix or ("statmap" if stat else "components")
     return maps_dir(group) / bids_name("", None, suffix, ".nii.gz", space=MAP_SPACE, res=res,
                                        desc=desc, stat=stat)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from vaefusion.config import Config, Runtime
 from vaefusion.derivatives import naming
-from vaefusion.derivatives.io import atomic_save_npy
+from vaefusion.derivatives.io import atomic_save_npy, atomic_save_npz
 from vaefusion.evaluation.manifest import Manifest
 from vaefusion.evaluation.results import FoldResult, VAETraining
 from vaefusion.training.device import configure_threads
@@ -86,7 +86,7 @@ def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: 
         "test_subjects": [manifest.keys[cls[i]] for i in f.test],
     })
     latents = out_dir / naming.UNIT_LATENTS
-    np.savez(latents, **{manifest.keys[i]: mu for i, mu in mus.items()})
+    atomic_save_npz(latents, **{manifest.keys[i]: mu for i, mu in mus.items()})
     clear_checkpoint(train_root / name)
     LOG.info("%s: ROC-AUC %.3f (C %g; best epoch %d of %d)", name, metrics.roc_auc, metrics.c,
              result.best_epoch, result.epochs_run)

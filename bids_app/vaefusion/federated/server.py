@@ -158,10 +158,11 @@ class Coordinator:
     def _check_enough(self) -> None:
         if len(self.active) >= self.required:
             return
-        why = "; ".join(f"{f.site} at {f.task.removeprefix('vaefusion_')}: {f.reason}"
-                        for f in self.failures.values())
+        why = "; ".join(f"{f.site} at {f.task.removeprefix('vaefusion_')}: "
+                        f"{f.reason.rstrip('.')}" for f in self.failures.values())
+        # the sites' own exit code when they agree (e.g. 65, bad data), else a failure
         codes = {f.code for f in self.failures.values()}
-        code = EXIT_DATA if codes == {EXIT_DATA} else EXIT_FAILURE
+        code = codes.pop() if len(codes) == 1 else EXIT_FAILURE
         hint = ("fix the site(s) and rerun (finished rounds resume)" if self.required > 1 else
                 "fix the site(s) and rerun")
         if len(self.sites) > 1 and self.settings.min_sites is None:
@@ -227,8 +228,8 @@ class Coordinator:
             for site, info in infos.items():
                 if key(info) != ref:
                     self._fail(SiteFailure(
-                        site, PREPARE, f"its {what} ({show(key(info))}) differ from "
-                        f"{', '.join(holders)}'s ({show(ref)}); {fix}", EXIT_DATA))
+                        site, PREPARE, f"has {what} {show(key(info))} where "
+                        f"{', '.join(holders)} have {show(ref)}; {fix}", EXIT_DATA))
         self._check_enough()
         self.infos = {site: self.infos[site] for site in self.active}
 

@@ -181,7 +181,9 @@ class LatentTable:
             raise DataError(f"{self.path} has no modality column; use a latents table written "
                             f"by vaefusion (sub-<label>_desc-vae_latents.tsv, centres.tsv).")
         groups = sorted({r["group"] for r in self.rows if r.get("group")})
-        if groups and group is None:
+        if not groups:
+            group = None  # a table without groups (a subject's latents) has one point each
+        elif group is None:
             if len(groups) > 1:
                 raise UsageError(f"{self.path} holds the groups {', '.join(groups)}; choose one "
                                  f"with --group.")

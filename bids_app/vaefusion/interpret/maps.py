@@ -33,6 +33,7 @@ LOG = logging.getLogger("vaefusion.interpret")
 #: The top-k modalities summed into the combined map, and the percentile each is cut at.
 TOP_K = 5
 PERCENTILE = 99.0
+MASK_DESC = "brain"
 
 
 @dataclass(frozen=True)
@@ -161,11 +162,13 @@ class MapFiles:
     decoded_difference: Path
     input_difference: Path
     top: Path | None
+    mask: Path
     centres: Path
 
     def all(self) -> list[Path]:
         return [p for p in (self.decoded_negative, self.decoded_positive,
-                            self.decoded_difference, self.input_difference, self.top) if p]
+                            self.decoded_difference, self.input_difference, self.top,
+                            self.mask) if p]
 
 
 def voxel_mm(affine: np.ndarray) -> float:
@@ -193,6 +196,9 @@ def map_descriptions(negative: str, positive: str) -> dict[str, str]:
         f"inputs of the {negative} subjects minus that of the {positive} subjects.",
         naming.map_desc(f"top{TOP_K}"): f"Sum of the decoded differences of the {TOP_K} most "
         f"important modalities, each thresholded at its {PERCENTILE:g}th percentile.",
+        naming.map_desc(MASK_DESC): "Brain mask of the group maps (voxels nonzero in any input "
+        "volume of the classified subjects): where spatial correlations and percentiles are "
+        "computed.",
     }
 
 
@@ -252,8 +258,14 @@ def write_group_maps(group: Path, maps: GroupMaps, explained: ExplainedModel,
                    f"reaches its {PERCENTILE:g}th percentile of values inside the brain mask "
                    f"(0 elsewhere).", "Modalities": maps.top_modalities,
                    "Percentile": PERCENTILE})
+    mask = naming.group_map(group, naming.map_desc(MASK_DESC), res, suffix="mask")
+    write_nifti_atomic(mask, nib.Nifti1Image(maps.mask.astype(np.uint8), maps.affine))
+    write_json(naming.sidecar(mask), {
+        "Description": "Brain mask of the group maps: voxels nonzero in any input volume of the "
+                       "classified subjects; spatial correlations and percentiles use it.",
+        **common})
     centres = write_centres(group, maps, explained)
-    return MapFiles(top=top, centres=centres, **files)
+    return MapFiles(top=top, mask=mask, centres=centres, **files)
 
 
 def write_centres(group: Path, maps: GroupMaps, explained: ExplainedModel) -> Path:

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 from matplotlib.figure import Figure
 
-from vaefusion.interpret.maps import GroupMaps
+from vaefusion.interpret.maps import PERCENTILE, GroupMaps
 from vaefusion.reports.figures import render
 
 #: Values below this fraction of a map's maximum |value| are not coloured.
@@ -49,26 +49,27 @@ def maps_figure(maps: GroupMaps, modalities: list[str], labels: dict[str, str]) 
                     nib.Nifti1Image(vol.astype(np.float32), maps.affine), axes=axes[row, col],
                     cut_coords=cut, vmax=vmax, threshold=DISPLAY_THRESHOLD * vmax,
                     draw_cross=False, annotate=False, colorbar=True,
-                    title=f"{labels.get(m, m)}: {title} {what}")
+                    title=f"{m} {title} {what}")
             vmax = float(max(np.abs(diff[i][maps.mask]).max(), 1e-6))
             plotting.plot_glass_brain(
                 nib.Nifti1Image(diff[i].astype(np.float32), maps.affine), axes=axes[row, 2],
                 plot_abs=False, vmax=vmax, threshold=DISPLAY_THRESHOLD * vmax,
-                colorbar=False, cmap="RdBu_r", title=f"decoded, r = {corr[i]:.2f} with input")
+                colorbar=False, cmap="RdBu_r", title=f"{m} decoded (r = {corr[i]:.2f})")
         if maps.top_map is not None:
             img = nib.Nifti1Image(maps.top_map.astype(np.float32), maps.affine)
             vmax = float(max(np.abs(maps.top_map).max(), 1e-6))
             plotting.plot_stat_map(img, axes=axes[-1, 0], cut_coords=_peak_mm(maps.top_map,
                                                                               maps.affine),
                                    vmax=vmax, draw_cross=False, annotate=False,
-                                   title=f"top-{len(maps.top_modalities)} decoded {what}, "
-                                         f"99th percentile, summed")
+                                   title=f"top-{len(maps.top_modalities)} map")
             # the sum is 0 outside the kept voxels: a tiny threshold leaves them uncoloured
             plotting.plot_glass_brain(img, axes=axes[-1, 2], plot_abs=False, vmax=vmax,
                                       threshold=1e-6 * vmax, colorbar=False, cmap="RdBu_r",
-                                      title=", ".join(maps.top_modalities))
+                                      title=f"top-{len(maps.top_modalities)} map")
             axes[-1, 1].set_axis_off()
-            axes[-1, 1].text(0.02, 0.5, "\n".join(
-                f"{k + 1}. {labels.get(m, m)}" for k, m in enumerate(maps.top_modalities)),
+            axes[-1, 1].text(0.02, 0.5, f"Top-{len(maps.top_modalities)} map: the decoded "
+                             f"{what} of\n" + "\n".join(
+                f"{k + 1}. {labels.get(m, m)}" for k, m in enumerate(maps.top_modalities))
+                + f"\neach kept above its {PERCENTILE:g}th percentile, summed",
                 va="center", fontsize=9)
     return render(fig)

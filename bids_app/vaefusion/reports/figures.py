@@ -127,7 +127,8 @@ def auc_figure(rows: Sequence[dict]) -> bytes:
         mean = np.array([_num(r.get("roc_auc_mean")) for r in items])
         lo = np.array([_num(r.get("ci_low")) for r in items])
         hi = np.array([_num(r.get("ci_high")) for r in items])
-        err = np.vstack([np.where(np.isnan(lo), 0, mean - lo), np.where(np.isnan(hi), 0, hi - mean)])
+        err = np.vstack([np.where(np.isnan(lo), 0, mean - lo),
+                         np.where(np.isnan(hi), 0, hi - mean)])
         ax.errorbar(x, mean, yerr=np.nan_to_num(err), fmt="o-" if len(dims) > 1 else "o",
                     capsize=3, color=METHOD_COLOURS.get(method), label=method)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")

@@ -171,8 +171,12 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomic write (temp file + rename) so a kill never leaves half a checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.part")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # e.g. a full disk: no half-written file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any] | None:

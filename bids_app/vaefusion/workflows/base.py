@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -22,7 +23,13 @@ from pathlib import Path
 
 from vaefusion.config import Config
 from vaefusion.derivatives import naming
-from vaefusion.errors import OutputError, UsageError, VaefusionError, disk_full_error
+from vaefusion.errors import (
+    Interrupted,
+    OutputError,
+    UsageError,
+    VaefusionError,
+    disk_full_error,
+)
 from vaefusion.workflows.status import RunStatus
 
 LOG = logging.getLogger("vaefusion.workflow")
@@ -117,7 +124,8 @@ def run_workflow(wf, cfg: Config):
     during, after = PHASES.get(wf.name, (wf.name, f"{wf.name} done"))
     if status is not None:
         status.phase(during, total=count_units(wf))
-        args = {**args, "status_callback": _callback(status, cfg)}
+    if not plugin.endswith("Graph"):  # nipype's graph plugins take no callback
+        args = {**args, "status_callback": _callback(status, cfg, subject_labels(wf))}
     LOG.info("Running %s with the %s plugin", wf.name, plugin)
     runner = _runner(plugin, args)
     start = time.time()
@@ -159,6 +167,8 @@ def _stop_workers(runner) -> None:
     pool = getattr(runner, "pool", None)
     if pool is None:
         return
+    # the running futures' callbacks will see a broken pool: expected now, not worth a traceback
+    logging.getLogger("concurrent.futures").setLevel(logging.CRITICAL)
     procs = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in procs:
@@ -191,8 +201,27 @@ def count_units(wf) -> int:
     return total
 
 
-def unit_label(node) -> str:
-    """A unit's name for progress lines: the cross-validation unit or the subject."""
+def subject_labels(wf) -> list[str]:
+    """The participant workflow's subjects (``sub-01``...), in the order of its iterables."""
+    import json
+
+    try:
+        field, values = wf.get_node("inputnode").iterables
+    except (AttributeError, TypeError, ValueError):
+        return []
+    if field != "subject_json":
+        return []
+    items = [json.loads(v) for v in values]
+    return [naming.subject_key(i["subject"], i.get("session")) for i in items]
+
+
+def unit_label(node, subjects: list[str] | None = None) -> str:
+    """A unit's name for progress lines: the cross-validation unit or the subject.
+
+    A node's inputs from upstream nodes are set only when it runs (in a worker, for
+    MultiProc), so a subject is found by its branch: nipype numbers the copies of an
+    iterable's branch ``.a00``, ``.a01``... in the order of the iterable's values.
+    """
     from nipype.interfaces.base import isdefined
 
     inputs = node.inputs
@@ -209,25 +238,31 @@ def unit_label(node) -> str:
                                 get("repeat") or 0)
     if get("subject"):
         return naming.subject_key(get("subject"), get("session"))
-    return node.itername  # the Linear plugin sets inputs from upstream only when it runs
+    branch = re.search(r"\.a(\d+)$", node.itername)
+    if subjects and branch and int(branch.group(1)) < len(subjects):
+        return subjects[int(branch.group(1))]
+    return node.itername
 
 
-def _callback(status: RunStatus, cfg: Config):
-    """nipype's ``status_callback`` (called in this process): units started and ended."""
+def _callback(status: RunStatus | None, cfg: Config, subjects: list[str]):
+    """nipype's ``status_callback`` (called in this process): units started and ended, and
+    an interrupt that a node swallowed raised again."""
     assert cfg.work_dir is not None
     train_root = Path(cfg.work_dir) / naming.TRAINING_DIR
     names: dict[int, str] = {}
 
     def callback(node, event: str) -> None:
-        if node.name not in UNIT_NODES:
+        if Interrupted.pending is not None:  # a node swallowed it (nipype catches everything)
+            raise Interrupted(Interrupted.pending.signum)
+        if status is None or node.name not in UNIT_NODES:
             return
         if event == "start":
-            name = names[id(node)] = unit_label(node)
+            name = names[id(node)] = unit_label(node, subjects)
             progress = (train_root / name / naming.UNIT_PROGRESS if node.name == "vae_fold"
                         else None)
             status.unit_started(name, progress)
             return
-        name = names.pop(id(node), None) or unit_label(node)
+        name = names.pop(id(node), None) or unit_label(node, subjects)
         status.unit_finished(name, ok=event == "end")
 
     return callback

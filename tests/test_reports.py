@@ -1,0 +1,139 @@
+"""The HTML reports and figures of a group run, the descriptions.tsv, the validator, and the
+assembler's guarantees (escaped text, no external URL)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from test_interpret import PLANTED_GROUP, planted_bids, planted_run  # noqa: F401 (fixtures)
+from vaefusion.reports import html
+
+FIGURES = {"importance", "tsne", "auc_by_latent_dim", "seed_robustness", "training_curves",
+           "maps"}
+SECTIONS = {"overview", "data", "classification", "table1", "seeds", "importance", "maps",
+            "tsne", "training", "warnings", "subjects", "about"}
+
+
+class _Refs(HTMLParser):
+    """Every src/href of a page, and the ids of its sections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.ids: set[str] = set()
+        self.images = 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.refs += [a[k] for k in ("src", "href") if a.get(k)]
+        if tag == "section" and a.get("id"):
+            self.ids.add(a["id"])
+        self.images += tag == "img"
+
+
+def parse(path: Path) -> _Refs:
+    parser = _Refs()
+    parser.feed(path.read_text())
+    parser.close()
+    return parser
+
+
+def assert_self_contained(page: Path) -> _Refs:
+    """Parses; every referenced file exists; images are embedded PNGs; no external URL."""
+    refs = parse(page)
+    for ref in refs.refs:
+        assert not re.match(r"^([a-z]+:)?//", ref, re.I), f"{page.name} links to {ref}"
+        if ref.startswith("#"):
+            continue
+        if ref.startswith("data:"):
+            assert ref.startswith("data:image/png;base64,")
+            assert base64.b64decode(ref.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+            continue
+        assert (page.parent / ref).exists(), f"{page.name} references missing {ref}"
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page.read_text())
+    assert "http://" not in text and "https://" not in text
+    return refs
+
+
+# --------------------------------------------------------------------------- the assembler
+def test_assembler_escapes_and_refuses_urls():
+    page = html.page("a <b>", "x & y", [html.Section("s", "S").add(
+        html.para("<script>"), html.table([{"a": 1.23456, "b": None}], ["a", "b"]))])
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "1.235" in page and "n/a" in page
+    with pytest.raises(ValueError, match="local files"):
+        html.link("https://example.org/x.png", "x")
+
+
+# --------------------------------------------------------------------------- a group run
+@pytest.mark.slow
+def test_group_report_is_self_contained(planted_run):  # noqa: F811
+    page = planted_run / "group" / "report.html"
+    refs = assert_self_contained(page)
+    assert SECTIONS <= refs.ids
+    assert refs.images >= len(FIGURES)
+    text = page.read_text()
+    assert "vae_L4_seed1_rep0_fold0" in text  # which model the figures explain
+    assert "ICN02" in text and "Subthalamus" in text
+    for name in FIGURES:
+        assert (planted_run / "group" / "figures" / f"{name}.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_subject_reports_at_the_root(planted_run):  # noqa: F811
+    pages = sorted(planted_run.glob("sub-*.html"))
+    assert [p.stem for p in pages] == [f"sub-{i:02d}" for i in range(1, 25)]
+    refs = assert_self_contained(pages[0])
+    assert refs.images == 2
+    assert "../" not in " ".join(refs.refs)  # at the root, links go down into group/
+    assert "group/report.html" in refs.refs
+
+
+@pytest.mark.slow
+def test_descriptions_list_every_desc_label(planted_run):  # noqa: F811
+    with open(planted_run / "descriptions.tsv", newline="") as fh:
+        known = {r["desc_id"] for r in csv.DictReader(fh, delimiter="\t")}
+    used = {f"desc-{m}" for p in planted_run.rglob("*") if p.is_file()
+            for m in re.findall(r"(?:^|_)desc-([A-Za-z0-9]+)", p.name)}
+    assert used and used <= known, used - known
+    assert json.loads((planted_run / "descriptions.json").read_text())["Description"]
+
+
+@pytest.mark.slow
+def test_output_with_reports_is_valid_bids(planted_run):  # noqa: F811
+    from vaefusion.inputs.validation import find_validator, run_validator, validator_errors
+
+    if find_validator() is None:
+        pytest.skip("bids-validator-deno is not installed")
+    assert validator_errors(run_validator(planted_run)) == []
+
+
+@pytest.mark.slow
+def test_explain_fold_picks_another_model(planted_bids, planted_run, tmp_path):  # noqa: F811
+    """--explain-fold 2 reuses every trained fold and explains fold 2's model."""
+    from vaefusion.cli.run import main
+
+    out = tmp_path / "out"
+    code = main([str(planted_bids), str(out), "group", "-w", str(planted_run.parent / "work"),
+                 *PLANTED_GROUP, "--explain-fold", "2"])
+    assert code == 0
+    side = next((out / "group" / "maps").glob("*desc-decodedHCminusSZ*.json"))
+    assert json.loads(side.read_text())["Fold"] == 2
+    assert "vae_L4_seed1_rep0_fold2" in (out / "group" / "report.html").read_text()
+
+
+def test_explain_fold_outside_the_folds_is_a_usage_error(tiny_bids, tmp_path, caplog):
+    from vaefusion.cli.run import main
+
+    code = main([str(tiny_bids), str(tmp_path / "out"), "group", "--folds", "3",
+                 "--explain-fold", "3"])
+    assert code == 64
+    assert "--explain-fold 3" in caplog.text
+    assert not (tmp_path / "out").exists()
