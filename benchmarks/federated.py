@@ -67,8 +67,8 @@ def prepare(root: Path, n_subjects: int, seed: int) -> dict[str, list[Path]]:
     return caches
 
 
-def centralised(caches: dict[str, list[Path]], s: FederatedSettings, root: Path
-                ) -> dict[str, float]:
+def centralised(caches: dict[str, list[Path]], s: FederatedSettings, root: Path,
+                threads: int = 0) -> dict[str, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
@@ -77,7 +77,9 @@ def centralised(caches: dict[str, list[Path]], s: FederatedSettings, root: Path
     from vaefusion.training.trainer import Trainer
 
     files = [f for site in sorted(caches) for f in caches[site]]
-    cfg = s.site_config(root, root / "central_out", root / "central_work").resolve()
+    cfg = s.site_config(root, root / "central_out", root / "central_work")
+    cfg.omp_nthreads = threads
+    cfg = cfg.resolve()
     t0 = time.perf_counter()
     trainer = Trainer(cfg, cfg.runtime(), s.latent_dim, s.seed, files, [], root / "central")
     for _ in range(s.epochs):
@@ -113,11 +115,12 @@ def centralised(caches: dict[str, list[Path]], s: FederatedSettings, root: Path
             "final_loss": trainer.history[-1].train_loss}
 
 
-def federated(caches: dict[str, list[Path]], s: FederatedSettings, root: Path
-              ) -> dict[str, float]:
+def federated(caches: dict[str, list[Path]], s: FederatedSettings, root: Path,
+              threads: int = 0) -> dict[str, float]:
     sent: list[Sent] = []
     sites = {name: SiteRunner(name, None, root / "fed" / name / "out",
-                              root / "fed" / name / "work", cache_files=files)
+                              root / "fed" / name / "work", cache_files=files,
+                              threads=threads)
              for name, files in sorted(caches.items())}
     t0 = time.perf_counter()
     result = run_in_process(s, sites, root / "fed" / "server", recorder=sent.append)
@@ -138,14 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="CI size (36 subjects, 2 rounds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the rows as JSON")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads of both arms (0: every CPU; 1 on a busy machine)")
     args = p.parse_args(argv)
     size = QUICK if args.quick else FULL
     s = settings(size["rounds"], size["local_epochs"], args.seed)
     with tempfile.TemporaryDirectory(prefix="vaefusion-fedbench-") as tmp:
         root = Path(tmp)
         caches = prepare(root, size["n_subjects"], args.seed)
-        central = centralised(caches, s, root)
-        fed = federated(caches, s, root)
+        central = centralised(caches, s, root, args.threads)
+        fed = federated(caches, s, root, args.threads)
     counts = {k: len(v) for k, v in caches.items()}
     print(f"\n{size['n_subjects']} subjects in 3 sites {counts}; {s.rounds} rounds x "
           f"{s.local_epochs} local epoch(s) = {s.epochs} epochs; latent {s.latent_dim}, "

@@ -76,8 +76,9 @@ def caches(site_dirs, tmp_path_factory) -> list[list[Path]]:
 
 
 def runners(caches: list[list[Path]], root: Path) -> dict[str, SiteRunner]:
+    # one thread each: sites and other tests share the machine's cores
     return {f"site-{i + 1}": SiteRunner(f"site-{i + 1}", None, root / f"s{i}" / "out",
-                                        root / f"s{i}" / "work", cache_files=files)
+                                        root / f"s{i}" / "work", cache_files=files, threads=1)
             for i, files in enumerate(caches)}
 
 
@@ -186,7 +187,9 @@ def test_one_site_fedavg_equals_centralised_training(caches, tmp_path):
     from vaefusion.training.trainer import Trainer
 
     s = settings(rounds=3, folds=0)
-    cfg = s.site_config(tmp_path, tmp_path / "c_out", tmp_path / "c_work").resolve()
+    cfg = s.site_config(tmp_path, tmp_path / "c_out", tmp_path / "c_work")
+    cfg.omp_nthreads = 1  # as the site's
+    cfg = cfg.resolve()
     central = Trainer(cfg, cfg.runtime(), s.latent_dim, s.seed, caches[0], [], tmp_path / "c")
     for _ in range(3):
         central.run_epoch()
@@ -341,7 +344,8 @@ def test_a_site_missing_a_modality_in_its_bids_data_is_named(site_dirs, tmp_path
     ds = tmp_path / "nogm"
     shutil.copytree(site_dirs[1], ds)
     shutil.rmtree(ds / "derivatives" / "spm")
-    sites = {f"site-{i}": SiteRunner(f"site-{i}", d, tmp_path / f"o{i}", tmp_path / f"w{i}")
+    sites = {f"site-{i}": SiteRunner(f"site-{i}", d, tmp_path / f"o{i}", tmp_path / f"w{i}",
+                                     threads=1)
              for i, d in ((1, site_dirs[0]), (2, ds))}
     with pytest.raises(FederationError, match="site-2 at prepare: No selected subject has both"):
         run_in_process(settings(rounds=1), sites, tmp_path / "out")
@@ -420,6 +424,19 @@ def test_neuroflame_computation_files_agree_with_the_package():
     dockerfile = (root / "Dockerfile").read_text()
     assert f'org.opencontainers.image.title="{manifest["image"]["title"]}"' in dockerfile
     assert "org.neuroflame.nvflare.version=\"2.8.0\"" in dockerfile
+
+
+def test_cli_refuses_bad_options_and_missing_sites(tmp_path, capsys):
+    from vaefusion.cli.federated import main as federated
+    from vaefusion.errors import EXIT_NO_INPUT, EXIT_USAGE
+
+    with pytest.raises(SystemExit) as err:
+        federated(["simulate", str(tmp_path), "--out", str(tmp_path / "o"), "--rounds", "0"])
+    assert err.value.code == EXIT_USAGE
+    pytest.importorskip("nvflare")
+    code = federated(["simulate", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert code == EXIT_NO_INPUT
+    assert not (tmp_path / "o").exists()  # nothing is created for a refused run
 
 
 # --------------------------------------------------------------------------- NVFlare

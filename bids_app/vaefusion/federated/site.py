@@ -98,16 +98,19 @@ class SiteRunner:
 
     ``output_dir`` receives the participant-level derivatives and, at the end, the global model
     and the summary; ``work_dir`` the cache and the training state (resumable rounds).
+    ``threads`` is the site's torch/BLAS threads (0: the CPUs available; sites that share a
+    machine, as in the simulator, must split its cores or oversubscription slows them ~20x).
     """
 
     def __init__(self, site: str, bids_dir: Path | None, output_dir: Path, work_dir: Path,
-                 cache_files: Sequence[Path] | None = None,
+                 cache_files: Sequence[Path] | None = None, threads: int = 0,
                  log: logging.Logger | None = None) -> None:
         self.site = site
         self.bids_dir = Path(bids_dir) if bids_dir is not None else None
         self.output_dir = Path(output_dir)
         self.work_dir = Path(work_dir)
         self.cache_files = [Path(p) for p in cache_files] if cache_files is not None else None
+        self.threads = int(threads)
         self.log = log or LOG
         self.settings: FederatedSettings | None = None
         self.cfg: Config | None = None
@@ -159,6 +162,7 @@ class SiteRunner:
         s.validate()
         # without a BIDS dataset (cache files given) the Config's bids_dir is never read
         cfg = s.site_config(self.bids_dir or self.work_dir, self.output_dir, self.work_dir)
+        cfg.omp_nthreads = self.threads
         cfg.validate()
         self.cfg = cfg.resolve()
         files = (list(self.cache_files) if self.cache_files is not None

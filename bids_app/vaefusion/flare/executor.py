@@ -21,13 +21,16 @@ from vaefusion.flare.wire import pack, unpack
 class VaefusionExecutor(Executor):
     """One site: ``data_dir`` is its BIDS dataset (read only), ``output_dir`` its own outputs
     (participant-level derivatives, the final model and summary, logs, errors), ``work_dir``
-    the cache and the resumable training state (default ``output_dir/work``)."""
+    the cache and the resumable training state (default ``output_dir/work``), ``threads`` the
+    site's torch threads (0: every CPU; the simulator splits the machine's cores)."""
 
-    def __init__(self, data_dir: str, output_dir: str, work_dir: str = "") -> None:
+    def __init__(self, data_dir: str, output_dir: str, work_dir: str = "",
+                 threads: int = 0) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
         self.output_dir = Path(output_dir)
         self.work_dir = Path(work_dir) if work_dir else self.output_dir / names.WORK
+        self.threads = int(threads)
         self.runner: SiteRunner | None = None
 
     def _site(self, fl_ctx: FLContext) -> SiteRunner:
@@ -42,7 +45,8 @@ class VaefusionExecutor(Executor):
             vlog = logging.getLogger("vaefusion")
             vlog.addHandler(handler)
             vlog.setLevel(logging.INFO)
-            self.runner = SiteRunner(site, self.data_dir, self.output_dir, self.work_dir)
+            self.runner = SiteRunner(site, self.data_dir, self.output_dir, self.work_dir,
+                                     threads=self.threads)
         return self.runner
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext,

@@ -31,13 +31,17 @@ def run_simulation(settings: FederatedSettings, site_dirs: Sequence[Path], out: 
 
     from nvflare.private.fed.app.simulator.simulator_runner import SimulatorRunner
 
+    from vaefusion.config import available_cpus
+
     out, work = Path(out).resolve(), Path(work).resolve()
+    # every site runs in its own process on this machine: they split its cores
+    threads = max(1, available_cpus() // len(site_dirs))
     sites = {}
     for name, ds in zip(site_names(len(site_dirs)), site_dirs, strict=True):
         root = names.site_root(out, name)
         sites[name] = {"data_dir": str(Path(ds).resolve()),
                        "output_dir": str(names.site_output_dir(root)),
-                       "work_dir": str(names.site_work_dir(root))}
+                       "work_dir": str(names.site_work_dir(root)), "threads": threads}
     job = work / "nvflare" / "job"
     workspace = work / "nvflare" / "workspace"
     shutil.rmtree(job, ignore_errors=True)
