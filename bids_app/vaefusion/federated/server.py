@@ -142,6 +142,7 @@ class Coordinator:
         self.failures: dict[str, SiteFailure] = {}
         self.infos: dict[str, SiteInfo] = {}
         self.classifier_rounds = 0
+        self._unconverged: list[str] = []
 
     # ----------------------------------------------------------------- site failures
     @property
@@ -422,7 +423,7 @@ class Coordinator:
             "evaluation": {
                 "classifier": CLASSIFIER.format(c=s.classifier_c),
                 "classifier_rounds": self.classifier_rounds,
-                "unconverged_fits": getattr(self, "_unconverged", []),
+                "unconverged_fits": self._unconverged,
                 "auc": "site-stratified: sum of Mann-Whitney counts over sum of patient x "
                        "control pairs within each held-out site (and fold)",
                 "leave_one_site_out": loso.to_dict(),

@@ -276,7 +276,7 @@ class SiteRunner:
         model.load_state_dict(_to_torch(req.weights))
         save_model(model, names.model_dir(folder), json.loads(req.model_meta))
         atomic_write_text(names.summary_file(folder), req.summary)
-        return SiteDone(self.site, 3)
+        return SiteDone(self.site, sum(p.is_file() for p in folder.rglob("*")))
 
 
 def _to_torch(weights: Weights) -> dict[str, torch.Tensor]:
