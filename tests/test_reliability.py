@@ -637,6 +637,232 @@ def test_model_tampered_weights_run_no_code(tiny_bids, tmp_path, caplog):
     nothing_created(tmp_path)
 
 
+# --------------------------------------------------------------------------- faults and endings
+#: A cheap group run: one VAE epoch per fold, no PCA baseline.
+QUICK_GROUP = ["--downsample", "2", "--width", "0.125", "--epochs", "1", "--folds", "3",
+               "--latent-dim", "4", "--methods", "vae"]
+
+
+def full_disk_at(monkeypatch, fragment: str) -> list[str]:
+    """Make the atomic writers' files whose temporary name holds ``fragment`` hit a full disk
+    halfway: half the bytes are written, then ``OSError(ENOSPC)``, as from a real write."""
+    import errno
+    import types
+
+    import vaefusion.derivatives.io as dio
+
+    hits: list[str] = []
+    real = os.fdopen
+
+    class HalfFull:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            self.fh.write(data[: len(data) // 2])
+            self.fh.flush()
+            hits.append(self.fh.name)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    def fdopen(fd, *args, **kwargs):
+        fh = real(fd, *args, **kwargs)
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        return HalfFull(fh) if fragment in name else fh
+
+    proxy = types.ModuleType("os")
+    proxy.__dict__.update(os.__dict__)
+    proxy.fdopen = fdopen
+    monkeypatch.setattr(dio, "os", proxy)
+    return hits
+
+
+def looks_complete(root: Path) -> list[Path]:
+    """Leftovers of an interrupted write that do not look like one (named as outputs)."""
+    return [p for p in root.rglob("*") if p.is_file() and ".part" in p.name
+            and not p.name.startswith(".")]
+
+
+def test_full_disk_while_preprocessing(writable_copy, tmp_path, caplog, monkeypatch):
+    hits = full_disk_at(monkeypatch, ".sub-03.npy.")
+    msg = expect(cli(writable_copy, tmp_path), 73, caplog, "The disk is full while writing")
+    assert hits and "sub-03.npy" in msg and "rerun the same command" in msg
+    cache, out = tmp_path / "work" / "cache", tmp_path / "out"
+    assert not list(cache.glob("sub-03*")) and not list(out.glob("sub-03"))
+    assert not list(cache.glob(".*part*")) and not looks_complete(tmp_path)
+    assert json.loads((out / "logs" / "status.json").read_text())["exit_code"] == 73
+    monkeypatch.undo()
+    assert cli(writable_copy, tmp_path) == 0  # the rerun completes sub-03 (nothing reused)
+    assert (cache / "sub-03.json").is_file() and list(out.glob("sub-03/*_stack.json"))
+
+
+def test_full_disk_in_a_training_worker(tiny_bids, tmp_path, caplog, monkeypatch):
+    """A node in a MultiProc worker hits the full disk: the parent exits 73, not 1."""
+    import errno
+
+    import torch
+
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if str(f).endswith("checkpoint.pt.part"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    msg = expect(cli(tiny_bids, tmp_path, "group", *QUICK_GROUP, "--nprocs", "2"), 73, caplog,
+                 "The disk is full while writing")
+    assert "checkpoint.pt" in msg
+    assert not list((tmp_path / "work" / "training").rglob("*.part"))
+    assert not (tmp_path / "out" / "group" / "summary.json").exists()
+
+
+def test_full_disk_writing_group_outputs(tiny_bids, tmp_path, caplog, monkeypatch):
+    full_disk_at(monkeypatch, ".metrics.tsv.")
+    msg = expect(cli(tiny_bids, tmp_path, "group", *QUICK_GROUP), 73, caplog,
+                 "The disk is full while writing")
+    group = tmp_path / "out" / "group"
+    assert "metrics.tsv" in msg and not (group / "metrics.tsv").exists()
+    assert not (group / "summary.json").exists() and not looks_complete(tmp_path)
+    assert not list(group.glob(".*part*"))
+
+
+def test_real_full_disk_is_recognised(tmp_path):
+    """On a real full disk (a 1 MB tmpfs) each library reports it differently (numpy: an
+    OSError without errno, torch: RuntimeError, safetensors: its own error); every writer
+    turns it into ENOSPC naming the file, and leaves nothing behind."""
+    import subprocess
+
+    import nibabel as nib
+    import torch
+
+    from vaefusion.derivatives.io import atomic_save_npy, atomic_write_text, write_nifti_atomic
+    from vaefusion.errors import disk_full_error
+    from vaefusion.model.checkpoint import save_model
+    from vaefusion.model.network import VAE
+    from vaefusion.training.trainer import _save_checkpoint
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                             capture_output=True)
+    if mounted.returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        writes = {
+            "a.npy": lambda p: atomic_save_npy(p, np.ones(300_000)),
+            "a.txt": lambda p: atomic_write_text(p, "x" * 2_000_000),
+            "a.nii.gz": lambda p: write_nifti_atomic(p, nib.Nifti1Image(
+                np.random.default_rng(0).random((80, 80, 80), dtype=np.float32), np.eye(4))),
+            "last/checkpoint.pt": lambda p: _save_checkpoint(p, {"w": torch.ones(300_000)}),
+            "best/model.safetensors": lambda p: save_model(VAE((32, 32, 32), 8, 1.0),
+                                                           p.parent),
+        }
+        for name, write in writes.items():
+            with pytest.raises(OSError) as info:
+                write(disk / name)
+            full = disk_full_error(info.value)
+            assert full is not None and full.code == 73, (name, info.value)
+            assert name in full.message
+            assert not [p for p in disk.rglob("*") if p.is_file()], name
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_failure_after_the_results_leaves_no_summary(tiny_bids, tmp_path, caplog, monkeypatch):
+    """A step after the tables fails (here the report, with a bug): exit 1, the crash file
+    named in the last line and the status file, and no group/summary.json."""
+    import vaefusion.reports.group
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug in the report")
+
+    monkeypatch.setattr(vaefusion.reports.group, "write_interpretation", broken)
+    assert cli(tiny_bids, tmp_path, "group", *QUICK_GROUP) == 1
+    group = tmp_path / "out" / "group"
+    assert (group / "metrics.tsv").is_file() and not (group / "summary.json").exists()
+    line = ending(caplog)
+    crash = Path(line.split("crash file: ", 1)[1])
+    assert "failed (exit 1," in line and "simulated bug" in crash.read_text()
+    status = json.loads((tmp_path / "out" / "logs" / "status.json").read_text())
+    assert (status["state"], status["exit_code"], status["crash_file"]) == (
+        "failed", 1, str(crash))
+
+
+def test_crash_that_nipype_lets_pass_is_no_success(tiny_bids, tmp_path, caplog, monkeypatch):
+    """MultiProc runs the derivatives sink in the main process and, when it fails, writes a
+    crash file but reports success; the run must still fail (exit 1), naming the file."""
+    import vaefusion.derivatives.subject
+
+    real = vaefusion.derivatives.subject.write_subject_stack
+
+    def flaky(out, subject, *args, **kwargs):
+        if subject == "02":
+            raise RuntimeError("simulated bug in the sink")
+        return real(out, subject, *args, **kwargs)
+
+    monkeypatch.setattr(vaefusion.derivatives.subject, "write_subject_stack", flaky)
+    assert cli(tiny_bids, tmp_path, "participant", "--nprocs", "2") == 1
+    line = ending(caplog)
+    assert "failed (exit 1," in line and "crash file:" in line
+    assert "success" not in line
+    assert "simulated bug" in Path(line.split("crash file: ", 1)[1]).read_text()
+
+
+def test_success_ends_with_one_line_and_a_status_file(tiny_bids, tmp_path, caplog):
+    assert cli(tiny_bids, tmp_path, "participant", "--participant-label", "01", "02") == 0
+    assert f"success (exit 0); outputs in {tmp_path / 'out'}" in ending(caplog)
+    logs = tmp_path / "out" / "logs"
+    status = json.loads((logs / "status.json").read_text())
+    assert (status["state"], status["exit_code"], status["level"]) == (
+        "succeeded", 0, "participant")
+    log = next(logs.glob("vaefusion-participant-*.log")).read_text()
+    assert "Software: python" in log and "torch" in log and "nipype" in log
+    assert log.rstrip().endswith(ending(caplog))
+    assert not list(logs.glob(".*part*"))
+
+
+def test_mem_too_small_is_refused(tiny_bids, tmp_path, caplog):
+    msg = expect(cli(tiny_bids, tmp_path, "group", *QUICK_GROUP, "--mem", "0.5"), 64, caplog,
+                 "vae needs about")
+    assert "raise --mem" in msg and "--mem 0.5 GB / --nprocs 1" in msg
+    assert not list((tmp_path / "work").glob("training/*"))  # refused before any training
+
+
+def test_gram_matrices_beyond_mem_are_refused(tmp_path):
+    """2,000 subjects x 54 volumes: pca-early's Gram matrices take 1.6 GB, more than --mem 2
+    shared by --nprocs 2; refused (exit 64) with the way out, before any training."""
+    from vaefusion.config import Config
+    from vaefusion.errors import UsageError
+    from vaefusion.evaluation.manifest import Manifest
+    from vaefusion.evaluation.memory import check_group_memory
+    from vaefusion.inputs.cache import SubjectMeta, write_subject
+
+    mods = [f"ICN{i:02d}" for i in range(1, 54)] + ["GMV"]
+    npy = write_subject(tmp_path, np.zeros((54, 9, 11, 9), np.float32),
+                        SubjectMeta("0001", None, mods, np.eye(4).tolist(), [9, 11, 9]))
+    n = 2000
+    manifest = Manifest([str(npy)] * n, [f"sub-{i:04d}" for i in range(n)],
+                        [i % 2 for i in range(n)], mods)
+    cfg = Config(mem_gb=2.0, nprocs=2, device="cpu", omp_nthreads=1, latent_dims=[8],
+                 folds=10, width=0.125, methods=["vae", "pca-early", "pca-late"]).resolve()
+    with pytest.raises(UsageError) as info:
+        check_group_memory(cfg, manifest)
+    assert info.value.code == 64
+    assert info.value.message.startswith("pca-early needs about 2.")
+    assert "Gram matrices 54 x 2000^2 float64 (1.61 GB)" in info.value.message
+    assert "(--methods vae)" in info.value.message
+    check_group_memory(Config(**{**cfg.__dict__, "mem_gb": 16.0}), manifest)  # fits
+
+
 # --------------------------------------------------------------------------- the document
 def test_reliability_table_is_backed_by_these_tests():
     """Every row of docs/reliability.md names a test of this module, with its exit code."""

@@ -167,13 +167,17 @@ def setup_logging(cfg: Config | None, verbose: int = 0) -> Path | None:
     """Console logging now; a log file in OUTPUT_DIR/logs once that folder exists."""
     level = logging.DEBUG if verbose >= 2 else logging.INFO
     root = logging.getLogger("vaefusion")
-    root.setLevel(level)
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               for h in root.handlers):
+    root.setLevel(logging.DEBUG)  # the log file gets DEBUG lines; the terminal ``level``
+    consoles = [h for h in root.handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    if not consoles:
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s",
                                                "%H:%M:%S"))
         root.addHandler(console)
+        consoles = [console]
+    for console in consoles:
+        console.setLevel(level)
     if cfg is None or cfg.output_dir is None:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -6,14 +6,18 @@ TSV cells follow BIDS (``n/a`` for missing values).
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from vaefusion.errors import FULL_DISK_ERRNOS
 
 
 def _umask() -> int:
@@ -41,6 +45,31 @@ def _mkstemp(path: Path, suffix: str) -> tuple[int, str]:
     return fd, tmp
 
 
+def full_disk(exc: BaseException, path: Path, nbytes: int) -> OSError | None:
+    """``OSError(ENOSPC)`` naming ``path`` when writing ``nbytes`` there failed for lack of
+    space but the library said so unclearly, else None.
+
+    A full disk reaches Python as ``OSError(ENOSPC)`` from plain writes, but numpy raises an
+    ``OSError`` without errno ("1000 requested and 262 written"), torch a ``RuntimeError``
+    ("unexpected pos") and safetensors its own error ("os error 28"); the free space left on
+    the disk decides.
+    """
+    if isinstance(exc, OSError) and exc.errno in FULL_DISK_ERRNOS:
+        return None  # says so already
+    text = str(exc)
+    if "os error 28" in text or "No space left" in text:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return None
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return None
+    if free < nbytes:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return None
+
+
 def _name_target(exc: BaseException, path: Path, tmp: str | Path) -> None:
     """An OSError from writing a temporary file names the file it was meant to become."""
     if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
@@ -58,6 +87,9 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         _name_target(exc, path, tmp)
+        full = full_disk(exc, path, np.asarray(array).nbytes)
+        if full is not None:
+            raise full from exc
         raise
 
 
@@ -72,6 +104,9 @@ def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         _name_target(exc, path, tmp)
+        full = full_disk(exc, path, sum(np.asarray(a).nbytes for a in arrays.values()))
+        if full is not None:
+            raise full from exc
         raise
 
 
@@ -100,6 +135,9 @@ def write_nifti_atomic(path: Path, img: nib.Nifti1Image) -> None:
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         _name_target(exc, path, tmp)
+        full = full_disk(exc, path, 0)
+        if full is not None:
+            raise full from exc
         raise
 
 

@@ -310,7 +310,9 @@ def discover(cfg: Config) -> list[SubjectInputs]:
         from vaefusion.inputs.model_check import check_model_fits
 
         check_model_fits(cfg, nib.load(next(s.icn for s in subjects if s.icn)).shape)
-    log_inventory(subjects)
+    # the participant level lists every subject; the group level, which usually follows it,
+    # counts them on the terminal and keeps the list for its log file
+    log_inventory(subjects, listed=cfg.analysis_level != "group")
     return subjects
 
 
@@ -375,10 +377,16 @@ def apply_missing_policy(subjects: list[SubjectInputs], policy: str) -> list[Sub
     return kept
 
 
-def log_inventory(subjects: list[SubjectInputs]) -> None:
-    """One line per subject: which modalities it has, and its label."""
-    LOG.info("Selected %d subject(s):", len(subjects))
+def log_inventory(subjects: list[SubjectInputs], listed: bool = True) -> None:
+    """One line per subject: which modalities it has, and its label (at DEBUG, which only the
+    log file shows, unless ``listed``; the terminal then gets the counts)."""
+    from collections import Counter
+
+    counts = Counter(s.label or "no label" for s in subjects)
+    LOG.info("Selected %d subject(s)%s", len(subjects),
+             ":" if listed else f" ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))};"
+             f" the list is in the log file)")
     for s in subjects:
-        LOG.info("  %-20s ICN=%-3s GMV=%-3s label=%s", s.key, "yes" if s.icn else "no",
-                 "yes" if s.gmv else "no", s.label or "n/a")
+        LOG.log(logging.INFO if listed else logging.DEBUG, "  %-20s ICN=%-3s GMV=%-3s label=%s",
+                s.key, "yes" if s.icn else "no", "yes" if s.gmv else "no", s.label or "n/a")
 

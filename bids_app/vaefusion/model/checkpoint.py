@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vaefusion import __version__
-from vaefusion.derivatives.io import atomic_write_text
+from vaefusion.derivatives.io import atomic_write_text, full_disk
 from vaefusion.errors import DataError, MissingInputError, VaefusionError
 from vaefusion.model.flops import count_parameters
 from vaefusion.model.network import VAE
@@ -51,8 +51,16 @@ def save_model(model: nn.Module, directory: Path, meta: dict[str, Any] | None = 
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     tmp = directory / (WEIGHTS_FILE + ".part")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(directory / WEIGHTS_FILE)
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        tmp.replace(directory / WEIGHTS_FILE)
+    except BaseException as exc:  # e.g. a full disk ("os error 28"): nothing half-written
+        tmp.unlink(missing_ok=True)
+        full = full_disk(exc, directory / WEIGHTS_FILE,
+                         sum(t.numel() * t.element_size() for t in tensors.values()))
+        if full is not None:
+            raise full from exc
+        raise
     info: dict[str, Any] = dict(meta or {})
     info.setdefault("downsample", 1)
     info.update(net.config())

@@ -1,8 +1,8 @@
 """Brain-map figures with nilearn (paper Fig. 3): stat maps and glass brains.
 
-For each of the top modalities: the input-space difference, the decoded difference (ortho
-slices through the decoded map's peak) and the decoded difference as a glass brain; then the
-combined top-5 map. nilearn draws on the MNI template it ships (no download).
+For each of the top modalities: the input-space difference and the decoded difference (ortho
+slices through the input difference's peak) and the decoded difference as a glass brain; then
+the combined top-5 map. nilearn draws on the MNI template it ships (no download).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def maps_figure(maps: GroupMaps, modalities: list[str], labels: dict[str, str]) 
         warnings.simplefilter("ignore")
         for row, m in enumerate(rows):
             i = maps.modalities.index(m)
-            cut = _peak_mm(diff[i], maps.affine)
+            # both columns cut through the input difference's peak: where the real effect is
+            cut = _peak_mm(np.where(maps.mask, maps.input_difference[i], 0), maps.affine)
             for col, (vol, title) in enumerate(((maps.input_difference[i], "input"),
                                                 (diff[i], "decoded"))):
                 vmax = float(max(np.abs(vol[maps.mask]).max(), 1e-6))

@@ -22,15 +22,16 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from vaefusion.evaluation.results import FoldResult
-from vaefusion.inputs.reference import DOMAINS
+from vaefusion.inputs.reference import icns
 from vaefusion.interpret.importance import ModalityImportance
 from vaefusion.interpret.latent_space import LatentMap
 
 DPI = 110
-#: One colour per NeuroMark domain (and gray matter), the same in every figure.
-DOMAIN_COLOURS = dict(zip((*DOMAINS, "GM", "NA"), (
+#: One colour per NeuroMark domain (in the order of the packaged labels), gray matter and
+#: unknown, the same in every figure.
+DOMAIN_COLOURS = dict(zip((*dict.fromkeys(i.domain for i in icns()), "GM", "NA"), (
     "#8c564b", "#17becf", "#2ca02c", "#1f77b4", "#9467bd", "#d62728", "#bcbd22", "#7f7f7f",
-    "#000000"), strict=True))
+    "#000000"), strict=False))
 METHOD_COLOURS = {"vae": "#d62728", "pca-early": "#1f77b4", "pca-late": "#2ca02c",
                   "pca-shared": "#9467bd"}
 

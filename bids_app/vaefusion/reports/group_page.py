@@ -85,13 +85,13 @@ def _overview(cfg: Config, summary: dict, interp) -> Section:
                         "no importance and no t-SNE."))
     assert cfg.output_dir is not None
     group = naming.group_dir(cfg.output_dir)
-    tables = [group / name for name in (naming.SUMMARY, naming.METRICS, naming.AUC_TABLE,
-                                        naming.COMPARISONS, naming.DECISION_SCORES,
-                                        naming.IMPORTANCE, naming.TRAINING_HISTORY, naming.TSNE,
-                                        naming.CENTRES)]
-    found = [html.link(p.name, p.name) for p in tables if p.is_file()]
-    if found:
-        s.add(html.para("Tables beside this report:"), html.bullet_list(found, raw=True))
+    tables = [group / name for name in (naming.METRICS, naming.AUC_TABLE, naming.COMPARISONS,
+                                        naming.DECISION_SCORES, naming.IMPORTANCE,
+                                        naming.TRAINING_HISTORY, naming.TSNE, naming.CENTRES)]
+    # summary.json is written last, once the whole run (this report included) has succeeded
+    found = [html.link(naming.SUMMARY, naming.SUMMARY)]
+    found += [html.link(p.name, p.name) for p in tables if p.is_file()]
+    s.add(html.para("Tables beside this report:"), html.bullet_list(found, raw=True))
     return s
 
 

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from vaefusion import __version__
 from vaefusion.config import Config, Runtime
+from vaefusion.derivatives.io import full_disk
 from vaefusion.errors import DataError, VaefusionError
 from vaefusion.inputs.cache import read_meta
 from vaefusion.model.checkpoint import load_model, save_model
@@ -174,9 +175,26 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
-    except BaseException:  # e.g. a full disk: no half-written file stays behind
+    except BaseException as exc:  # e.g. a full disk: no half-written file stays behind
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
+            exc.filename = str(path)
+        # torch reports a full disk as a RuntimeError ("unexpected pos"): say what it is
+        full = full_disk(exc, path, _nbytes(state))
+        if full is not None:
+            raise full from exc
         raise
+
+
+def _nbytes(state: Any) -> int:
+    """Bytes of the tensors in a nested state dict (what a checkpoint takes on disk)."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, Mapping):
+        return sum(_nbytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_nbytes(v) for v in state)
+    return 0
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any] | None:

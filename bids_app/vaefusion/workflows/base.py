@@ -283,7 +283,7 @@ def _failure(wf, cfg: Config, start: float, exc: Exception | None) -> Exception 
         return VaefusionError(first.message + more, first.code)
     if exc is None:
         crashes = crash_files(cfg, start)
-        return NodeCrash(f"{wf.name}: a node failed", crashes) if crashes else None
+        return NodeCrash(f"a step of {wf.name} failed", crashes) if crashes else None
     if isinstance(exc, VaefusionError):  # the Linear plugin re-raises a node's own error
         return exc
     full = disk_full_error(exc)
@@ -298,7 +298,7 @@ def _failure(wf, cfg: Config, start: float, exc: Exception | None) -> Exception 
                                    f"rerun the same command (finished work is reused).")
     crashes = crash_files(cfg, start)
     last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    return NodeCrash(f"{wf.name} failed ({last[:300]})", crashes)
+    return NodeCrash(f"a step of {wf.name} failed ({last[:300]})", crashes)
 
 
 def crash_files(cfg: Config, since: float) -> list[Path]:

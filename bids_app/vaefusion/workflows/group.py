@@ -91,6 +91,9 @@ def run_group_level(cfg: Config) -> dict | None:
     for repeat in range(cfg.cv_repeats):  # refuse an impossible K before any training starts
         make_folds(manifest.y(), cfg.folds, partition_seed(cfg.cv_seed, repeat),
                    cfg.val_fraction)
+    from vaefusion.evaluation.memory import check_group_memory
+
+    check_group_memory(cfg, manifest)  # --mem: refuse what cannot fit before training
     manifest_path = Path(cfg.work_dir) / naming.GROUP_MANIFEST
     manifest.write(manifest_path)
     n_units = (len(cfg.latent_dims) * len(cfg.seeds) * cfg.cv_repeats * cfg.folds
