@@ -190,7 +190,10 @@ def test_too_many_folds_is_refused(strong, tmp_path, caplog):
 
 
 def test_null_arm_is_at_chance(tmp_path_factory):
-    """No planted effect: every method's mean ROC-AUC over 5 repeats x 3 folds is at chance.
+    """No planted effect: each PCA baseline's mean ROC-AUC over 5 repeats x 3 folds is at
+    chance. (The VAE shares the folds, the C selection and the classifier, the parts that could
+    leak labels; it is left out to keep the test fast, and benchmarks/recovery.py runs it on
+    the null arm.)
 
     Bound: |mean AUC - 0.5| < 0.25. With 20 patients and 20 controls, one AUC over all
     subjects has a null SD of sqrt((n0 + n1 + 1) / (12 n0 n1)) = 0.09 (Hanley & McNeil), and a
@@ -203,10 +206,10 @@ def test_null_arm_is_at_chance(tmp_path_factory):
     ds = simulate(root / "ds", "--n-subjects", "40", "--seed", "11", "--arm", "null")
     out = root / "out"
     code = main([str(ds), str(out), "group", "-w", str(root / "work"), *TINY_GROUP,
-                 "--cv-repeats", "5"])
+                 "--cv-repeats", "5", "--methods", "pca-early", "pca-late", "pca-shared"])
     assert code == 0
     summary = json.loads((out / "group" / "summary.json").read_text())
-    assert set(summary["methods"]) == {"vae", "pca-early", "pca-late", "pca-shared"}
+    assert set(summary["methods"]) == {"pca-early", "pca-late", "pca-shared"}
     for method, info in summary["methods"].items():
         assert info["n_folds"] == 15, method
         assert abs(info["roc_auc_mean"] - 0.5) < 0.25, (method, info)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+from dataclasses import asdict
+
 import pytest
 import torch
+from torch.distributions import Normal
 
 from test_training import make_cache, tiny_config
+from vaefusion.model.likelihood import kl_per_dim, loss_terms
+from vaefusion.training import trainer as trainer_module
+from vaefusion.training.metrics import ModalityMeans, PassAccumulator, modality_means
 from vaefusion.training.trainer import Trainer
 
 
@@ -125,3 +134,115 @@ def test_weights_round_trip_and_the_optimizer_stays_local(cache, tmp_path):
     b.run_epoch()
     assert any(not torch.equal(wb[k], v) for k, v in b.model.state_dict().items())
     assert_same_weights(wb, wa)
+
+
+# --------------------------------------------------------------------------- learning metrics
+@pytest.mark.parametrize("likelihood", ["sigma", "unit"])
+def test_resume_continues_identically_with_either_likelihood(cache, tmp_path, likelihood):
+    """The metrics draw no random numbers, so stepping on from a saved state stays exact."""
+    first = make_trainer(cache, tmp_path / "first", likelihood=likelihood)
+    first.run_epoch()
+    path = tmp_path / "state.pt"
+    torch.save(first.state_dict(), path)
+    first.run_epoch()
+    second = make_trainer(cache, tmp_path / "second", likelihood=likelihood)
+    second.load_state_dict(torch.load(path, weights_only=True))
+    second.run_epoch()
+    assert [asdict(h) | {"seconds": 0, "volumes_per_s": 0} for h in second.history] == \
+        [asdict(h) | {"seconds": 0, "volumes_per_s": 0} for h in first.history]
+    assert_same_weights(second.get_weights(), first.get_weights())
+
+
+def test_metrics_draw_no_random_numbers(cache, tmp_path):
+    t = make_trainer(cache, tmp_path / "run", likelihood="sigma")
+    before = torch.get_rng_state()
+    means = modality_means(t.train_data)
+    stats = trainer_module._run_epoch(t.model, t.val_data, 0, 1.0, t.device, False, None, "v",
+                                      likelihood="sigma", sigma2=0.01, baseline=means)
+    assert torch.equal(before, torch.get_rng_state())
+    assert stats.volumes == t.val_data.n_volumes and len(stats.kl_dims) == 8
+
+
+def test_pass_metrics_against_direct_computation():
+    torch.manual_seed(0)
+    grid, n, latent = (3, 4, 2), 6, 5
+    names = ("A", "B", "C")
+    means = torch.randn(len(names) + 1, 1, *grid)
+    means[-1] = 0  # the row of a modality no training subject has
+    base = ModalityMeans(names, means)
+    x = torch.randn(n, 1, *grid)
+    mods = ["A", "B", "C", "A", "B", "Z"]  # Z: unknown, baseline zero
+    rows = base.index(mods)
+    assert rows.tolist() == [0, 1, 2, 0, 1, 3]
+    mu = torch.randn(n, latent) * torch.tensor([1.0, 0.5, 0.05, 0.0, 2.0])  # 3 clearly active
+    logvar = torch.randn(n, latent) * 0.1
+
+    def stats(recon: torch.Tensor, likelihood: str = "sigma"):
+        acc = PassAccumulator(latent, math.prod(grid), 0.5, torch.device("cpu"), base)
+        for part in (slice(0, 4), slice(4, 6)):  # two chunks sum like one
+            terms = loss_terms(recon[part], x[part], mu[part], logvar[part], 0.5, likelihood,
+                               0.04)
+            acc.add(x[part], recon[part], mu[part], logvar[part], terms, rows[part])
+        return acc.result()
+
+    sst = (x - means[rows]).pow(2).sum().item()
+    noisy = x + 0.2 * torch.randn_like(x)
+    s = stats(noisy)
+    assert s.r2 == pytest.approx(1 - (noisy - x).pow(2).sum().item() / sst, rel=1e-5)
+    assert stats(x).r2 == 1.0
+    assert stats(means[rows]).r2 == pytest.approx(0.0, abs=1e-6)  # the baseline itself
+    var = mu.double().var(0, unbiased=False)
+    assert s.active_units == int((var > 0.01).sum()) == 3
+    assert list(s.kl_dims) == pytest.approx(kl_per_dim(mu, logvar).double().mean(0).tolist(),
+                                            rel=1e-6)
+    assert sum(s.kl_dims) == pytest.approx(s.kl, rel=1e-6)
+    nll = -Normal(noisy.double(), 0.2).log_prob(x.double()).flatten(1).sum(1).mean().item()
+    assert s.recon == pytest.approx(nll, rel=1e-5) and s.sigma == pytest.approx(0.2)
+    assert s.loss == pytest.approx(s.recon + 0.5 * s.kl, rel=1e-9)
+    assert stats(noisy, "unit").sigma == 1.0
+
+
+def test_history_model_json_and_result_carry_the_metrics(cache, tmp_path):
+    t = make_trainer(cache, tmp_path / "run", likelihood="sigma")
+    result = t.fit()
+    for h in result.history:
+        assert len(h.train_kl_dims) == len(h.val_kl_dims) == 8
+        assert sum(h.val_kl_dims) == pytest.approx(h.val_kl, rel=1e-6)
+        assert 0 <= h.val_active_units <= 8 and 0 <= h.train_active_units <= 8
+        assert math.isfinite(h.val_r2) and math.isfinite(h.train_r2) and h.val_r2 <= 1
+        assert 0 < h.sigma < 1  # data in [-1, 1]: far below the unit variance
+    best = result.best
+    assert best.epoch == result.best_epoch
+    assert (result.sigma, result.active_units, result.kl_per_volume, result.recon_r2) == \
+        (best.sigma, best.val_active_units, best.val_kl, best.val_r2)
+    info = json.loads((t.best_dir / "model.json").read_text())
+    assert info["likelihood"] == "sigma" and info["sigma"] == best.sigma
+    assert info["training"]["val_active_units"] == best.val_active_units
+
+
+def test_warnings_for_collapse_no_convergence_and_an_oversized_latent(cache, tmp_path, caplog):
+    # GRID 16x18x16 at width 0.125: a 64 x 1 x 2 x 1 bottleneck, 128 values
+    cfg = tiny_config(epochs=2, likelihood="unit")
+    caplog.set_level("WARNING")
+    Trainer(cfg, cfg.runtime(), 129, 0, cache[:4], cache[4:], tmp_path / "big")
+    assert "exceeds the flattened bottleneck (128 values" in caplog.text
+    caplog.clear()
+    Trainer(cfg, cfg.runtime(), 128, 0, cache[:4], cache[4:], tmp_path / "fits")
+    assert "bottleneck" not in caplog.text
+
+    t = make_trainer(cache, tmp_path / "run", likelihood="unit", epochs=2, patience=1)
+    result = t.fit()
+    best = result.best
+
+    def warnings(**changes) -> str:
+        caplog.clear()
+        t._warn_unconverged(dataclasses.replace(result, **changes))
+        return caplog.text
+
+    collapsed = [dataclasses.replace(best, val_active_units=0)]
+    active = [dataclasses.replace(best, val_active_units=2)]
+    assert warnings(history=active, stopped_early=True) == ""
+    assert warnings(history=active, stopped_early=False, epochs_run=best.epoch + 1) == ""
+    text = warnings(history=collapsed, stopped_early=False, epochs_run=best.epoch)
+    assert "no active latent unit" in text and "try --likelihood sigma" in text
+    assert "the best epoch is the last one" in text

@@ -312,6 +312,8 @@ def stop_signals() -> Iterator[None]:
 
 # --------------------------------------------------------------------------- the ending
 def _meaning(code: int) -> str:
+    if code == EXIT_FAILURE:
+        return "a crash"
     return EXIT_CODES.get(code, "failure").split(" (")[0]
 
 

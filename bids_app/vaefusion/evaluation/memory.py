@@ -47,7 +47,8 @@ class MemoryNeed:
 
 
 def gb(n: float) -> str:
-    return f"{n / GiB:.3g} GB"
+    """``0.503 GB``, or ``12.5 MB`` below 100 MB."""
+    return f"{n / 2**20:.1f} MB" if n < 100 * 2**20 else f"{n / GiB:.3g} GB"
 
 
 def vae_need(n_volumes: int, batch_volumes: int, grid: Sequence[int], width: float,

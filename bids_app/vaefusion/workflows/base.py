@@ -297,8 +297,19 @@ def _failure(wf, cfg: Config, start: float, exc: Exception | None) -> Exception 
                                    f"free); free space or give another OUTPUT_DIR or -w, then "
                                    f"rerun the same command (finished work is reused).")
     crashes = crash_files(cfg, start)
-    last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    return NodeCrash(f"a step of {wf.name} failed ({last[:300]})", crashes)
+    return NodeCrash(f"a step of {wf.name} failed ({_last_line(exc)[:300]})", crashes)
+
+
+def _last_line(exc: Exception) -> str:
+    """The gist of a node's failure: the last line of the traceback nipype passes on (a list
+    of lines, or text), or the exception itself."""
+    text = exc.args[0] if exc.args else ""
+    if isinstance(text, (list, tuple)):
+        text = "".join(map(str, text))
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if "Traceback" in str(text) and lines:
+        return lines[-1]
+    return f"{type(exc).__name__}: {exc}"
 
 
 def crash_files(cfg: Config, since: float) -> list[Path]:
