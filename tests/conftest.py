@@ -61,3 +61,38 @@ def make_read_only(root: Path) -> None:
     for dirpath, _, _ in sorted(os.walk(root), reverse=True):
         p = Path(dirpath)
         p.chmod(p.stat().st_mode & ~0o222)
+
+
+#: Strongly planted effects for the interpretation tests (test_interpret, test_reports,
+#: test_generate): ICN02 and ICN03 reduced in patients, among 16 ICNs and GMV.
+PLANTED = ("ICN02", "ICN03")
+PLANTED_COMPONENTS = 16
+#: A VAE that learns on the tiny grid (all its units active): the calibrated likelihood, no
+#: downsampling (18x21x18) and a learning rate of 1e-3.
+PLANTED_GROUP = ["--downsample", "1", "--width", "0.125", "--epochs", "8", "--lr", "1e-3",
+                 "--folds", "3", "--latent-dim", "4", "--n-components", str(PLANTED_COMPONENTS),
+                 "--skip-bids-validation", "--likelihood", "sigma", "--methods", "vae",
+                 "pca-shared", "--seed", "1"]
+
+
+@pytest.fixture(scope="session")
+def planted_bids(tmp_path_factory) -> Path:
+    """24 subjects with strong planted ICN02/ICN03 effects (read-only)."""
+    ds = simulate(tmp_path_factory.mktemp("planted") / "ds", "--n-subjects", "24", "--seed",
+                  "3", "--n-components", str(PLANTED_COMPONENTS), "--icn-effect",
+                  "2:-0.6:15", "--icn-effect", "3:-0.6:15", "--effect-size", "1.5")
+    make_read_only(ds)
+    return ds
+
+
+@pytest.fixture(scope="session")
+def planted_run(planted_bids, tmp_path_factory) -> Path:
+    """The output folder of a trained group run on ``planted_bids`` (work dir: ``../work``),
+    shared by every module that needs one (trained once per session)."""
+    from vaefusion.cli.run import main
+
+    out = tmp_path_factory.mktemp("planted_out") / "out"
+    code = main([str(planted_bids), str(out), "group", "-w", str(out.parent / "work"),
+                 *PLANTED_GROUP])
+    assert code == 0
+    return out

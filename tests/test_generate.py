@@ -10,7 +10,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from test_interpret import planted_bids, planted_run  # noqa: F401 (fixtures)
 from vaefusion.cli.generate import main
 from vaefusion.interpret.generate import Generator, model_grid_affine
 
@@ -118,7 +117,7 @@ class _nothing:
 
 
 @pytest.mark.slow
-def test_round_trip_decode_of_encode_resembles_the_input(planted_run, tmp_path):  # noqa: F811
+def test_round_trip_decode_of_encode_resembles_the_input(planted_run, tmp_path):
     """Encoding a subject's preprocessed volumes and decoding them is the trained network's
     own reconstruction, and it correlates with the input where the model learned.
 

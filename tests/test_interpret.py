@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import make_read_only, simulate
+from conftest import PLANTED, PLANTED_COMPONENTS
 from vaefusion.derivatives import naming
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.interpret.generate import model_grid_affine
@@ -23,41 +23,12 @@ from vaefusion.interpret.importance import rank_importance
 from vaefusion.interpret.latent_space import perplexity_for, tsne
 from vaefusion.interpret.maps import spatial_correlation, threshold_sum
 
-#: The planted effects: two ICNs of 16 (and the default GM effects).
-PLANTED = ("ICN02", "ICN03")
-N_COMPONENTS = 16
-#: A VAE that learns on the tiny grid (all its active units in use): the calibrated
-#: likelihood, no downsampling (18x21x18) and a learning rate of 1e-3.
-PLANTED_GROUP = ["--downsample", "1", "--width", "0.125", "--epochs", "8", "--lr", "1e-3",
-                 "--folds", "3", "--latent-dim", "4", "--n-components", str(N_COMPONENTS),
-                 "--skip-bids-validation", "--likelihood", "sigma", "--methods", "vae",
-                 "pca-shared", "--seed", "1"]
+N_COMPONENTS = PLANTED_COMPONENTS
 
 
 def rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh, delimiter="\t"))
-
-
-@pytest.fixture(scope="session")
-def planted_bids(tmp_path_factory) -> Path:
-    ds = simulate(tmp_path_factory.mktemp("planted") / "ds", "--n-subjects", "24", "--seed",
-                  "3", "--n-components", str(N_COMPONENTS), "--icn-effect", "2:-0.6:15",
-                  "--icn-effect", "3:-0.6:15", "--effect-size", "1.5")
-    make_read_only(ds)
-    return ds
-
-
-@pytest.fixture(scope="session")
-def planted_run(planted_bids, tmp_path_factory) -> Path:
-    """A trained group run's output folder (its work dir beside it, ``work``)."""
-    from vaefusion.cli.run import main
-
-    out = tmp_path_factory.mktemp("planted_out") / "out"
-    code = main([str(planted_bids), str(out), "group", "-w", str(out.parent / "work"),
-                 *PLANTED_GROUP])
-    assert code == 0
-    return out
 
 
 # --------------------------------------------------------------------------- pure parts

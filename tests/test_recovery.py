@@ -266,3 +266,23 @@ def test_thread_counts_agree_within_tolerance(tiny_bids, tmp_path):
     scale = np.abs(mus[1]).max()
     assert scale > 0
     assert np.abs(mus[1] - mus[2]).max() <= 1e-5 * max(1.0, scale)
+
+
+def test_outputs_record_seeds_versions_backend_and_labels(tiny_bids, reference):
+    """What the numbers depend on is in summary.json; decision scores carry the dataset's
+    labels (participants.tsv), not the classifier's 1/0."""
+    summary = json.loads((reference / "out/group/summary.json").read_text())
+    assert (summary["seeds"], summary["cv_seed"], summary["classifier_backend"]) == (
+        [0], 0, "sklearn")
+    assert torch.__version__ == summary["software"]["torch"]
+    assert {"python", "vaefusion", "numpy", "scikit-learn", "nibabel", "nipype",
+            "pybids"} <= set(summary["software"])
+    truth = dict(line.split("\t")[:2] for line in
+                 (tiny_bids / "participants.tsv").read_text().splitlines()[1:])
+    lines = (reference / "out/group/decision_scores.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+    assert rows and {r["label"] for r in rows} == {"SZ", "HC"}
+    assert all(r["label"] == truth[r["participant_id"]] for r in rows)
+    end = status(reference)
+    assert (end["state"], end["exit_code"], end["crash_file"]) == ("succeeded", 0, None)

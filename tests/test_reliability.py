@@ -835,6 +835,10 @@ def test_mem_too_small_is_refused(tiny_bids, tmp_path, caplog):
                  "vae needs about")
     assert "raise --mem" in msg and "--mem 0.5 GB / --nprocs 1" in msg
     assert not list((tmp_path / "work").glob("training/*"))  # refused before any training
+    # the group level counts the subjects on the terminal; the list goes to the log file
+    listed = [r for r in caplog.records if "ICN=yes" in r.getMessage()]
+    assert len(listed) == 8 and {r.levelname for r in listed} == {"DEBUG"}
+    assert "Selected 8 subject(s) (4 HC, 4 SZ; the list is in the log file)" in caplog.text
 
 
 def test_gram_matrices_beyond_mem_are_refused(tmp_path):
@@ -865,16 +869,19 @@ def test_gram_matrices_beyond_mem_are_refused(tmp_path):
 
 # --------------------------------------------------------------------------- the document
 def test_reliability_table_is_backed_by_these_tests():
-    """Every row of docs/reliability.md names a test of this module, with its exit code."""
+    """Every row of docs/reliability.md names a test of this module (or, written
+    ``test_recovery.py::test_x``, of tests/test_recovery.py), with its exit code."""
     rows = [line for line in DOC.read_text().splitlines()
             if line.startswith("| ") and "`test_" in line]
     assert len(rows) >= 25
-    names = {n for n in globals() if n.startswith("test_")}
-    source = Path(__file__).read_text()
+    sources = {name: (Path(__file__).parent / name).read_text()
+               for name in ("test_reliability.py", "test_recovery.py")}
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        test = re.search(r"`(test_\w+)", cells[-1]).group(1)
-        assert test in names, f"{test} (docs/reliability.md) is not a test here"
+        found = re.search(r"`(?:(test_\w+\.py)::)?(test_\w+)", cells[-1])
+        module, test = found.group(1) or "test_reliability.py", found.group(2)
+        source = sources[module]
+        assert f"\ndef {test}(" in source, f"{test} (docs/reliability.md) is not in {module}"
         code = re.match(r"\d+", cells[1]).group(0)
-        body = source.split(f"def {test}(", 1)[1].split("\ndef ", 1)[0]
+        body = source.split(f"\ndef {test}(", 1)[1].split("\ndef ", 1)[0]
         assert code == "0" or re.search(rf"\b{code}\b", body), f"{test}: exit {code} not checked"

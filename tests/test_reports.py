@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_interpret import PLANTED_GROUP, planted_bids, planted_run  # noqa: F401 (fixtures)
+from conftest import PLANTED_GROUP
 from vaefusion.reports import html
 
 FIGURES = {"importance", "tsne", "auc_by_latent_dim", "seed_robustness", "training_curves",
@@ -74,7 +74,7 @@ def test_assembler_escapes_and_refuses_urls():
 
 # --------------------------------------------------------------------------- a group run
 @pytest.mark.slow
-def test_group_report_is_self_contained(planted_run):  # noqa: F811
+def test_group_report_is_self_contained(planted_run):
     page = planted_run / "group" / "report.html"
     refs = assert_self_contained(page)
     assert SECTIONS <= refs.ids
@@ -87,7 +87,7 @@ def test_group_report_is_self_contained(planted_run):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_subject_reports_at_the_root(planted_run):  # noqa: F811
+def test_subject_reports_at_the_root(planted_run):
     pages = sorted(planted_run.glob("sub-*.html"))
     assert [p.stem for p in pages] == [f"sub-{i:02d}" for i in range(1, 25)]
     refs = assert_self_contained(pages[0])
@@ -97,7 +97,7 @@ def test_subject_reports_at_the_root(planted_run):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_descriptions_list_every_desc_label(planted_run):  # noqa: F811
+def test_descriptions_list_every_desc_label(planted_run):
     with open(planted_run / "descriptions.tsv", newline="") as fh:
         known = {r["desc_id"] for r in csv.DictReader(fh, delimiter="\t")}
     used = {f"desc-{m}" for p in planted_run.rglob("*") if p.is_file()
@@ -107,7 +107,7 @@ def test_descriptions_list_every_desc_label(planted_run):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_output_with_reports_is_valid_bids(planted_run):  # noqa: F811
+def test_output_with_reports_is_valid_bids(planted_run):
     from vaefusion.inputs.validation import find_validator, run_validator, validator_errors
 
     if find_validator() is None:
@@ -116,7 +116,7 @@ def test_output_with_reports_is_valid_bids(planted_run):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_explain_fold_picks_another_model(planted_bids, planted_run, tmp_path):  # noqa: F811
+def test_explain_fold_picks_another_model(planted_bids, planted_run, tmp_path):
     """--explain-fold 2 reuses every trained fold and explains fold 2's model."""
     from vaefusion.cli.run import main
 

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
 from dataclasses import asdict
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.distributions import Normal
 
+from conftest import simulate
 from test_training import make_cache, tiny_config
+from vaefusion.evaluation.crossval import run_vae_fold
+from vaefusion.evaluation.manifest import build_manifest
+from vaefusion.inputs.cache import load_stack, read_meta, write_subject
+from vaefusion.inputs.preprocess import preprocess_subject
 from vaefusion.model.likelihood import kl_per_dim, loss_terms
 from vaefusion.training import trainer as trainer_module
 from vaefusion.training.metrics import ModalityMeans, PassAccumulator, modality_means
@@ -193,9 +202,9 @@ def test_pass_metrics_against_direct_computation():
     assert stats(means[rows]).r2 == pytest.approx(0.0, abs=1e-6)  # the baseline itself
     var = mu.double().var(0, unbiased=False)
     assert s.active_units == int((var > 0.01).sum()) == 3
-    assert list(s.kl_dims) == pytest.approx(kl_per_dim(mu, logvar).double().mean(0).tolist(),
-                                            rel=1e-6)
-    assert sum(s.kl_dims) == pytest.approx(s.kl, rel=1e-6)
+    expected = kl_per_dim(mu.double(), logvar.double()).mean(0)
+    assert list(s.kl_dims) == pytest.approx(expected.tolist(), rel=1e-9)
+    assert sum(s.kl_dims) == pytest.approx(s.kl, rel=1e-12)
     nll = -Normal(noisy.double(), 0.2).log_prob(x.double()).flatten(1).sum(1).mean().item()
     assert s.recon == pytest.approx(nll, rel=1e-5) and s.sigma == pytest.approx(0.2)
     assert s.loss == pytest.approx(s.recon + 0.5 * s.kl, rel=1e-9)
@@ -207,7 +216,7 @@ def test_history_model_json_and_result_carry_the_metrics(cache, tmp_path):
     result = t.fit()
     for h in result.history:
         assert len(h.train_kl_dims) == len(h.val_kl_dims) == 8
-        assert sum(h.val_kl_dims) == pytest.approx(h.val_kl, rel=1e-6)
+        assert sum(h.val_kl_dims) == pytest.approx(h.val_kl, rel=1e-12)
         assert 0 <= h.val_active_units <= 8 and 0 <= h.train_active_units <= 8
         assert math.isfinite(h.val_r2) and math.isfinite(h.train_r2) and h.val_r2 <= 1
         assert 0 < h.sigma < 1  # data in [-1, 1]: far below the unit variance
@@ -246,3 +255,77 @@ def test_warnings_for_collapse_no_convergence_and_an_oversized_latent(cache, tmp
     text = warnings(history=collapsed, stopped_early=False, epochs_run=best.epoch)
     assert "no active latent unit" in text and "try --likelihood sigma" in text
     assert "the best epoch is the last one" in text
+
+
+# --------------------------------------------------------------------------- simulated data
+@pytest.fixture(scope="module")
+def sim_cache(tmp_path_factory) -> list[Path]:
+    """12 subjects of the tiny simulator (4 ICNs + GM at 9 mm), preprocessed into a cache."""
+    root = tmp_path_factory.mktemp("sim")
+    ds = simulate(root / "ds", "--n-subjects", "12", "--seed", "4")
+    with open(ds / "participants.tsv", newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    files = []
+    for row in rows:
+        sub = row["participant_id"].removeprefix("sub-")
+        icn = next((ds / "derivatives" / "neuromark" / f"sub-{sub}").rglob("*.nii.gz"))
+        gm = next((ds / "derivatives" / "spm" / f"sub-{sub}").rglob("*.nii.gz"))
+        path, _ = preprocess_subject(str(icn), str(gm), sub, None, row["diagnosis"],
+                                     root / "cache")
+        files.append(path)
+    return files
+
+
+def test_sigma_learns_where_unit_collapses(sim_cache, tmp_path):
+    """Measured on the same data, seed and settings (lr 2e-3 as the other tiny tests, 6
+    epochs): the calibrated likelihood keeps latent units active and encodes several nats per
+    volume; the unit variance encodes far less. R^2 against the per-modality mean rises with
+    training but stays below 0 at this budget (see the report of issue 8), so the test asks
+    for the rise, not for R^2 > 0."""
+    runs = {}
+    for likelihood in ("sigma", "unit"):
+        cfg = tiny_config(epochs=6, patience=6, batch_subjects=1, likelihood=likelihood)
+        t = Trainer(cfg, cfg.runtime(), 8, 0, sim_cache[:9], sim_cache[9:],
+                    tmp_path / likelihood)
+        runs[likelihood] = t.fit()
+    sigma, unit = runs["sigma"], runs["unit"]
+    assert sigma.active_units >= 1
+    assert sigma.kl_per_volume >= 1.0
+    assert sigma.recon_r2 > sigma.history[0].val_r2 + 0.5
+    assert sigma.sigma < 0.2
+    # the contrast with the unit variance on the same data
+    assert unit.kl_per_volume < sigma.kl_per_volume / 3
+
+
+def test_test_subjects_never_reach_the_trained_model(sim_cache, tmp_path):
+    """Leakage: a fold trained twice, the second time with its test subjects' cached data
+    replaced by noise, gives bit-identical weights and training-subject latents."""
+    cfg = tiny_config(epochs=2, folds=3, downsample=2, likelihood="sigma", latent_dims=[4])
+    runtime = cfg.runtime()
+
+    def fold(files: list[Path], name: str) -> tuple[dict, dict, list[str]]:
+        manifest = build_manifest(files, cfg)
+        result = run_vae_fold(cfg, runtime, manifest, latent_dim=4, seed=0, repeat=0, fold=1,
+                              train_root=tmp_path / name / "train",
+                              out_dir=tmp_path / name / "out")
+        weights = load_file(str(Path(result.training.model_dir) / "model.safetensors"))
+        latents = dict(np.load(result.training.latents))
+        return weights, latents, result.test_subjects
+
+    weights, latents, test = fold(sim_cache, "clean")
+    assert test and len(test) < len(sim_cache)
+    perturbed = []
+    rng = np.random.default_rng(0)
+    for path in sim_cache:
+        meta = read_meta(path)
+        stack = np.asarray(load_stack(path), dtype=np.float32)
+        if meta.key in test:
+            stack = rng.uniform(-1, 1, stack.shape).astype(np.float32)
+        perturbed.append(write_subject(tmp_path / "perturbed", stack, meta))
+    weights2, latents2, test2 = fold(perturbed, "perturbed")
+    assert test2 == test
+    assert_same_weights(weights, weights2)
+    train = [k for k in latents if k not in test]
+    assert train and all(np.array_equal(latents[k], latents2[k]) for k in train)
+    # the perturbation did reach the test subjects' own latents
+    assert any(not np.array_equal(latents[k], latents2[k]) for k in test)

@@ -193,6 +193,7 @@ class RunRecord:
     """What :func:`main` needs to end a run: when it started, its status file and log."""
 
     started: float = field(default_factory=time.time)
+    cfg: Config | None = None
     status: RunStatus | None = None
     log_file: Path | None = None
 
@@ -281,8 +282,11 @@ def _worker_signals() -> None:
     process group, but only the parent acts on it (it stops the workers); SIGTERM, which the
     parent sends to stop a worker, ends it at once."""
     if _OWNER_PID is not None and os.getpid() != _OWNER_PID:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except (ValueError, OSError):  # not the child's main thread: keep what it has
+            pass
 
 
 if hasattr(os, "register_at_fork"):
@@ -357,41 +361,50 @@ def main(argv: list[str] | None = None) -> int:
         print(descriptor_text())
         return EXIT_OK
     args = build_parser().parse_args(argv)
-    cfg: Config | None = None
     setup_logging(None, args.verbose or 0)
     handlers = set(LOG.handlers)
     record = RunRecord()
     level = str(args.analysis_level)
     with stop_signals():
         try:
-            try:
-                cfg = build_config(args)
-                # only the command line: a reused config file always holds latent_dims
-                code = run(cfg, latent_dims_given=args.latent_dims is not None, record=record)
-            except OSError as exc:  # a full disk in this process is the user's to fix
-                full = disk_full_error(exc)
-                if full is None:
-                    raise
-                raise full from None
-            return _after_success(record, cfg, level, code)
-        except Interrupted as exc:
-            _drop_interrupt_crash_files(cfg, record.started)
-            return finish(record, cfg, level, exc.code, f"interrupted by {exc.signame}",
+            return _main(args, record, level)
+        except Interrupted as exc:  # it came while the run was ending: still one clean line
+            return finish(record, record.cfg, level, exc.code, f"interrupted by {exc.signame}",
                           interrupted=exc)
-        except KeyboardInterrupt:  # SIGINT where no handler could be set (not the main thread)
-            return finish(record, cfg, level, 130, "interrupted",
-                          interrupted=Interrupted(signal.SIGINT))
-        except VaefusionError as exc:
-            LOG.error("%s", exc.message)
-            return finish(record, cfg, level, exc.code, exc.message)
-        except Exception as exc:  # a bug, not a user error: keep the traceback in a crash file
-            return _crashed(record, cfg, level, exc)
         finally:  # this run's log file closes with it (main may be called again in a process)
             if record.status is not None:
                 record.status.stop()
             for handler in set(LOG.handlers) - handlers:
                 LOG.removeHandler(handler)
                 handler.close()
+
+
+def _main(args, record: RunRecord, level: str) -> int:
+    """Build the configuration, run, and end the run with its exit code (see :func:`finish`)."""
+    try:
+        try:
+            record.cfg = build_config(args)
+            # only the command line: a reused config file always holds latent_dims
+            code = run(record.cfg, latent_dims_given=args.latent_dims is not None,
+                       record=record)
+        except OSError as exc:  # a full disk in this process is the user's to fix
+            full = disk_full_error(exc)
+            if full is None:
+                raise
+            raise full from None
+        return _after_success(record, record.cfg, level, code)
+    except Interrupted as exc:
+        _drop_interrupt_crash_files(record.cfg, record.started)
+        return finish(record, record.cfg, level, exc.code, f"interrupted by {exc.signame}",
+                      interrupted=exc)
+    except KeyboardInterrupt:  # SIGINT where no handler could be set (not the main thread)
+        return finish(record, record.cfg, level, 130, "interrupted",
+                      interrupted=Interrupted(signal.SIGINT))
+    except VaefusionError as exc:
+        LOG.error("%s", exc.message)
+        return finish(record, record.cfg, level, exc.code, exc.message)
+    except Exception as exc:  # a bug, not a user error: keep the traceback in a crash file
+        return _crashed(record, record.cfg, level, exc)
 
 
 def _after_success(record: RunRecord, cfg: Config | None, level: str, code: int) -> int:

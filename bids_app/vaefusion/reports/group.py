@@ -57,8 +57,8 @@ def write_interpretation(cfg: Config, manifest: Manifest, results: list[FoldResu
     explained = select_explained(cfg, results)
     out = GroupInterpretation(explained=explained, ranking=ranking)
     pngs = out.figures
-    LOG.info("Interpretation: figures and maps of %s",
-             explained.describe() if explained else "the methods (no VAE was trained)")
+    LOG.info("Interpretation: %s", f"figures and maps of {explained.describe()}" if explained
+             else "no VAE was trained; figures of the methods only")
     table = auc_table(results)
     if table:
         pngs["auc_by_latent_dim"] = figures.auc_figure(table)

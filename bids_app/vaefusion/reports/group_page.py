@@ -28,6 +28,8 @@ PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "nibabel", "nilearn", "ni
             "matplotlib", "pybids")
 #: A VAE whose kept model has fewer active units than this has collapsed to its prior.
 MIN_ACTIVE_UNITS = 1
+#: Decoded differences below this fraction of the input differences get a warning.
+WEAK_DECODED = 0.05
 
 
 def group_page(cfg: Config, manifest: Manifest, results: list[FoldResult],
@@ -287,6 +289,15 @@ def _warnings(cfg: Config, manifest: Manifest, results: list[FoldResult], interp
     if bad_r2:
         items.append(f"{len(bad_r2)} VAE folds reconstruct worse than the modality means "
                      f"(R² < 0): train longer or check --likelihood.")
+    maps = interp.maps
+    if maps is not None:
+        decoded = float(abs(maps.decoded_difference[:, maps.mask]).max())
+        given = float(abs(maps.input_difference[:, maps.mask]).max())
+        if given > 0 and decoded < WEAK_DECODED * given:
+            items.append(f"The decoded group differences reach at most {decoded:.2g}, "
+                         f"{100 * decoded / given:.2g}% of the input differences ({given:.2g}): "
+                         f"the explained model's latent centres barely differ, so its maps "
+                         f"show little of the group effect.")
     for method in sorted({r.method for r in results if not r.available}):
         reason = next(r.reason for r in results if r.method == method and not r.available)
         items.append(f"{method} is not available at some latent dims: {reason}")

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 
-from vaefusion.model.likelihood import LOG_2PI, LossTerms
+from vaefusion.model.likelihood import LOG_2PI, LossTerms, kl_per_dim
 from vaefusion.training.data import SubjectBatches
 
 #: Burda et al. (2016): a unit is active when Var_x(E_q[z_d | x]) exceeds this.
@@ -108,7 +108,9 @@ class PassAccumulator:
         mu, logvar = mu.detach().double(), logvar.detach().double()
         self.mu += mu.sum(0)
         self.mu2 += mu.pow(2).sum(0)
-        self.kl_dims += (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum(0)
+        # in float64, so that the KL is the sum of the per-dimension KLs to the last digit
+        kl_dims = kl_per_dim(mu, logvar).sum(0)
+        self.kl_dims += kl_dims
         sse = terms.sse.double().sum()
         s2 = terms.sigma2.detach().double()
         b = x.shape[0]
@@ -118,7 +120,7 @@ class PassAccumulator:
         if self.baseline is not None and rows is not None:
             ref = self.baseline.means.index_select(0, rows)
             sst = (x.detach().double() - ref.double()).pow(2).sum()
-        self.sums += torch.stack([nll, terms.kl_per_volume.double().sum(), sse, sst, s2 * b])
+        self.sums += torch.stack([nll, kl_dims.sum(), sse, sst, s2 * b])
         self.n += b
 
     def result(self) -> PassStats:

@@ -31,7 +31,7 @@ LOG = logging.getLogger("vaefusion.status")
 #: something changed).
 REFRESH_S = 1.0
 #: Seconds without a progress line after which the heartbeat logs one.
-HEARTBEAT_S = 30.0
+HEARTBEAT_S = 15.0
 #: A unit that took this long gets its own line; quicker ones one line per this many seconds.
 QUIET_UNIT_S = 5.0
 
