@@ -116,10 +116,10 @@ def run_group_level(cfg: Config) -> dict | None:
         LOG.info("%s - %s: %+.3f, 95%% CI [%.3f, %.3f], p = %.3g (%d paired folds)",
                  comp["method"], comp["baseline"], comp["mean_difference"], comp["ci"][0],
                  comp["ci"][1], comp["p_value"], comp["n_pairs"])
-    LOG.info("Summary: %s", naming.group_dir(cfg.output_dir) / naming.SUMMARY)
     from vaefusion.reports.group import write_interpretation
 
     write_interpretation(cfg, manifest, results, summary)
     write_summary(cfg.output_dir, summary)  # last: summary.json means the run succeeded
+    LOG.info("Summary: %s", naming.group_dir(cfg.output_dir) / naming.SUMMARY)
     return summary
 
