@@ -9,6 +9,7 @@ epochs and two methods, and act as soon as the first training checkpoint
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -233,6 +234,21 @@ def test_status_file_reports_phases_units_and_epochs(tmp_path):
     end = json.loads(path.read_text())
     assert (end["state"], end["exit_code"], end["message"]) == ("failed", 65, "bad data")
     assert [p.name for p in path.parent.iterdir()] == ["status.json"]  # no temp file left
+
+
+def test_heartbeat_names_what_runs_in_a_silent_stretch(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="vaefusion")
+    st = RunStatus(tmp_path / "status.json", "group", heartbeat_s=0.2, refresh_s=0.05).start()
+    try:
+        st.phase("cross-validation", total=3)
+        st.unit_started("pca-early_L8_seed0_rep0")
+        deadline = time.monotonic() + 10
+        while "still working" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        st.stop()
+    assert "still working: cross-validation; 0/3 done; pca-early_L8_seed0_rep0 running (" \
+        in caplog.text
 
 
 # --------------------------------------------------------------------------- determinism

@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import stat
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -702,6 +703,23 @@ def test_full_disk_while_preprocessing(writable_copy, tmp_path, caplog, monkeypa
     monkeypatch.undo()
     assert cli(writable_copy, tmp_path) == 0  # the rerun completes sub-03 (nothing reused)
     assert (cache / "sub-03.json").is_file() and list(out.glob("sub-03/*_stack.json"))
+
+
+def test_derivative_without_its_sidecar_is_rewritten(tiny_bids, tmp_path):
+    """A run killed between a subject's stack and its sidecar: the rerun writes both again
+    (the stack alone is never taken as done)."""
+    args = ("--participant-label", "01", "02")
+    assert cli(tiny_bids, tmp_path, "participant", *args) == 0
+    stack = next((tmp_path / "out" / "sub-01").glob("*_stack.nii.gz"))
+    sidecar = stack.with_name(stack.name.replace(".nii.gz", ".json"))
+    other = next((tmp_path / "out" / "sub-02").glob("*_stack.nii.gz"))
+    text, before, other_before = (sidecar.read_text(), stack.stat().st_mtime_ns,
+                                  other.stat().st_mtime_ns)
+    sidecar.unlink()
+    time.sleep(0.01)
+    assert cli(tiny_bids, tmp_path, "participant", *args) == 0
+    assert sidecar.read_text() == text and stack.stat().st_mtime_ns > before
+    assert other.stat().st_mtime_ns == other_before  # a complete subject is left alone
 
 
 def test_full_disk_in_a_training_worker(tiny_bids, tmp_path, caplog, monkeypatch):

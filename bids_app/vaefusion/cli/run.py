@@ -15,17 +15,15 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaefusion import __version__
 from vaefusion.cli.parser import ANALYSIS_LEVELS, build_parser
+from vaefusion.cli.signals import stop_signals
 from vaefusion.config import Config, load_toml
 from vaefusion.derivatives import naming
 from vaefusion.errors import (
@@ -261,57 +259,6 @@ def _crash_file(cfg: Config | None) -> Path:
     path = naming.crash_file(folder, time.strftime("%Y%m%d-%H%M%S"))
     atomic_write_text(path, traceback.format_exc())
     return path
-
-
-# --------------------------------------------------------------------------- signals
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_OWNER_PID: int | None = None  # the process whose run the handlers stop
-
-
-def _on_signal(signum: int, frame) -> None:
-    if os.getpid() != _OWNER_PID:  # a forked worker that kept this handler: just end
-        os._exit(128 + signum)
-    for sig in _STOP_SIGNALS:  # one interrupt is enough; the cleanup that follows is bounded
-        signal.signal(sig, signal.SIG_IGN)
-    Interrupted.pending = Interrupted(signum)
-    raise Interrupted(signum)
-
-
-def _worker_signals() -> None:
-    """In a worker forked during a run (MultiProc, data loaders): Ctrl-C reaches the whole
-    process group, but only the parent acts on it (it stops the workers); SIGTERM, which the
-    parent sends to stop a worker, ends it at once."""
-    if _OWNER_PID is not None and os.getpid() != _OWNER_PID:
-        try:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        except (ValueError, OSError):  # not the child's main thread: keep what it has
-            pass
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_worker_signals)
-
-
-@contextmanager
-def stop_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`Interrupted` in this process while the block runs."""
-    global _OWNER_PID
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set in the main thread
-        return
-    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
-    _OWNER_PID = os.getpid()
-    Interrupted.pending = None
-    for sig in _STOP_SIGNALS:
-        signal.signal(sig, _on_signal)
-    try:
-        yield
-    finally:
-        _OWNER_PID = None
-        Interrupted.pending = None
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 # --------------------------------------------------------------------------- the ending

@@ -263,8 +263,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(conflict)
     config = config_from_args(args)
     start = time.perf_counter()
+    last = [start]
+
+    def progress(done: int, total: int) -> None:  # a line every 10 s: no silent minutes
+        now = time.perf_counter()
+        if not args.quiet and done and now - last[0] >= 10:
+            last[0] = now
+            print(f"vaefusion-simulate: {done}/{total} participants ({now - start:.0f} s)",
+                  flush=True)
+
     try:
-        truth = simulate_dataset(args.out_dir, config, overwrite=args.overwrite)
+        truth = simulate_dataset(args.out_dir, config, overwrite=args.overwrite,
+                                 progress=progress)
     except VaefusionError as exc:
         print(f"vaefusion-simulate: error: {exc.message}", file=sys.stderr)
         return exc.code

@@ -28,6 +28,8 @@ PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "nibabel", "nilearn", "ni
             "matplotlib", "pybids")
 #: A VAE whose kept model has fewer active units than this has collapsed to its prior.
 MIN_ACTIVE_UNITS = 1
+#: Rows of the per-modality tables (the rest is in the TSVs and sidecars).
+SHOWN_ROWS = 20
 #: Decoded differences below this fraction of the input differences get a warning.
 WEAK_DECODED = 0.05
 
@@ -214,10 +216,10 @@ def _importance(interp) -> Section:
     s.add(_fig(interp, "importance", "modality importance",
                "Top modalities by their share of the SVM's |weights| (mean ± std over folds)."))
     rows = [{"rank": r.rank, "modality": r.modality, "name": r.name, "domain": r.domain,
-             "mean": r.mean, "std": r.std} for r in interp.ranking[:20]]
+             "mean": r.mean, "std": r.std} for r in interp.ranking[:SHOWN_ROWS]]
     s.add(html.table(rows, ["rank", "modality", "name", "domain", "mean", "std"]))
-    if len(interp.ranking) > 20:
-        s.add(html.para(f"{len(interp.ranking) - 20} more in group/importance.tsv."))
+    if len(interp.ranking) > SHOWN_ROWS:
+        s.add(html.para(f"{len(interp.ranking) - SHOWN_ROWS} more in group/importance.tsv."))
     return s
 
 
@@ -236,7 +238,10 @@ def _maps(interp, group: Path) -> Section:
     rows = [{"rank": rank.get(m), "modality": m, "name": modality_name(m), "spatial r": c}
             for m, c in zip(maps.modalities, maps.correlations, strict=True)]
     rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0))
-    s.add(html.table(rows, ["rank", "modality", "name", "spatial r"]))
+    s.add(html.table(rows[:SHOWN_ROWS], ["rank", "modality", "name", "spatial r"]))
+    if len(rows) > SHOWN_ROWS:
+        s.add(html.para(f"{len(rows) - SHOWN_ROWS} more in the decoded difference's sidecar "
+                        f"(SpatialCorrelationWithInput)."))
     s.add(html.para("Files (NIfTI on the input grid, with JSON sidecars):"),
           html.bullet_list([html.link(_rel(p, group), p.name) for p in files.all()]
                            + [html.link(_rel(files.centres, group), files.centres.name)],
@@ -280,10 +285,12 @@ def _warnings(cfg: Config, manifest: Manifest, results: list[FoldResult], interp
                  and r.training.active_units is not None
                  and r.training.active_units < MIN_ACTIVE_UNITS]
     if collapsed:
+        likelihood = collapsed[0].training.likelihood if collapsed[0].training else "unit"
+        fix = ("--likelihood sigma avoids this" if likelihood == "unit"
+               else "train longer (--epochs) or with a higher --lr")
         items.append(f"{len(collapsed)} of {len(vae)} VAE folds have no active latent unit: "
                      f"the posterior collapsed to the prior, so maps and t-SNE show little "
-                     f"(likelihood {collapsed[0].training.likelihood}; --likelihood sigma "
-                     f"avoids this).")
+                     f"(likelihood {likelihood}: {fix}).")
     bad_r2 = [r for r in vae if r.training is not None and r.training.recon_r2 is not None
               and r.training.recon_r2 < 0]
     if bad_r2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -41,11 +42,14 @@ _STREAM_ARM, _STREAM_ARM_SUBJECT = 4, 5
 
 
 def simulate_dataset(out_dir: str | Path, config: SimulationConfig | None = None, *,
-                     overwrite: bool = False, **overrides: Any) -> dict[str, Any]:
+                     overwrite: bool = False,
+                     progress: Callable[[int, int], None] | None = None,
+                     **overrides: Any) -> dict[str, Any]:
     """Write a simulated BIDS dataset to ``out_dir`` and return its ground truth.
 
     ``overrides`` are :class:`SimulationConfig` fields (e.g. ``n_subjects=8, icn_res=9``).
-    The ground truth is also written to ``out_dir/code/simulation.json``.
+    The ground truth is also written to ``out_dir/code/simulation.json``. ``progress(done,
+    total)`` is called before each subject (a long simulation can say how far it is).
     """
     config = replace(config or SimulationConfig(), **overrides)
     if isinstance(config.icn_effects, list):
@@ -89,6 +93,8 @@ def simulate_dataset(out_dir: str | Path, config: SimulationConfig | None = None
 
     try:
         for i, person in enumerate(people):
+            if progress is not None:
+                progress(i, len(people))
             sub = person["participant_id"]
             patient = person["diagnosis"] == "SZ"
             site = sites[person["site"]]

@@ -13,8 +13,6 @@ report to the run's :class:`~vaefusion.workflows.status.RunStatus`, if one is ac
 from __future__ import annotations
 
 import logging
-import math
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,20 +21,11 @@ from pathlib import Path
 
 from vaefusion.config import Config
 from vaefusion.derivatives import naming
-from vaefusion.errors import (
-    Interrupted,
-    OutputError,
-    UsageError,
-    VaefusionError,
-    disk_full_error,
-)
+from vaefusion.errors import OutputError, UsageError, VaefusionError, disk_full_error
+from vaefusion.workflows.progress import count_units, status_callback, subject_labels
 from vaefusion.workflows.status import RunStatus
 
 LOG = logging.getLogger("vaefusion.workflow")
-
-#: The nodes that are units of work, and the phase of the run they belong to.
-UNIT_NODES = {"preprocess": "preprocessing", "vae_fold": "cross-validation",
-              "pca_baseline": "cross-validation"}
 
 #: Below this much free space on the work or output disk, a failed node is put down to a full
 #: disk (a full disk may refuse even the node's error record).
@@ -125,7 +114,9 @@ def run_workflow(wf, cfg: Config):
     if status is not None:
         status.phase(during, total=count_units(wf))
     if not plugin.endswith("Graph"):  # nipype's graph plugins take no callback
-        args = {**args, "status_callback": _callback(status, cfg, subject_labels(wf))}
+        assert cfg.work_dir is not None
+        args = {**args, "status_callback": status_callback(
+            status, Path(cfg.work_dir) / naming.TRAINING_DIR, subject_labels(wf))}
     LOG.info("Running %s with the %s plugin", wf.name, plugin)
     runner = _runner(plugin, args)
     start = time.time()
@@ -180,92 +171,6 @@ def _stop_workers(runner) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join(timeout=1)
-
-
-def count_units(wf) -> int:
-    """How many unit nodes (:data:`UNIT_NODES`) the workflow expands to (their iterables)."""
-    import networkx as nx
-
-    graph = wf._graph  # nipype keeps no public accessor for the node graph
-    total = 0
-    for node in graph.nodes():
-        if node.name not in UNIT_NODES:
-            continue
-        copies = 1
-        for up in nx.ancestors(graph, node) | {node}:
-            its = up.iterables
-            if its:
-                pairs = its if isinstance(its, list) else [its]
-                copies *= math.prod(len(values) for _, values in pairs)
-        total += copies
-    return total
-
-
-def subject_labels(wf) -> list[str]:
-    """The participant workflow's subjects (``sub-01``...), in the order of its iterables."""
-    import json
-
-    try:
-        field, values = wf.get_node("inputnode").iterables
-    except (AttributeError, TypeError, ValueError):
-        return []
-    if field != "subject_json":
-        return []
-    items = [json.loads(v) for v in values]
-    return [naming.subject_key(i["subject"], i.get("session")) for i in items]
-
-
-def unit_label(node, subjects: list[str] | None = None) -> str:
-    """A unit's name for progress lines: the cross-validation unit or the subject.
-
-    A node's inputs from upstream nodes are set only when it runs (in a worker, for
-    MultiProc), so a subject is found by its branch: nipype numbers the copies of an
-    iterable's branch ``.a00``, ``.a01``... in the order of the iterable's values.
-    """
-    from nipype.interfaces.base import isdefined
-
-    inputs = node.inputs
-
-    def get(name: str):
-        value = getattr(inputs, name, None)
-        return value if isdefined(value) else None
-
-    if node.name == "vae_fold" and None not in (get("latent_dim"), get("seed"), get("fold")):
-        return naming.unit_name("vae", get("latent_dim"), get("seed"), get("repeat") or 0,
-                                get("fold"))
-    if node.name == "pca_baseline" and None not in (get("method"), get("latent_dim")):
-        return naming.unit_name(get("method"), get("latent_dim"), get("seed") or 0,
-                                get("repeat") or 0)
-    if get("subject"):
-        return naming.subject_key(get("subject"), get("session"))
-    branch = re.search(r"\.a(\d+)$", node.itername)
-    if subjects and branch and int(branch.group(1)) < len(subjects):
-        return subjects[int(branch.group(1))]
-    return node.itername
-
-
-def _callback(status: RunStatus | None, cfg: Config, subjects: list[str]):
-    """nipype's ``status_callback`` (called in this process): units started and ended, and
-    an interrupt that a node swallowed raised again."""
-    assert cfg.work_dir is not None
-    train_root = Path(cfg.work_dir) / naming.TRAINING_DIR
-    names: dict[int, str] = {}
-
-    def callback(node, event: str) -> None:
-        if Interrupted.pending is not None:  # a node swallowed it (nipype catches everything)
-            raise Interrupted(Interrupted.pending.signum)
-        if status is None or node.name not in UNIT_NODES:
-            return
-        if event == "start":
-            name = names[id(node)] = unit_label(node, subjects)
-            progress = (train_root / name / naming.UNIT_PROGRESS if node.name == "vae_fold"
-                        else None)
-            status.unit_started(name, progress)
-            return
-        name = names.pop(id(node), None) or unit_label(node, subjects)
-        status.unit_finished(name, ok=event == "end")
-
-    return callback
 
 
 def _failure(wf, cfg: Config, start: float, exc: Exception | None) -> Exception | None:
