@@ -213,3 +213,10 @@ def test_decoded_difference_of_a_planted_icn_follows_the_input(planted_run):
     side = json.loads(naming.sidecar(_maps(planted_run)["decodedHCminusSZ"]).read_text())
     corr = side["SpatialCorrelationWithInput"]
     assert max(corr[m] for m in PLANTED) > 0.3, corr
+
+
+def test_the_domain_order_names_the_label_file_domains():
+    """Figures order and colour ICNs by ``reference.DOMAINS``: it must use the labels' names."""
+    from vaefusion.inputs.reference import DOMAINS, icns
+
+    assert {icn.domain for icn in icns()} == set(DOMAINS)

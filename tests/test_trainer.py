@@ -195,11 +195,17 @@ def test_pass_metrics_against_direct_computation():
         return acc.result()
 
     sst = (x - means[rows]).pow(2).sum().item()
+    levels = means[rows].mean(dim=(1, 2, 3, 4), keepdim=True).expand_as(x)
+    sst_level = (x - levels).pow(2).sum().item()
     noisy = x + 0.2 * torch.randn_like(x)
     s = stats(noisy)
-    assert s.r2 == pytest.approx(1 - (noisy - x).pow(2).sum().item() / sst, rel=1e-5)
-    assert stats(x).r2 == 1.0
-    assert stats(means[rows]).r2 == pytest.approx(0.0, abs=1e-6)  # the baseline itself
+    sse = (noisy - x).pow(2).sum().item()
+    assert s.r2_subject == pytest.approx(1 - sse / sst, rel=1e-5)
+    assert s.r2 == pytest.approx(1 - sse / sst_level, rel=1e-5)
+    assert stats(x).r2 == stats(x).r2_subject == 1.0
+    # each baseline scores 0 on its own R^2
+    assert stats(means[rows]).r2_subject == pytest.approx(0.0, abs=1e-6)
+    assert stats(levels.contiguous()).r2 == pytest.approx(0.0, abs=1e-6)
     var = mu.double().var(0, unbiased=False)
     assert s.active_units == int((var > 0.01).sum()) == 3
     expected = kl_per_dim(mu.double(), logvar.double()).mean(0)
@@ -219,11 +225,13 @@ def test_history_model_json_and_result_carry_the_metrics(cache, tmp_path):
         assert sum(h.val_kl_dims) == pytest.approx(h.val_kl, rel=1e-12)
         assert 0 <= h.val_active_units <= 8 and 0 <= h.train_active_units <= 8
         assert math.isfinite(h.val_r2) and math.isfinite(h.train_r2) and h.val_r2 <= 1
+        assert math.isfinite(h.val_r2_subject) and h.val_r2_subject < h.val_r2
         assert 0 < h.sigma < 1  # data in [-1, 1]: far below the unit variance
     best = result.best
     assert best.epoch == result.best_epoch
-    assert (result.sigma, result.active_units, result.kl_per_volume, result.recon_r2) == \
-        (best.sigma, best.val_active_units, best.val_kl, best.val_r2)
+    assert (result.sigma, result.active_units, result.kl_per_volume, result.recon_r2,
+            result.recon_r2_subject) == \
+        (best.sigma, best.val_active_units, best.val_kl, best.val_r2, best.val_r2_subject)
     info = json.loads((t.best_dir / "model.json").read_text())
     assert info["likelihood"] == "sigma" and info["sigma"] == best.sigma
     assert info["training"]["val_active_units"] == best.val_active_units
@@ -278,10 +286,12 @@ def sim_cache(tmp_path_factory) -> list[Path]:
 
 def test_sigma_learns_where_unit_collapses(sim_cache, tmp_path):
     """Measured on the same data, seed and settings (lr 2e-3 as the other tiny tests, 6
-    epochs): the calibrated likelihood keeps latent units active and encodes several nats per
-    volume; the unit variance encodes far less. R^2 against the per-modality mean rises with
-    training but stays below 0 at this budget (see the report of issue 8), so the test asks
-    for the rise, not for R^2 > 0."""
+    epochs): the calibrated likelihood keeps latent units active, encodes several nats per
+    volume and reconstructs each modality's map (R^2 > 0 against the modality mean levels);
+    the unit variance encodes far less. The subject R^2 (against the modality mean maps)
+    rises with training; it cannot pass 0 on these maps, whose between-subject variation is
+    ~97 % noise (even the noiseless truth scores about 0; see docs/method.md), so the test asks
+    for its rise."""
     runs = {}
     for likelihood in ("sigma", "unit"):
         cfg = tiny_config(epochs=6, patience=6, batch_subjects=1, likelihood=likelihood)
@@ -291,7 +301,8 @@ def test_sigma_learns_where_unit_collapses(sim_cache, tmp_path):
     sigma, unit = runs["sigma"], runs["unit"]
     assert sigma.active_units >= 1
     assert sigma.kl_per_volume >= 1.0
-    assert sigma.recon_r2 > sigma.history[0].val_r2 + 0.5
+    assert sigma.recon_r2 > 0
+    assert sigma.recon_r2_subject > sigma.history[0].val_r2_subject + 1.0
     assert sigma.sigma < 0.2
     # the contrast with the unit variance on the same data
     assert unit.kl_per_volume < sigma.kl_per_volume / 3

@@ -108,7 +108,7 @@ class Config:
     width: float = field(default=1.0, metadata=METHOD)
     downsample: int = field(default=1, metadata=METHOD)
     augment: bool = field(default=False, metadata=METHOD)
-    likelihood: str = field(default="unit", metadata=METHOD)
+    likelihood: str = field(default="sigma", metadata=METHOD)
     model: Path | None = None
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
     # which fold's model (of the first latent dim, seed and repeat) the figures, maps and report

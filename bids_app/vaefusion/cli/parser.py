@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "variance "
                    "(the batch's mean squared error, Rybkin et al. 2021), unit = fixed unit "
                    "variance of earlier versions, which collapses the posterior on data in "
-                   "[-1, 1] (unit)")
+                   "[-1, 1] (sigma)")
     g.add_argument("--width", type=float, default=None, metavar="W",
                    help="channel multiplier ([paper] 1.0; e.g. 0.125 for CPU demos)")
     g.add_argument("--downsample", type=_positive_int, default=None, metavar="F",

@@ -211,11 +211,20 @@ def _write_models_and_latents(cfg: Config, manifest: Manifest, vae: list[FoldRes
                 write_subject_latents(cfg.output_dir, item)
 
 
+def _history_cell(value: object) -> object:
+    # Losses are large (thousands of nats per volume) and change little near convergence: 9
+    # significant digits keep epochs that differ apart. Lists (KL per latent dimension)
+    # become one comma-separated cell.
+    if isinstance(value, list):
+        return ",".join(f"{x:.6g}" for x in value)
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.9g}"
+    return value
+
+
 def _write_history(vae: list[FoldResult], group: Path) -> None:
-    # list values (KL per latent dimension) become one comma-separated cell
     rows = [{"latent_dim": r.latent_dim, "seed": r.seed, "repeat": r.repeat, "fold": r.fold,
-             **{k: ",".join(f"{x:.6g}" for x in v) if isinstance(v, list) else v
-                for k, v in h.items()}}
+             **{k: _history_cell(v) for k, v in h.items()}}
             for r in vae if r.training is not None for h in r.training.history]
     if rows:
         write_tsv(group / naming.TRAINING_HISTORY, rows, list(rows[0]))

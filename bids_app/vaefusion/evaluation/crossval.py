@@ -96,7 +96,8 @@ def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: 
         device=str(result.device), model_dir=str(model_dir), latents=str(latents),
         history=[asdict(h) for h in result.history], likelihood=result.likelihood,
         sigma=result.sigma, active_units=result.active_units,
-        kl_per_volume=result.kl_per_volume, recon_r2=result.recon_r2)
+        kl_per_volume=result.kl_per_volume, recon_r2=result.recon_r2,
+        recon_r2_subject=result.recon_r2_subject)
     return FoldResult(
         method="vae", latent_dim=latent_dim, seed=seed, fold=fold, roc_auc=metrics.roc_auc,
         n_train=metrics.n_train, n_test=metrics.n_test, backend=metrics.backend, repeat=repeat,

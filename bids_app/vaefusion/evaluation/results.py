@@ -30,7 +30,8 @@ class VAETraining:
     sigma: float | None = None  # decoder SD (1 for unit)
     active_units: int | None = None  # latent dims with posterior-mean variance > 0.01
     kl_per_volume: float | None = None  # nats
-    recon_r2: float | None = None  # R^2 against the training subjects' modality means
+    recon_r2: float | None = None  # R^2 against the training subjects' modality mean levels
+    recon_r2_subject: float | None = None  # R^2 against their modality mean maps
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VAETraining:

@@ -27,7 +27,7 @@ from vaefusion.evaluation.statistics import CorrectedT, corrected_resampled_t, p
 REFERENCE = "vae"
 
 #: The VAE's learning diagnostics averaged over folds into the summary (VAETraining fields).
-VAE_DIAGNOSTICS = ("active_units", "kl_per_volume", "recon_r2")
+VAE_DIAGNOSTICS = ("active_units", "kl_per_volume", "recon_r2", "recon_r2_subject")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -30,7 +30,7 @@ GMV_MODALITY = "GMV"
 
 
 #: Domain colour/order used in figures.
-DOMAINS: tuple[str, ...] = ("SC", "AU", "SM", "VI", "CC", "DM", "CB")
+DOMAINS: tuple[str, ...] = ("SC", "AUD", "SM", "VIS", "CC", "DM", "CB")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ Every value here is a true negative log-likelihood per volume, constants include
     -log N(x; recon, sigma^2 I) = 0.5 * N * log(2 pi sigma^2) + SSE / (2 sigma^2)
 
 with ``N`` the voxels of a volume and ``SSE`` the summed squared error, so losses are
-comparable across grids, widths and likelihoods. Two likelihoods (``--likelihood``):
+comparable across grids, widths and likelihoods. Two likelihoods (``--likelihood``, default
+``sigma``):
 
 * ``sigma`` (calibrated decoder, Rybkin et al. 2021, "Simple and effective VAE training with
   calibrated decoders"): one variance shared by every voxel, volume and modality, set to its
@@ -89,7 +90,7 @@ def gaussian_nll(sse: torch.Tensor, n_voxels: int, sigma2: float | torch.Tensor
 
 
 def loss_terms(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-               beta: float = 1.0, likelihood: str = "unit",
+               beta: float = 1.0, likelihood: str = "sigma",
                sigma2: float | torch.Tensor | None = None) -> LossTerms:
     """Negative ELBO, mean over the volumes of the batch, with its terms.
 

@@ -174,13 +174,15 @@ def seed_figure(results: Sequence[FoldResult], latent_dim: int) -> bytes:
 
 def training_figure(results: Sequence[FoldResult], explained: FoldResult | None) -> bytes:
     """Training curves of every VAE fold of the explained setting (the explained fold bold):
-    loss, KL per volume, active units and reconstruction R^2 per epoch."""
+    loss, KL per volume, active units and both reconstruction R^2 per epoch."""
     panels = (("loss (negative ELBO per volume)", ("train_loss", "val_loss")),
               ("KL per volume (nats)", ("train_kl", "val_kl")),
               ("active units", ("train_active_units", "val_active_units")),
-              ("reconstruction R²", ("train_r2", "val_r2")))
-    fig, axes = subplots(2, 2, figsize=(10, 6.5))
-    for ax, (title, keys) in zip(axes.ravel(), panels, strict=True):
+              ("reconstruction R² (vs modality mean levels)", ("train_r2", "val_r2")),
+              ("subject R² (vs modality mean maps)", ("train_r2_subject", "val_r2_subject")))
+    fig, axes = subplots(2, 3, figsize=(14, 6.5))
+    axes.ravel()[-1].set_visible(False)
+    for ax, (title, keys) in zip(axes.ravel(), panels, strict=False):
         for r in results:
             if r.training is None or not r.training.history:
                 continue

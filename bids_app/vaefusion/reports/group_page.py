@@ -266,12 +266,16 @@ def _training(results: list[FoldResult], interp) -> Section:
     if not vae:
         return s
     s.add(_fig(interp, "training_curves", "training curves",
-               "Loss, KL, active units and R² per epoch."))
+               "Loss, KL, active units and R² per epoch. R² is against each modality's mean "
+               "intensity (does the decoder draw the right map?); subject R² is against each "
+               "modality's mean map over the training subjects (does it draw this subject's "
+               "map?), and noise in the maps caps it near 0."))
     rows = [{"latent dim": r.latent_dim, "seed": r.seed, "repeat": getattr(r, "repeat", 0),
              "fold": r.fold, "best epoch": r.training.best_epoch,
              "epochs": r.training.epochs_run, "likelihood": r.training.likelihood,
              "sigma": r.training.sigma, "active units": r.training.active_units,
              "KL/volume": r.training.kl_per_volume, "R²": r.training.recon_r2,
+             "subject R²": r.training.recon_r2_subject,
              "device": r.training.device} for r in vae if r.training is not None]
     s.add(html.table(rows, list(rows[0])))
     return s
@@ -294,8 +298,9 @@ def _warnings(cfg: Config, manifest: Manifest, results: list[FoldResult], interp
     bad_r2 = [r for r in vae if r.training is not None and r.training.recon_r2 is not None
               and r.training.recon_r2 < 0]
     if bad_r2:
-        items.append(f"{len(bad_r2)} VAE folds reconstruct worse than the modality means "
-                     f"(R² < 0): train longer or check --likelihood.")
+        items.append(f"{len(bad_r2)} VAE folds reconstruct worse than each modality's mean "
+                     f"intensity (R² < 0): the decoder does not yet draw the modalities' maps; "
+                     f"train longer (--epochs, --lr) or check --likelihood.")
     maps = interp.maps
     if maps is not None:
         decoded = float(abs(maps.decoded_difference[:, maps.mask]).max())

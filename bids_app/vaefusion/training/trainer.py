@@ -101,6 +101,8 @@ class EpochStats:
     val_active_units: int = 0
     train_kl_dims: list[float] = field(default_factory=list)
     val_kl_dims: list[float] = field(default_factory=list)
+    train_r2_subject: float = math.nan
+    val_r2_subject: float = math.nan
 
     @classmethod
     def from_passes(cls, epoch: int, train: PassStats, val: PassStats,
@@ -110,7 +112,8 @@ class EpochStats:
                    train.volumes / seconds, seconds, sigma=train.sigma, train_r2=train.r2,
                    val_r2=val.r2, train_active_units=train.active_units,
                    val_active_units=val.active_units, train_kl_dims=list(train.kl_dims),
-                   val_kl_dims=list(val.kl_dims))
+                   val_kl_dims=list(val.kl_dims), train_r2_subject=train.r2_subject,
+                   val_r2_subject=val.r2_subject)
 
 
 @dataclass
@@ -151,8 +154,14 @@ class TrainResult:
 
     @property
     def recon_r2(self) -> float:
-        """Validation reconstruction R^2 at the best epoch."""
+        """Validation reconstruction R^2 (against modality mean intensities) at the best
+        epoch."""
         return self.best.val_r2 if self.best else math.nan
+
+    @property
+    def recon_r2_subject(self) -> float:
+        """Validation R^2 against the modality mean maps at the best epoch."""
+        return self.best.val_r2_subject if self.best else math.nan
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -269,7 +278,7 @@ def _batch_sigma2(model: VAE, parts: Sequence[torch.Tensor], n_values: int,
 
 def _run_epoch(model: VAE, data: SubjectBatches, epoch: int, beta: float, device: torch.device,
                bf16: bool, optimizer: torch.optim.Optimizer | None, desc: str,
-               chunk: int | None = None, *, likelihood: str = "unit",
+               chunk: int | None = None, *, likelihood: str = "sigma",
                sigma2: float | None = None, baseline: ModalityMeans | None = None
                ) -> PassStats:
     """One pass; trains when ``optimizer`` is given. Returns its :class:`PassStats`.
@@ -443,11 +452,13 @@ class Trainer:
         self.stopped = self.bad >= cfg.patience
         self.save_state()
         self.log.info("epoch %d/%d train %.6g (recon %.6g kl %.4g, %d active, R2 %.3f) "
-                      "val %.6g (kl %.4g, %d/%d active, R2 %.3f) sigma %.4g %s %.2f volumes/s",
+                      "val %.6g (kl %.4g, %d/%d active, R2 %.3f, subject R2 %.3f) sigma %.4g "
+                      "%s %.2f volumes/s",
                       stats.epoch, cfg.epochs, stats.train_loss, stats.train_recon,
                       stats.train_kl, stats.train_active_units, stats.train_r2, stats.val_loss,
                       stats.val_kl, stats.val_active_units, self.latent_dim, stats.val_r2,
-                      stats.sigma, "*" if self.bad == 0 else " ", stats.volumes_per_s)
+                      stats.val_r2_subject, stats.sigma, "*" if self.bad == 0 else " ",
+                      stats.volumes_per_s)
         if self.stopped:
             self.log.info("early stop after epoch %d: no improvement for %d epochs (best %d)",
                           stats.epoch, cfg.patience, self.best_epoch)
@@ -462,6 +473,7 @@ class Trainer:
             "training": {"latent_dim": self.latent_dim, "seed": self.seed,
                          "epoch": stats.epoch, "val_loss": stats.val_loss,
                          "val_kl_per_volume": stats.val_kl, "val_r2": stats.val_r2,
+                         "val_r2_subject": stats.val_r2_subject,
                          "val_active_units": stats.val_active_units,
                          "train_loss": stats.train_loss, "lr": cfg.lr, "beta": cfg.beta,
                          "batch_subjects": cfg.batch_subjects, "augment": cfg.augment,
