@@ -9,7 +9,7 @@ displaced by a few millimetres, which a linear model captures poorly) and each n
 subjects, it simulates a dataset, runs ``vaefusion ... group`` with the same knobs for every
 method (same grid, folds, classifier protocol), and reads ``group/summary.json``: ROC-AUC mean
 with its 95% CI (corrected resampled t) per method, and the VAE's active units, KL per volume
-and reconstruction R^2 (fold means), plus the paired VAE-minus-baseline comparisons.
+and both reconstruction R^2 (fold means), plus the paired VAE-minus-baseline comparisons.
 
 Nothing is tuned per arm: the knobs are fixed below, before any result is seen.
 """
@@ -77,7 +77,8 @@ def _num(value: object, fmt: str) -> str:
 def table(cells: list[dict]) -> str:
     """A markdown table: one row per arm and N."""
     head = ("| arm | N | " + " | ".join(f"{m} AUC [95% CI]" for m in METHODS)
-            + " | VAE active units | VAE KL/volume | VAE R^2 | VAE - best PCA (p) | time (s) |")
+            + " | VAE active units | VAE KL/volume | VAE R^2 | VAE subject R^2 "
+            "| VAE - best PCA (p) | time (s) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in cells:
         s = c["summary"]
@@ -96,7 +97,8 @@ def table(cells: list[dict]) -> str:
         lines.append(
             f"| {c['arm']} | {c['n']} | " + " | ".join(_auc(methods.get(m)) for m in METHODS)
             + f" | {_num(vae.get('active_units'), '.1f')} | {_num(vae.get('kl_per_volume'), '.2f')}"
-            + f" | {_num(vae.get('recon_r2'), '.3f')} | {comp} | {c['seconds']:.0f} |")
+            + f" | {_num(vae.get('recon_r2'), '.3f')} | {_num(vae.get('recon_r2_subject'), '.3f')}"
+            + f" | {comp} | {c['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -100,10 +100,10 @@ class Config:
     cv_seed: int = field(default=0, metadata=METHOD)
     cv_repeats: int = 1  # not hashed: each repeat is its own unit, so adding repeats reuses
     svm_c: float | None = field(default=None, metadata=METHOD)  # None: chosen by inner CV
-    epochs: int = field(default=100, metadata=METHOD)
-    patience: int = field(default=10, metadata=METHOD)
+    epochs: int = field(default=200, metadata=METHOD)
+    patience: int = field(default=20, metadata=METHOD)
     batch_subjects: int = field(default=1, metadata=METHOD)
-    lr: float = field(default=1e-4, metadata=METHOD)
+    lr: float = field(default=1e-3, metadata=METHOD)
     beta: float = field(default=1.0, metadata=METHOD)
     width: float = field(default=1.0, metadata=METHOD)
     downsample: int = field(default=1, metadata=METHOD)

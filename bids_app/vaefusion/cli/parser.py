@@ -139,12 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix the linear SVM's C ([ours] unset: C chosen per fold by inner "
                    "5-fold CV on the training subjects over 1e-4 ... 1e2, for every method)")
     g.add_argument("--epochs", type=_positive_int, default=None,
-                   help="maximum epochs ([ours] 100)")
+                   help="maximum epochs ([ours] 200)")
     g.add_argument("--patience", type=_positive_int, default=None,
-                   help="early-stopping patience in epochs ([ours] 10)")
+                   help="early-stopping patience in epochs ([ours] 20)")
     g.add_argument("--batch-subjects", type=_positive_int, default=None, metavar="B",
                    help="whole subjects per training batch ([ours] 1)")
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate ([ours] 1e-4)")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate ([ours] 1e-3)")
     g.add_argument("--beta", type=float, default=None, help="KL weight ([ours] 1.0)")
     g.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
                    help="[ours] decoder likelihood: sigma = Gaussian with a calibrated shared "
