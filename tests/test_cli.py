@@ -67,9 +67,13 @@ def test_participant_end_to_end_valid_and_resumable(tiny_bids, tmp_path):
     # a rerun reuses the work dir: the cache is not rewritten
     cache = sorted((tmp_path / "work" / "cache").glob("*.npy"))
     before = [p.stat().st_mtime_ns for p in cache]
+    probseg = sorted(out.glob("sub-*/anat/*_label-GM_desc-preproc_probseg.json"))
+    assert len(probseg) == 8
+    probseg[0].unlink()  # ...but a deleted output comes back
     assert main([str(tiny_bids), str(out), "participant", "-w", str(tmp_path / "work"),
                  *BASE]) == 0
     assert [p.stat().st_mtime_ns for p in cache] == before
+    assert probseg[0].is_file()
 
 
 def test_use_plugin_yaml(tmp_path):
@@ -100,3 +104,16 @@ def test_a_crash_writes_a_crash_file_and_exits_1(tiny_bids, tmp_path, monkeypatc
     crash = list((out / "logs").glob("crash-*.txt"))
     assert len(crash) == 1 and "simulated bug" in crash[0].read_text()
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_demo_verdict_says_where_the_vae_does_not_win():
+    from vaefusion.cli.demo import verdict
+
+    def comp(baseline: str, lo: float, hi: float) -> dict:
+        return {"method": "vae", "baseline": baseline, "ci": [lo, hi]}
+
+    text = verdict({"comparisons": [comp("pca-early", 0.02, 0.3), comp("pca-late", -0.2, 0.1),
+                                    comp("pca-shared", -0.4, -0.1)]})
+    assert "beats pca-early" in text and "worse than pca-shared" in text
+    assert "does not differ from pca-late" in text
+    assert verdict({"comparisons": []}) == "The VAE was not compared with a baseline."
