@@ -68,6 +68,88 @@ def test_sidecars_and_group_names(tmp_path):
     assert naming.config_file(tmp_path, "group") == tmp_path / "logs" / "config-group.toml"
 
 
+
+def test_the_gm_probseg_takes_the_grid_entities_of_the_icn_input(tmp_path):
+    icn = "sub-01_task-rest_space-MNI152NLin6Asym_res-3_desc-neuromark_components.nii.gz"
+    assert naming.input_entities(icn) == {"space": "MNI152NLin6Asym", "res": "3"}
+    assert naming.preproc_gm(tmp_path, "01", "2", icn) == (
+        tmp_path / "sub-01" / "ses-2" / "anat"
+        / "sub-01_ses-2_space-MNI152NLin6Asym_res-3_label-GM_desc-preproc_probseg.nii.gz")
+    # GIFT's own names have no entities: the name leaves them out (and still validates)
+    gift = "/d/gift/neuromark_sub001_component_ica_s1_.nii"
+    assert naming.input_entities(gift) == {}
+    assert naming.preproc_gm(tmp_path, "01", None, gift) == (
+        tmp_path / "sub-01" / "anat" / "sub-01_label-GM_desc-preproc_probseg.nii.gz")
+
+
+def test_sources_are_bids_uris_through_the_innermost_dataset_link(tmp_path):
+    raw = tmp_path / "ds"
+    links = {"raw": str(raw), "nm": str(raw / "derivatives" / "neuromark")}
+    assert naming.bids_uri(raw / "derivatives" / "spm" / "a.nii", links) == \
+        "bids:raw:derivatives/spm/a.nii"
+    assert naming.bids_uri(raw / "derivatives" / "neuromark" / "sub-01" / "b.nii", links) == \
+        "bids:nm:sub-01/b.nii"
+    elsewhere = tmp_path / "other" / "c.nii"
+    assert naming.bids_uri(elsewhere, links) == elsewhere.as_uri()
+    # a DataLad-style symlink names the file in the dataset, not the annexed object
+    (raw / ".git").mkdir(parents=True)
+    (raw / ".git" / "obj").write_text("x")
+    (raw / "d.nii").symlink_to(raw / ".git" / "obj")
+    assert naming.bids_uri(raw / "d.nii", links) == "bids:raw:d.nii"
+
+
+
+def test_dataset_links_name_the_input_datasets(tmp_path):
+    from vaefusion.derivatives.dataset import dataset_description, dataset_links
+
+    cfg = Config(bids_dir=tmp_path / "ds", derivatives={"nm": str(tmp_path / "nm")})
+    assert dataset_links(cfg) == {"raw": str(tmp_path / "ds"), "nm": str(tmp_path / "nm")}
+    assert dataset_description(cfg)["DatasetLinks"] == {
+        "raw": (tmp_path / "ds").as_uri(), "nm": (tmp_path / "nm").as_uri()}
+
+def test_every_bidsignore_pattern_says_why():
+    from vaefusion.derivatives.dataset import BIDSIGNORE
+
+    lines = BIDSIGNORE.splitlines()
+    patterns = [i for i, line in enumerate(lines) if line.strip() and not line.startswith("#")]
+    assert patterns
+    for i in patterns:  # the line above each pattern is its own comment
+        assert i > 0 and lines[i - 1].startswith("#"), f"no comment above {lines[i]!r}"
+        assert lines[i - 1].lstrip("# ").strip(), lines[i]
+    # what BIDS can name is never ignored: the GM probseg, its sidecar, descriptions.tsv
+    ignored = {lines[i] for i in patterns}
+    assert not any(p in ignored for p in ("*", "sub-*", "/sub-*", "*.nii.gz", "*.json",
+                                          "*_probseg.*", "descriptions.tsv"))
+    # and README's table ("What the validator checks and what it skips") lists each one
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert [p for p in ignored if f"| `{p}` |" not in readme] == []
+
+
+def test_gm_probseg_is_the_stacks_gmv_with_a_complete_sidecar(tmp_path):
+    from vaefusion.derivatives.subject import write_preproc_gm
+
+    rng = np.random.default_rng(0)
+    gmv = rng.random((4, 5, 3)).astype(np.float32)
+    gmv /= gmv.max()  # as scale_maxabs leaves a non-negative volume
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    root = tmp_path / "ds" / "derivatives"
+    icn = root / "neuromark" / "sub-01_task-rest_space-MNI152NLin6Asym_res-3_components.nii.gz"
+    gm = root / "spm" / "sub-01_space-MNI152NLin6Asym_label-GM_probseg.nii.gz"
+    nii = write_preproc_gm(tmp_path / "out", "01", None, gmv, affine, str(icn), str(gm),
+                           {"raw": str(tmp_path / "ds")})
+    assert nii == naming.preproc_gm(tmp_path / "out", "01", None, str(icn))
+    img = nib.load(nii)
+    assert img.shape == gmv.shape and np.allclose(img.affine, affine)
+    assert img.header.get_xyzt_units()[0] == "mm"
+    assert np.abs(img.get_fdata() - gmv).max() < 1e-4  # one int16 step
+    side = json.loads(naming.sidecar(nii).read_text())
+    assert side["Resolution"] == {"3": "3 mm isotropic: the grid of the NeuroMark ICN input "
+                                       "(SpatialReference)"}
+    assert side["Sources"] == [f"bids:raw:derivatives/spm/{gm.name}",
+                               f"bids:raw:derivatives/neuromark/{icn.name}"]
+    assert side["SpatialReference"] == side["Sources"][1]
+    assert "maximum absolute value" in side["Description"]
+
 # ------------------------------------------------------------------------- atomic writes
 def _fail_on_replace(monkeypatch):
     """Every writer ends with os.replace; failing there must leave the old file alone."""

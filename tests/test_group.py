@@ -119,12 +119,35 @@ def test_models_load_without_pickle_and_latents(group_run):
     assert tsv[-1]["domain"] == "GM" and tsv[0]["domain"] == "SC"
 
 
-def test_output_is_valid_bids_derivatives(group_run):
+def test_output_is_valid_bids_derivatives(group_run, tmp_path):
+    """0 errors, and not because .bidsignore hides everything: the validator counts every
+    subject and checks each one's GM probseg, so a broken sidecar there is an error."""
+    import shutil
+
+    from vaefusion.derivatives import naming
     from vaefusion.inputs.validation import find_validator, run_validator, validator_errors
 
     if find_validator() is None:
         pytest.skip("bids-validator-deno is not installed")
-    assert validator_errors(run_validator(group_run)) == []
+    report = run_validator(group_run)
+    assert validator_errors(report) == []
+    subjects = [f"{i:02d}" for i in range(1, 17)]
+    assert sorted(report["summary"]["subjects"]) == subjects
+    assert report["summary"]["dataTypes"] == ["anat"]
+    probsegs = sorted(group_run.glob("sub-*/anat/sub-*_label-GM_desc-preproc_probseg.nii.gz"))
+    assert [p.name.split("_")[0] for p in probsegs] == [f"sub-{s}" for s in subjects]
+    # each probseg and its sidecar, plus dataset_description, README, descriptions.tsv/.json
+    assert report["summary"]["totalFiles"] >= 2 * len(subjects) + 4
+    side = json.loads(naming.sidecar(probsegs[0]).read_text())
+    assert side["Sources"] and all(s.startswith("bids:raw:") for s in side["Sources"])
+    # the validator really reads these files: a res- entity without Resolution is an error
+    broken = tmp_path / "out"
+    shutil.copytree(group_run, broken, ignore=shutil.ignore_patterns("group"))
+    target = naming.sidecar(broken / probsegs[0].relative_to(group_run))
+    target.write_text(json.dumps({k: v for k, v in side.items() if k != "Resolution"}))
+    errors = validator_errors(run_validator(broken))
+    assert errors and {e.get("location") for e in errors} == {
+        "/" + probsegs[0].relative_to(group_run).as_posix()}, errors
 
 
 def _unit_results(work: Path) -> dict[str, int]:
@@ -167,6 +190,11 @@ def test_model_embeds_new_subjects(strong, group_run, tmp_path):
     code = main([str(strong), str(out), "group", "-w", str(tmp_path / "work"), "--model",
                  str(model), *TINY_GROUP[-3:]])
     assert code == 0
+    from vaefusion.inputs.validation import find_validator, run_validator, validator_errors
+
+    if find_validator() is not None:  # the --model output is a valid dataset too
+        report = run_validator(out)
+        assert validator_errors(report) == [] and len(report["summary"]["subjects"]) == 16
     summary = json.loads((out / "group" / "summary.json").read_text())
     assert summary["n_subjects"] == 16 and summary["model"] == str(model)
     # one latents schema: the same columns and sidecar keys as cross-validation writes

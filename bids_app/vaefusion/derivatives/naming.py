@@ -2,12 +2,17 @@
 
 Per-subject names come from BIDS entities in BIDS order (as fMRIPrep's
 ``DerivativesDataSink`` and ``utils/bids.py`` build them): ``sub-01[_ses-1]_desc-vae_latents.tsv``
-in ``sub-01[/ses-1]/``. Group outputs have fixed names under ``group/``, and the names of
-cross-validation units (``vae_L8_seed0_rep0_fold2``) name their model folders and work folders.
+in ``sub-01[/ses-1]/``. What BIDS can name sits in a datatype folder, where the validator checks
+it (``sub-01/anat/..._label-GM_desc-preproc_probseg.nii.gz``); what it cannot name (the 4D
+``_stack``, the ``_latents``) stays beside it and is listed in ``.bidsignore``. Group outputs have
+fixed names under ``group/``, and the names of cross-validation units
+(``vae_L8_seed0_rep0_fold2``) name their model folders and work folders.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 #: BIDS entity order (the subset vaefusion writes); a name lists its entities in this order.
@@ -109,6 +114,48 @@ def preproc_stack(out: Path, subject: str, session: str | None) -> Path:
 def subject_latents(out: Path, subject: str, session: str | None, desc: str = "vae") -> Path:
     """A subject's latent means: ``sub-01/sub-01_desc-vae_latents.tsv``."""
     return subject_file(out, subject, session, "latents", ".tsv", desc=desc)
+
+
+#: The BIDS datatype folder of the per-subject files that BIDS can name (the GM probseg).
+ANAT = "anat"
+
+
+def preproc_gm(out: Path, subject: str, session: str | None, icn_source: str | None) -> Path:
+    """The preprocessed gray matter as a BIDS probseg, on the ICN grid, with the ``space`` and
+    ``res`` of the ICN input's name (left out when it has none, as GIFT's names):
+    ``sub-01/anat/sub-01_space-MNI152NLin6Asym_res-3_label-GM_desc-preproc_probseg.nii.gz``."""
+    grid = input_entities(icn_source) if icn_source else {}
+    return subject_dir(out, subject, session) / ANAT / bids_name(
+        subject, session, "probseg", ".nii.gz", space=grid.get("space"), res=grid.get("res"),
+        label="GM", desc="preproc")
+
+
+#: an entity of an input file name; GIFT's and SPM's own names have none
+_INPUT_ENTITY = re.compile(r"(?:^|_)(space|res)-([A-Za-z0-9]+)(?=_)")
+
+
+def input_entities(path: str | Path) -> dict[str, str]:
+    """The ``space`` and ``res`` entities of an input file name (``{}`` for names without
+    them): the grid that outputs on the same grid carry in their own names."""
+    return dict(_INPUT_ENTITY.findall(Path(path).name))
+
+
+def bids_uri(path: str | Path, links: dict[str, str]) -> str:
+    """An input file as a BIDS URI, ``bids:raw:derivatives/spm/sub-01/anat/...``, through the
+    output's ``DatasetLinks`` (name -> dataset folder; the innermost folder that holds the file
+    wins); a file outside every linked dataset gets its ``file://`` URI."""
+    # absolute but not resolved: a DataLad file is a symlink into .git/annex, and its URI must
+    # name the file, not the annexed object
+    target = Path(os.path.abspath(path))
+    best: tuple[int, str, Path] | None = None
+    for name, root in links.items():
+        # a linked folder given through a symlink: discovery may report files under either
+        for base in {Path(os.path.abspath(root)), Path(os.path.realpath(root))}:
+            if target.is_relative_to(base) and (best is None or len(base.parts) > best[0]):
+                best = (len(base.parts), name, target.relative_to(base))
+    if best is None:
+        return target.as_uri()
+    return f"bids:{best[1]}:{best[2].as_posix()}"
 
 
 def sidecar(path: Path) -> Path:

@@ -1,4 +1,5 @@
-"""Per-subject derivatives: the preprocessed stack (NIfTI + sidecar) and the latents TSV.
+"""Per-subject derivatives: the preprocessed stack (NIfTI + sidecar), its gray-matter volume
+as a BIDS probseg (which the validator checks), and the latents TSV.
 
 Latents have one schema wherever they come from (a cross-validation fold's model or
 ``--model``): a row per modality with ``modality``, ``domain``, ``z000``...; the JSON sidecar
@@ -25,9 +26,15 @@ def stack_image(stack: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     int16 with a scale factor keeps 5 significant digits of a [-1, 1] volume at half
     the size of float32, and is plain NIfTI-1 (float16 is not).
     """
+    return volume_image(np.moveaxis(np.asarray(stack, dtype=np.float32), 0, -1), affine)
+
+
+def volume_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """A 3D (or last-axis 4D) image in [-1, 1] as int16 with a scale factor (see
+    :func:`stack_image`)."""
     # nibabel picks the scale factor from the data on save, so values round-trip within
     # one int16 step and never leave [-1, 1]
-    img = nib.Nifti1Image(np.moveaxis(np.asarray(stack, dtype=np.float32), 0, -1), affine)
+    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
     img.set_data_dtype(np.int16)
     img.header.set_xyzt_units("mm")
     return img
@@ -35,9 +42,10 @@ def stack_image(stack: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
 
 def write_subject_stack(
     out: Path, subject: str, session: str | None, stack: np.ndarray, affine: np.ndarray,
-    modalities: list[str], sources: list[str],
+    modalities: list[str], sources: list[str], links: dict[str, str] | None = None,
 ) -> Path:
-    """Write the preprocessed stack of one subject and its JSON sidecar."""
+    """Write the preprocessed stack of one subject and its JSON sidecar; ``Sources`` are BIDS
+    URIs through ``links`` (the output's ``DatasetLinks``, name -> folder)."""
     nii = naming.preproc_stack(out, subject, session)
     write_nifti_atomic(nii, stack_image(stack, affine))
     write_json(naming.sidecar(nii), {
@@ -45,7 +53,39 @@ def write_subject_stack(
                        "volume scaled by its maximum absolute value to [-1, 1], ICNs first.",
         "Modalities": modalities,
         "Domains": [modality_domain(m) for m in modalities],
-        "Sources": [Path(s).name for s in sources],
+        "Sources": [naming.bids_uri(s, links or {}) for s in sources],
+    })
+    return nii
+
+
+def _voxel_text(affine: np.ndarray) -> str:
+    """``3 mm isotropic`` or ``3 x 3 x 3.5 mm``: the voxel size of an affine."""
+    sizes = [f"{v:g}" for v in np.round(np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)), 3)]
+    return f"{sizes[0]} mm isotropic" if len(set(sizes)) == 1 else " x ".join(sizes) + " mm"
+
+
+def write_preproc_gm(
+    out: Path, subject: str, session: str | None, volume: np.ndarray, affine: np.ndarray,
+    icn_source: str, gmv_source: str, links: dict[str, str] | None = None,
+) -> Path:
+    """The GMV volume of the preprocessed stack as a BIDS-Derivatives probseg in
+    ``sub-<label>/anat/``, named with the ICN input's ``space``/``res`` (its grid), and its
+    sidecar (``Resolution``, ``Sources`` as BIDS URIs, ``SpatialReference``, the scaling)."""
+    res = naming.input_entities(icn_source).get("res")
+    nii = naming.preproc_gm(out, subject, session, icn_source)
+    write_nifti_atomic(nii, volume_image(volume, affine))
+    grid = _voxel_text(affine)
+    resolution = f"{grid}: the grid of the NeuroMark ICN input (SpatialReference)"
+    links = links or {}
+    write_json(naming.sidecar(nii), {
+        "Description": "Gray-matter volume as vaefusion feeds it to the VAE (the last volume of "
+                       "the desc-preproc stack): the GMV input resampled to the ICN grid "
+                       "(Gaussian anti-aliasing, then trilinear interpolation) and divided by "
+                       "its maximum absolute value, so a non-negative input lies in [0, 1]. "
+                       "Relative, not a probability: the peak voxel is 1.",
+        "Resolution": {res: resolution} if res else resolution,
+        "SpatialReference": naming.bids_uri(icn_source, links),
+        "Sources": [naming.bids_uri(gmv_source, links), naming.bids_uri(icn_source, links)],
     })
     return nii
 

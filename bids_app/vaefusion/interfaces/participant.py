@@ -89,6 +89,8 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     cache_file = traits.Either(File(exists=True), None, mandatory=True)
     error = traits.Str(mandatory=True)
     output_dir = traits.Str(mandatory=True)
+    dataset_links = traits.Dict(traits.Str, traits.Str, value={}, usedefault=True,
+                                desc="the output's DatasetLinks (name -> folder) for Sources")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -97,10 +99,11 @@ class _SinkOutputSpec(TraitedSpec):
 
 
 class DerivativesSink(SimpleInterface):
-    """Write a subject's preprocessed stack into the BIDS-Derivatives output, atomically.
+    """Write a subject's preprocessed stack, and its GMV as a BIDS probseg, into the
+    BIDS-Derivatives output, atomically.
 
-    The node always runs (so deleted outputs come back) but skips a subject whose output and
-    sidecar are already newer than its cache entry.
+    The node always runs (so deleted outputs come back) but skips a subject whose outputs and
+    sidecars are all newer than its cache entry.
     """
 
     input_spec = _SinkInputSpec
@@ -115,9 +118,10 @@ class DerivativesSink(SimpleInterface):
     def _sink(self, runtime):
         import numpy as np
 
-        from vaefusion.derivatives.naming import preproc_stack, sidecar
-        from vaefusion.derivatives.subject import write_subject_stack
+        from vaefusion.derivatives.naming import preproc_gm, preproc_stack, sidecar
+        from vaefusion.derivatives.subject import write_preproc_gm, write_subject_stack
         from vaefusion.inputs.cache import load_stack, read_meta
+        from vaefusion.inputs.reference import GMV_MODALITY
 
         self._results["error"] = self.inputs.error
         cache = self.inputs.cache_file
@@ -126,15 +130,26 @@ class DerivativesSink(SimpleInterface):
             return runtime
         meta = read_meta(Path(cache))
         out = Path(self.inputs.output_dir)
+        links = dict(self.inputs.dataset_links)
         target = preproc_stack(out, meta.subject, meta.session)
-        # both files, each newer than the cache entry: a run killed between the two writes
-        # must not leave a stack without its sidecar for good
+        # the GM probseg exists only with a GMV (--missing-modality keep may drop it)
+        gm = GMV_MODALITY in meta.modalities and len(meta.sources) > 1
+        outputs = [target]
+        if gm:
+            outputs.append(preproc_gm(out, meta.subject, meta.session, meta.sources[0]))
+        # every file and its sidecar, each newer than the cache entry: a run killed between
+        # two writes must not leave a data file without its sidecar for good
         newer = all(p.exists() and p.stat().st_mtime >= Path(cache).stat().st_mtime
-                    for p in (target, sidecar(target)))
+                    for f in outputs for p in (f, sidecar(f)))
         if not newer:
-            target = write_subject_stack(
-                out, meta.subject, meta.session, np.asarray(load_stack(Path(cache))),
-                np.asarray(meta.affine), meta.modalities, meta.sources,
-            )
+            stack = np.asarray(load_stack(Path(cache)))
+            affine = np.asarray(meta.affine)
+            target = write_subject_stack(out, meta.subject, meta.session, stack, affine,
+                                         meta.modalities, meta.sources, links)
+            if gm:
+                write_preproc_gm(out, meta.subject, meta.session,
+                                 stack[meta.modalities.index(GMV_MODALITY)], affine,
+                                 icn_source=meta.sources[0], gmv_source=meta.sources[1],
+                                 links=links)
         self._results["out_file"] = str(target)
         return runtime

@@ -8,6 +8,7 @@ from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
 from vaefusion.config import Config
+from vaefusion.derivatives.dataset import dataset_links
 from vaefusion.inputs.discovery import SubjectInputs
 from vaefusion.interfaces.participant import BIDSSource, DerivativesSink, PreprocessSubject
 
@@ -31,7 +32,8 @@ def init_participant_wf(cfg: Config, subjects: list[SubjectInputs],
     bidssrc = pe.Node(BIDSSource(), name="bidssrc", run_without_submitting=True)
     preproc = pe.Node(PreprocessSubject(cache_dir=str(cache_dir(cfg))), name="preprocess",
                       mem_gb=1.0)
-    sink = pe.Node(DerivativesSink(output_dir=str(cfg.output_dir)), name="ds_preproc",
+    sink = pe.Node(DerivativesSink(output_dir=str(cfg.output_dir),
+                                   dataset_links=dataset_links(cfg)), name="ds_preproc",
                    overwrite=True, run_without_submitting=True)
     wf.connect([
         (inputnode, bidssrc, [("subject_json", "subject_json")]),
