@@ -17,11 +17,12 @@ best validation loss (what a patience must outlast).
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from simcache import simulate_and_cache
 
 FULL = {"n": 60, "epochs": 300, "lrs": (1e-4, 1e-3, 3e-3), "sim": [], "downsample": 4,
         "split": (18, 2), "latent": 16, "report": (10, 20, 40, 60, 100, 150, 200, 300)}
@@ -31,24 +32,9 @@ QUICK = {"n": 12, "epochs": 3, "lrs": (1e-3, 3e-3), "downsample": 1, "split": (3
 
 
 def cache(root: Path, n: int, seed: int, sim: list[str]) -> list[Path]:
-    """Simulate and preprocess ``n`` subjects; the cached stacks in participants.tsv order."""
-    from vaefusion.cli.simulate import main as simulate
-    from vaefusion.inputs.preprocess import preprocess_subject
-
-    ds = root / "bids"
-    if simulate([str(ds), "--n-subjects", str(n), "--seed", str(seed), *sim]):
-        raise SystemExit("vaefusion-simulate failed")
-    with open(ds / "participants.tsv", newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    files = []
-    for row in rows:
-        sub = row["participant_id"].removeprefix("sub-")
-        icn = next((ds / "derivatives" / "neuromark" / f"sub-{sub}").rglob("*.nii.gz"))
-        gm = next((ds / "derivatives" / "spm" / f"sub-{sub}").rglob("*.nii.gz"))
-        path, _ = preprocess_subject(str(icn), str(gm), sub, None, row["diagnosis"],
-                                     root / "cache")
-        files.append(path)
-    return sorted(files)
+    """Simulate and preprocess ``n`` subjects; the cached stacks, sorted."""
+    return sorted(simulate_and_cache(root / "bids", root / "cache", "--n-subjects", str(n),
+                                     "--seed", str(seed), *sim))
 
 
 def longest_wait(losses: list[float]) -> tuple[int, int]:

@@ -18,12 +18,13 @@ conservative; the ICN ceiling is exact for this simulator.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from simcache import simulate_and_cache
 
 QUICK = {"n": 12, "noise": (1.0,), "sim": ["--n-components", "4"]}
 FULL = {"n": 24, "noise": (1.0, 0.5, 0.25), "sim": []}
@@ -32,25 +33,12 @@ GRID = ["--icn-res", "9", "--gm-res", "4.5"]
 
 def stacks(root: Path, n: int, seed: int, noise: float, sim: list[str]) -> np.ndarray:
     """Simulate and preprocess; ``(subjects, modalities, X, Y, Z)`` in float64."""
-    from vaefusion.cli.simulate import main as simulate
     from vaefusion.inputs.cache import load_stack
-    from vaefusion.inputs.preprocess import preprocess_subject
 
-    ds = root / f"noise-{noise:g}"
-    if simulate([str(ds), "--n-subjects", str(n), "--seed", str(seed), "--noise", str(noise),
-                 *GRID, *sim]):
-        raise SystemExit(f"vaefusion-simulate failed for --noise {noise}")
-    with open(ds / "participants.tsv", newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    out = []
-    for row in rows:
-        sub = row["participant_id"].removeprefix("sub-")
-        icn = next((ds / "derivatives" / "neuromark" / f"sub-{sub}").rglob("*.nii.gz"))
-        gm = next((ds / "derivatives" / "spm" / f"sub-{sub}").rglob("*.nii.gz"))
-        path, _ = preprocess_subject(str(icn), str(gm), sub, None, row["diagnosis"],
-                                     root / f"cache-{noise:g}")
-        out.append(np.asarray(load_stack(path), dtype=np.float64))
-    return np.stack(out)
+    files = simulate_and_cache(root / f"noise-{noise:g}", root / f"cache-{noise:g}",
+                               "--n-subjects", str(n), "--seed", str(seed), "--noise",
+                               str(noise), *GRID, *sim)
+    return np.stack([np.asarray(load_stack(f), dtype=np.float64) for f in files])
 
 
 def ceiling(noisy: np.ndarray, truth: np.ndarray) -> dict[str, float]:
