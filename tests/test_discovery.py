@@ -86,3 +86,23 @@ def test_sessions(tmp_path):
     assert len(subjects) == 8 and {s.session for s in subjects} == {"1", "2"}
     only = discover(_cfg(ds, tmp_path, session_label=["2"]))
     assert len(only) == 4 and all(s.session == "2" for s in only)
+
+
+def test_gift_sessions_map_through_gift_session(tmp_path):
+    """GIFT numbers a subject's sessions in the file name (``_s1_``, ``_s2_``); the mapping
+    TSV's ``gift_session`` column sends each file to its own BIDS session."""
+    from conftest import simulate
+
+    ds = simulate(tmp_path / "gs", "--n-subjects", "3", "--sessions", "2", "--naming", "native")
+    subjects = discover(_cfg(ds, tmp_path))
+    assert len(subjects) == 6 and {s.session for s in subjects} == {"1", "2"}
+    for s in subjects:
+        index = int(s.subject)  # the simulator gives subject k the GIFT index k
+        assert Path(s.icn).name.endswith(f"_sub{index:03d}_component_ica_s{s.session}_.nii")
+        assert f"ses-{s.session}" in s.gmv
+    # without gift_session two rows of one index are ambiguous: a clear error, not a guess
+    tsv = ds / "derivatives" / "gift" / "gift_subjects.tsv"
+    rows = [line.split("\t")[:3] for line in tsv.read_text().splitlines()]
+    tsv.write_text("\n".join("\t".join(r) for r in rows) + "\n")
+    with pytest.raises(VaefusionError, match="twice; add a gift_session column"):
+        discover(_cfg(ds, tmp_path / "again"))

@@ -156,28 +156,42 @@ def bids_layout(cfg: Config, deriv: list[Path]):  # -> bids.BIDSLayout | None
     return BIDSLayout(str(cfg.bids_dir), database_path=str(db), **args)
 
 
-def _gift_mapping(folder: Path) -> dict[int, tuple[str, str | None]]:
-    """GIFT subject index -> (participant label, session label) from the mapping TSV."""
+def _gift_mapping(folder: Path) -> dict[tuple[int, int | None], tuple[str, str | None]]:
+    """(GIFT subject index, GIFT session or None) -> (participant label, session label) from
+    the mapping TSV. GIFT numbers the sessions of one subject index (``_s1_``, ``_s2_``): a
+    ``gift_session`` column maps each to its own BIDS session; without it one row covers every
+    GIFT session of that index."""
     tsvs = sorted(folder.glob("*subjects*.tsv"))
     if not tsvs:
         raise MissingInputError(
             f"GIFT component files in {folder} have no subject mapping; add {folder}/"
             f"gift_subjects.tsv with columns gift_index and participant_id (and session_id)."
         )
-    mapping: dict[int, tuple[str, str | None]] = {}
+    mapping: dict[tuple[int, int | None], tuple[str, str | None]] = {}
     with open(tsvs[0], newline="") as fh:
         for row in csv.DictReader(fh, delimiter="\t"):
             try:
                 index = int(row["gift_index"])
                 pid = row["participant_id"].strip()
+                gift_ses = (row.get("gift_session") or "").strip()
+                key = (index, int(gift_ses) if gift_ses not in ("", "n/a") else None)
             except (KeyError, ValueError, AttributeError):
                 raise DataError(
-                    f"{tsvs[0]} needs integer gift_index and participant_id columns; fix it."
+                    f"{tsvs[0]} needs integer gift_index (and gift_session, if given) and "
+                    f"participant_id columns; fix it."
                 ) from None
             ses = (row.get("session_id") or "").strip()
             ses = None if ses in ("", "n/a") else ses.removeprefix("ses-")
-            mapping[index] = (pid.removeprefix("sub-"), ses)
+            if key in mapping:
+                raise DataError(f"{tsvs[0]} lists gift_index {index}"
+                                f"{f' gift_session {key[1]}' if key[1] else ''} twice; add a "
+                                f"gift_session column to tell a subject's GIFT sessions apart.")
+            mapping[key] = (pid.removeprefix("sub-"), ses)
     return mapping
+
+
+def _has_sessions(mapping: dict[tuple[int, int | None], Any]) -> bool:
+    return any(ses is not None for _, ses in mapping)
 
 
 def _native_files(deriv: list[Path]) -> tuple[list[tuple], list[tuple]]:
@@ -204,13 +218,15 @@ def _native_files(deriv: list[Path]) -> tuple[list[tuple], list[tuple]]:
                 match = GIFT_RE.search(path.name)
                 if not match:
                     continue
-                index = int(match["index"])
-                if index not in mapping:
+                index, gift_ses = int(match["index"]), int(match["session"])
+                key = (index, gift_ses) if (index, gift_ses) in mapping else (index, None)
+                if key not in mapping:
                     raise DataError(
-                        f"{path} is GIFT subject {index}, which the mapping TSV in {folder} does "
-                        f"not list; add a row for gift_index {index}."
+                        f"{path} is GIFT subject {index} session {gift_ses}, which the mapping "
+                        f"TSV in {folder} does not list; add a row for gift_index {index}"
+                        f"{f' and gift_session {gift_ses}' if _has_sessions(mapping) else ''}."
                     )
-                subject, session = mapping[index]
+                subject, session = mapping[key]
                 icn.append((subject, session, str(path)))
     return icn, gmv
 
