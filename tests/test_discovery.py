@@ -100,9 +100,3 @@ def test_gift_sessions_map_through_gift_session(tmp_path):
         index = int(s.subject)  # the simulator gives subject k the GIFT index k
         assert Path(s.icn).name.endswith(f"_sub{index:03d}_component_ica_s{s.session}_.nii")
         assert f"ses-{s.session}" in s.gmv
-    # without gift_session two rows of one index are ambiguous: a clear error, not a guess
-    tsv = ds / "derivatives" / "gift" / "gift_subjects.tsv"
-    rows = [line.split("\t")[:3] for line in tsv.read_text().splitlines()]
-    tsv.write_text("\n".join("\t".join(r) for r in rows) + "\n")
-    with pytest.raises(VaefusionError, match="twice; add a gift_session column"):
-        discover(_cfg(ds, tmp_path / "again"))

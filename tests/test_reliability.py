@@ -240,6 +240,20 @@ def test_duplicate_inputs_in_one_dataset_fix_works(writable_copy, tmp_path, capl
                "--bids-filter-file", str(filt)) == 0
 
 
+def test_gift_index_twice_without_gift_session(tmp_path, caplog):
+    from conftest import simulate
+
+    ds = simulate(tmp_path / "gs", "--n-subjects", "2", "--sessions", "2", "--naming", "native")
+    tsv = ds / "derivatives" / "gift" / "gift_subjects.tsv"
+    full = tsv.read_text()
+    tsv.write_text("".join("\t".join(line.split("\t")[:3]) + "\n"
+                           for line in full.splitlines()))
+    expect(cli(ds, tmp_path), 65, caplog, "lists gift_index 1 twice; add a gift_session column")
+    tsv.write_text(full)  # the fix: each GIFT session mapped to its own BIDS session
+    assert cli(ds, tmp_path / "fixed") == 0
+    assert len(list((tmp_path / "fixed" / "out").glob("sub-*/ses-*/anat/*_probseg.nii.gz"))) == 4
+
+
 def test_derivatives_without_description_skipped(writable_copy, tmp_path, caplog):
     fs = writable_copy / "derivatives" / "freesurfer" / "sub-01" / "label"
     fs.mkdir(parents=True)
