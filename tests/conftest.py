@@ -69,9 +69,10 @@ PLANTED = ("ICN02", "ICN03")
 PLANTED_COMPONENTS = 16
 #: A VAE that learns on the tiny grid: the calibrated likelihood, no downsampling (18x21x18),
 #: lr 1e-3 and 40 epochs without early stopping. Measured once with these settings (and never
-#: retuned): all 4 units active, KL 7.5 nats per volume, R^2 0.31 (subject R^2 -0.15, near
-#: the ceiling of these noisy maps). At 8 epochs the decoded group difference did not follow
-#: the planted effect (r -0.03 and 0.01); at 40 the planted ICNs lead every ICN.
+#: retuned): all 4 units active, KL 7.5 nats per volume, the ICN maps drawn as blobs at their
+#: peaks (a subject report's r 0.35 to 0.38 against the noisy inputs). At 8 epochs the decoded
+#: group difference did not follow the planted effect (r -0.03 and 0.01); at 40 the planted
+#: ICNs lead every ICN.
 PLANTED_GROUP = ["--downsample", "1", "--width", "0.125", "--epochs", "40", "--patience", "40",
                  "--lr", "1e-3",
                  "--folds", "3", "--latent-dim", "4", "--n-components", str(PLANTED_COMPONENTS),

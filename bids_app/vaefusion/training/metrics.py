@@ -10,16 +10,18 @@ the device (one host sync per pass), and :class:`PassStats` reports per volume:
   sample, so a dimension that only tells modalities apart is active too; ``r2_subject`` is the
   measure of subject-level information;
 * ``r2``: reconstruction R^2 against the per-modality mean *intensity* of the training subjects
-  (one number per modality), ``1 - SSE / sum (x - mean_modality)^2``: the share of each
-  volume's voxel variance the reconstruction explains. A collapsed decoder, which draws the
-  same blurred map for every modality, stays near or below 0;
+  (one number per modality), ``1 - SSE_m / sum (x - mean_m)^2`` per modality ``m``, then
+  averaged over the modalities (each weighs the same, so the one dense GMV volume cannot hide
+  ICN maps drawn as zeros): the share of each volume's voxel variance the reconstruction
+  explains. A decoder that draws zeros or one blurred map for every modality stays near or
+  below 0;
 * ``r2_subject``: the stricter R^2 against the training subjects' mean *map* of the modality,
-  ``1 - SSE / sum ||x - meanmap_modality||^2``: above 0 only when the reconstruction carries
-  subject-specific detail beyond the modality's group template. Its ceiling is the share of
-  between-subject variation that is not voxel noise: on the simulator's default ICN noise
-  (smooth noise of SD 0.12 of the peak) about 97 % of that variation is noise, and even the
-  noiseless truth reaches only about 0 (measured, see docs/method.md), so on noisy maps a value
-  rising towards 0 is what learning looks like;
+  ``1 - SSE_m / sum ||x - meanmap_m||^2``, averaged over modalities alike: above 0 only when
+  the reconstruction carries subject-specific detail beyond the modality's group template.
+  Its ceiling is the share of between-subject variation that is not voxel noise: on the
+  simulator's default ICN noise (smooth noise of SD 0.12 of the peak) about 95 % of that
+  variation is noise, and even the noiseless truth reaches only about 0.01 (measured, see
+  docs/method.md), so on noisy maps a value rising towards 0 is what learning looks like;
 * ``sigma``: the decoder's standard deviation used (batch-volume weighted RMS; 1 for ``unit``).
 
 Training-pass values are running means over the epoch (sampled z, weights changing as they
@@ -105,8 +107,11 @@ class PassAccumulator:
         self.beta = float(beta)
         self.baseline = baseline
         f64 = dict(dtype=torch.float64, device=device)
-        # nll, kl, sse, sst (mean maps), sigma2 * volumes, sst (mean intensities)
-        self.sums = torch.zeros(6, **f64)
+        # nll, kl, sse, sigma2 * volumes
+        self.sums = torch.zeros(4, **f64)
+        # per baseline row (modality): sse, sst against the mean map, sst against the mean level
+        rows = baseline.means.shape[0] if baseline is not None else 1
+        self.by_modality = torch.zeros((3, rows), **f64)
         self.mu = torch.zeros(latent_dim, **f64)
         self.mu2 = torch.zeros(latent_dim, **f64)
         self.kl_dims = torch.zeros(latent_dim, **f64)
@@ -126,24 +131,35 @@ class PassAccumulator:
         b = x.shape[0]
         # the NLL from the SSE in float64, constants included (see model.likelihood)
         nll = 0.5 * self.n_voxels * (LOG_2PI + torch.log(s2)) * b + sse / (2.0 * s2)
-        sst = sst_level = torch.zeros((), dtype=torch.float64, device=sse.device)
         if self.baseline is not None and rows is not None:
             xd = x.detach().double()
-            sst = (xd - self.baseline.means.index_select(0, rows).double()).pow(2).sum()
-            level = self.baseline.means.index_select(0, rows).double().mean(dim=(1, 2, 3, 4),
-                                                                          keepdim=True)
-            sst_level = (xd - level).pow(2).sum()
-        self.sums += torch.stack([nll, kl_dims.sum(), sse, sst, s2 * b, sst_level])
+            ref = self.baseline.means.index_select(0, rows).double()
+            level = ref.mean(dim=(1, 2, 3, 4), keepdim=True)
+            per_volume = torch.stack([terms.sse.detach().double(),
+                                      (xd - ref).pow(2).flatten(1).sum(1),
+                                      (xd - level).pow(2).flatten(1).sum(1)])
+            self.by_modality.index_add_(1, rows, per_volume)
+        self.sums += torch.stack([nll, kl_dims.sum(), sse, s2 * b])
         self.n += b
+
+    def _modality_mean_r2(self, baseline_row: int) -> float:
+        """The mean over modalities of each modality's R^2 against baseline ``1`` (mean maps)
+        or ``2`` (mean levels). Each modality weighs the same: pooled sums would let the one
+        dense GMV volume hide 53 ICN maps that the decoder draws as zeros."""
+        if self.baseline is None:
+            return math.nan
+        sse, sst = self.by_modality[0], self.by_modality[baseline_row]
+        seen = sst > 0
+        if not bool(seen.any()):
+            return math.nan
+        return float((1.0 - sse[seen] / sst[seen]).mean().item())
 
     def result(self) -> PassStats:
         n = max(self.n, 1)
-        nll, kl, sse, sst, s2, sst_level = (self.sums / n).tolist()
+        nll, kl, _, s2 = (self.sums / n).tolist()
         var = self.mu2 / n - (self.mu / n).pow(2)
         active = int((var > ACTIVE_UNIT_VARIANCE).sum().item())
-        known = self.baseline is not None
-        r2 = 1.0 - sse / sst_level if known and sst_level > 0 else math.nan
-        r2_subject = 1.0 - sse / sst if known and sst > 0 else math.nan
+        r2, r2_subject = (self._modality_mean_r2(i) for i in (2, 1))
         return PassStats(loss=nll + self.beta * kl, recon=nll, kl=kl, volumes=self.n,
                          sigma=math.sqrt(s2), r2=r2, active_units=active,
                          kl_dims=tuple((self.kl_dims / n).tolist()), r2_subject=r2_subject)
