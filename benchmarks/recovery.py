@@ -42,17 +42,19 @@ def arm_args(arm: str, quick: bool) -> list[str]:
     return ["--arm", "amplitude"] + (["--icn-effect", "2:-0.6:15"] if quick else [])
 
 
-def run_cell(arm: str, n: int, seed: int, root: Path, quick: bool, extra: list[str]) -> dict:
+def run_cell(arm: str, n: int, seed: int, root: Path, quick: bool, extra: list[str],
+             datasets: Path | None = None) -> dict:
     """Simulate one dataset and run the group level on it; returns the summary and timing."""
     from vaefusion.cli.run import main as vaefusion
     from vaefusion.cli.simulate import main as simulate
 
     cfg = QUICK if quick else FULL
     ds, out, work = root / f"{arm}-{n}" / "bids", root / f"{arm}-{n}" / "out", root / "work"
-    code = simulate([str(ds), "--n-subjects", str(n), "--seed", str(seed),
-                     *cfg.get("sim", []), *arm_args(arm, quick)])
-    if code:
-        raise SystemExit(f"vaefusion-simulate failed ({code}) for {arm} N={n}")
+    if datasets is not None and (datasets / f"{arm}-{n}" / "bids" / "participants.tsv").exists():
+        ds = datasets / f"{arm}-{n}" / "bids"  # simulated by an earlier run with the same seed
+    elif simulate([str(ds), "--n-subjects", str(n), "--seed", str(seed),
+                   *cfg.get("sim", []), *arm_args(arm, quick)]):
+        raise SystemExit(f"vaefusion-simulate failed for {arm} N={n}")
     t0 = time.monotonic()
     code = vaefusion([str(ds), str(out), "group", "-w", str(work / f"{arm}-{n}"),
                       "--skip-bids-validation", "--seed", str(seed), *cfg["knobs"], *extra])
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     p.add_argument("--json", type=Path, default=None, help="write every cell's summary here")
     p.add_argument("--keep", type=Path, default=None, help="keep the datasets and outputs here")
+    p.add_argument("--datasets", type=Path, default=None,
+                   help="reuse the simulated datasets of an earlier --keep folder (same seed)")
     p.add_argument("extra", nargs="*", help="more vaefusion options after --, e.g. -- --nprocs 2")
     args = p.parse_args(argv)
     cfg = QUICK if args.quick else FULL
@@ -120,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         for arm in args.arms:
             for n in args.n or cfg["n"]:
                 print(f"[recovery] {arm} N={n}", flush=True)
-                cells.append(run_cell(arm, n, args.seed, root, args.quick, args.extra))
+                cells.append(run_cell(arm, n, args.seed, root, args.quick, args.extra,
+                                      args.datasets))
                 print(table(cells[-1:]), flush=True)
     finally:
         if args.keep is None:
