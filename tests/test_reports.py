@@ -10,6 +10,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import PLANTED_GROUP
@@ -137,3 +138,28 @@ def test_explain_fold_outside_the_folds_is_a_usage_error(tiny_bids, tmp_path, ca
     assert code == 64
     assert "--explain-fold 3" in caplog.text
     assert not (tmp_path / "out").exists()
+
+
+def test_warns_when_the_explained_model_decodes_modalities_as_zeros(tmp_path):
+    """The first training plateau (docs/method.md): a decoder that draws a modality as exact
+    zeros is named in the report's warnings; one that draws every modality is not."""
+    from types import SimpleNamespace
+
+    from vaefusion.config import Config
+    from vaefusion.reports.group_page import _warnings
+
+    def warnings(decoded: np.ndarray) -> str:
+        mask = np.ones((2, 2, 2), dtype=bool)
+        maps = SimpleNamespace(modalities=["ICN01", "ICN02", "GMV"], decoded_negative=decoded,
+                               decoded_difference=np.ones((3, 2, 2, 2)),
+                               input_difference=np.ones((3, 2, 2, 2)), mask=mask)
+        section = _warnings(Config(output_dir=tmp_path), SimpleNamespace(labels=[0, 1]), [],
+                            SimpleNamespace(maps=maps))
+        return section.render()
+
+    drawn = np.full((3, 2, 2, 2), 0.1)
+    assert "decodes" not in warnings(drawn)
+    blank = drawn.copy()
+    blank[:2] = 0.0
+    text = warnings(blank)
+    assert "decodes 2 of 3 modalities as all zeros (ICN01, ICN02)" in text

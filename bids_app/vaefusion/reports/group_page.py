@@ -11,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vaefusion import __version__
 from vaefusion.config import Config
 from vaefusion.derivatives import naming
@@ -303,6 +305,17 @@ def _warnings(cfg: Config, manifest: Manifest, results: list[FoldResult], interp
                      f"train longer (--epochs, --lr) or check --likelihood.")
     maps = interp.maps
     if maps is not None:
+        # a decoder whose last ReLU layer is silent for a modality's code draws exact zeros:
+        # the first plateau of training (docs/method.md)
+        blank = [m for m, vol in zip(maps.modalities, maps.decoded_negative, strict=True)
+                 if not np.any(vol)]
+        if blank:
+            items.append(f"The explained model decodes {len(blank)} of {len(maps.modalities)} "
+                         f"modalities as all zeros ({', '.join(blank[:5])}"
+                         f"{', ...' if len(blank) > 5 else ''}): it has not learned their maps "
+                         f"(the first training plateau, see docs/method.md), so its maps and "
+                         f"spatial correlations say nothing about them; train longer "
+                         f"(--epochs, --patience).")
         decoded = float(abs(maps.decoded_difference[:, maps.mask]).max())
         given = float(abs(maps.input_difference[:, maps.mask]).max())
         if given > 0 and decoded < WEAK_DECODED * given:
