@@ -110,10 +110,12 @@ def test_demo_verdict_says_where_the_vae_does_not_win():
     from vaefusion.cli.demo import verdict
 
     def comp(baseline: str, lo: float, hi: float) -> dict:
-        return {"method": "vae", "baseline": baseline, "ci": [lo, hi]}
+        return {"method": "vae", "baseline": baseline, "ci": [lo, hi],
+                "mean_difference": (lo + hi) / 2}
 
     text = verdict({"comparisons": [comp("pca-early", 0.02, 0.3), comp("pca-late", -0.2, 0.1),
                                     comp("pca-shared", -0.4, -0.1)]})
     assert "beats pca-early" in text and "worse than pca-shared" in text
-    assert "does not differ from pca-late" in text
+    assert "is not shown to differ from pca-late (mean AUC difference -0.05 against pca-late" \
+        in text
     assert verdict({"comparisons": []}) == "The VAE was not compared with a baseline."

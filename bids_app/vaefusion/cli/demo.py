@@ -31,17 +31,22 @@ def verdict(summary: dict) -> str:
     wins, ties, losses = [], [], []
     for comp in summary.get("comparisons", []):
         lo, hi = comp["ci"]
-        (wins if lo > 0 else losses if hi < 0 else ties).append(comp["baseline"])
+        (wins if lo > 0 else losses if hi < 0 else ties).append(comp)
     if not (wins or ties or losses):
         return "The VAE was not compared with a baseline."
+
+    def names(comps: list[dict]) -> str:
+        return ", ".join(c["baseline"] for c in comps)
+
     parts = []
     if wins:
-        parts.append(f"beats {', '.join(wins)}")
+        parts.append(f"beats {names(wins)}")
     if losses:
-        parts.append(f"is worse than {', '.join(losses)}")
+        parts.append(f"is worse than {names(losses)}")
     if ties:
-        parts.append(f"does not differ from {', '.join(ties)} (the 95% CI of the paired "
-                     "difference includes 0)")
+        diffs = ", ".join(f"{c['mean_difference']:+.2f} against {c['baseline']}" for c in ties)
+        parts.append(f"is not shown to differ from {names(ties)} (mean AUC difference {diffs}; "
+                     "the 95% CI of each paired difference includes 0)")
     return "On this dataset the VAE " + "; ".join(parts) + "."
 
 
