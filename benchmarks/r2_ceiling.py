@@ -47,9 +47,9 @@ def ceiling(noisy: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     maps = noisy.mean(0, keepdims=True)
     levels = maps.mean(axis=(2, 3, 4), keepdims=True)
     sse = ((noisy - truth) ** 2).sum(axis=(0, 2, 3, 4))
-    r2_map = 1 - sse / ((noisy - maps) ** 2).sum(axis=(0, 2, 3, 4))
-    r2_level = 1 - sse / ((noisy - levels) ** 2).sum(axis=(0, 2, 3, 4))
     dev = noisy - maps
+    r2_map = 1 - sse / (dev ** 2).sum(axis=(0, 2, 3, 4))
+    r2_level = 1 - sse / ((noisy - levels) ** 2).sum(axis=(0, 2, 3, 4))
     structured = ((truth - truth.mean(0, keepdims=True)) ** 2)[:, :-1].sum()
     return {
         "r2": float(r2_level.mean()),

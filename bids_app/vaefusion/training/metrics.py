@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import torch
@@ -70,6 +71,12 @@ class ModalityMeans:
 
     names: tuple[str, ...]
     means: torch.Tensor
+
+    @cached_property
+    def levels(self) -> torch.Tensor:
+        """Each row's mean over voxels, ``(n_modalities + 1, 1, 1, 1, 1)``: computed once, not
+        in every chunk of every pass."""
+        return self.means.double().mean(dim=(1, 2, 3, 4), keepdim=True)
 
     def index(self, modalities: Sequence[str]) -> torch.Tensor:
         """Rows of :attr:`means` for these volumes' modalities (the zero row when unknown)."""
@@ -134,7 +141,7 @@ class PassAccumulator:
         if self.baseline is not None and rows is not None:
             xd = x.detach().double()
             ref = self.baseline.means.index_select(0, rows).double()
-            level = ref.mean(dim=(1, 2, 3, 4), keepdim=True)
+            level = self.baseline.levels.index_select(0, rows)
             per_volume = torch.stack([terms.sse.detach().double(),
                                       (xd - ref).pow(2).flatten(1).sum(1),
                                       (xd - level).pow(2).flatten(1).sum(1)])
