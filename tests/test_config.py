@@ -64,7 +64,7 @@ def test_runtime_needs_resolution_and_round_trips():
     with pytest.raises(ValueError):
         Config().runtime()
     rt = Config(device="cpu", omp_nthreads=3, mem_gb=2.0, nprocs=2).resolve().runtime()
-    assert rt == Runtime(device="cpu", threads=3, data_budget_bytes=2**30 // 2)
+    assert rt == Runtime(device="cpu", threads=3, data_budget_bytes=2**30 // 2, nprocs=2)
     assert Runtime.from_json(rt.to_json()) == rt
 
 

@@ -13,6 +13,7 @@ import os
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,18 +46,27 @@ METHOD = {"method": True}
 
 @dataclass(frozen=True)
 class Runtime:
-    """Resolved execution settings handed to every unit of work (never hashed by nipype)."""
+    """Resolved execution settings handed to every unit of work (never hashed by nipype).
+
+    ``gpus`` are the ordinals ``--gpus`` chose among the visible GPUs, ``nprocs`` the units that
+    may run at once, and ``gpu`` the one a unit leased (:mod:`vaefusion.training.gpus`).
+    """
 
     device: str  # "cpu" or "cuda"
     threads: int  # torch and BLAS threads per process
     data_budget_bytes: int  # memory one training may use to keep its data resident
+    gpus: tuple[int, ...] = ()
+    nprocs: int = 1
+    gpu: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Runtime:
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        data["gpus"] = tuple(data.get("gpus", ()))
+        return cls(**data)
 
 
 @dataclass
@@ -88,6 +98,7 @@ class Config:
     use_plugin: Path | None = None
     config_file: Path | None = None
     device: str = "auto"
+    gpus: str = "all"  # as CUDA_VISIBLE_DEVICES: ordinals or UUIDs among the visible GPUs
     bf16: bool = field(default=False, metadata=METHOD)
     stop_on_first_crash: bool = False
     verbose: int = 0
@@ -156,6 +167,7 @@ class Config:
                              f"{' or '.join(LIKELIHOODS)}.")
         if self.device not in DEVICES:
             raise UsageError(f"--device {self.device} is unknown; use auto, cpu or cuda.")
+        parse_gpus(self.gpus)
         if self.missing_modality not in MISSING_POLICIES:
             raise UsageError("--missing-modality must be skip, keep or error.")
         if self.nprocs < 1 or self.omp_nthreads < 0:
@@ -180,6 +192,9 @@ class Config:
         elif cfg.device == "cuda" and not has_cuda:
             raise UsageError("--device cuda was asked for but torch sees no CUDA GPU; "
                              "use --device cpu or auto.")
+        if cfg.device == "cuda":  # the chosen GPUs as ordinals, once, in the parent
+            count = torch.cuda.device_count()
+            cfg.gpus = ",".join(map(str, resolve_gpus(cfg.gpus, count, _device_uuids(count))))
         if cfg.omp_nthreads == 0:
             cfg.omp_nthreads = max(1, available_cpus() // cfg.nprocs)
         if cfg.mem_gb is None:
@@ -201,8 +216,12 @@ class Config:
             budget = GPU_FRACTION * free
         else:
             budget = RAM_FRACTION * float(self.mem_gb) * 2**30
+        # resolved on CUDA: ordinals; the units share a GPU's budget, not the node's
+        gpus = tuple(int(g) for g in parse_gpus(self.gpus)) if self.device == "cuda" else ()
+        share = -(-self.nprocs // len(gpus)) if gpus else self.nprocs
         return Runtime(device=self.device, threads=self.omp_nthreads,
-                       data_budget_bytes=int(budget / self.nprocs))
+                       data_budget_bytes=int(budget / share),
+                       gpus=gpus, nprocs=self.nprocs)
 
     def method_settings(self) -> dict[str, Any]:
         """The settings that change results (fields marked ``METHOD``), JSON-able."""
@@ -254,6 +273,54 @@ class Config:
         kwargs = {k: (Path(v) if k in _PATH_FIELDS and v is not None else v)
                   for k, v in data.items()}
         return cls(**kwargs)
+
+
+def parse_gpus(spec: str) -> list[str]:
+    """The ids of a ``--gpus`` value (``[]`` for ``all``); a malformed list is a usage
+    error."""
+    text = str(spec).strip()
+    if text.lower() == "all":
+        return []
+    ids = [t.strip() for t in text.split(",")]
+    if not text or any(not t for t in ids):
+        raise UsageError(f"--gpus {spec!r} is not a GPU list; use all, or ids as "
+                         f"CUDA_VISIBLE_DEVICES takes them (e.g. 0,2 or GPU-8f3c...).")
+    return ids
+
+
+def resolve_gpus(spec: str, count: int, uuids: Sequence[str] = ()) -> tuple[int, ...]:
+    """The ordinals (among the ``count`` visible GPUs) that ``spec`` chooses, in its order,
+    each once."""
+    ids = parse_gpus(spec)
+    if not ids:
+        return tuple(range(count))
+    chosen: list[int] = []
+    for token in ids:
+        if token.isdigit():
+            index = int(token)
+        else:
+            hits = [i for i, u in enumerate(uuids) if u.startswith(token)]
+            index = hits[0] if len(hits) == 1 else -1
+        if not 0 <= index < count:
+            raise UsageError(f"--gpus {spec}: {token} is not one of the {count} GPU(s) this "
+                             f"process sees (ordinals 0-{count - 1} among CUDA_VISIBLE_DEVICES "
+                             f"or their UUIDs); choose from those.")
+        if index not in chosen:
+            chosen.append(index)
+    return tuple(chosen)
+
+
+def _device_uuids(count: int) -> list[str]:
+    """The UUIDs of the visible GPUs (``GPU-...``), in ordinal order; empty when unknown."""
+    import torch
+
+    out = []
+    for i in range(count):
+        try:
+            out.append(f"GPU-{torch.cuda.get_device_properties(i).uuid}")
+        except (RuntimeError, AttributeError, AssertionError):
+            return []
+    return out
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

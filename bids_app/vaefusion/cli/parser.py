@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "OUTPUT_DIR/logs/config-<level>.toml)")
     g.add_argument("--device", choices=DEVICES, default=None,
                    help="auto (CUDA if present), cpu, cuda")
+    g.add_argument("--gpus", default=None, metavar="IDS",
+                   help="GPUs for concurrent units, round robin: all (default) or ids as "
+                   "CUDA_VISIBLE_DEVICES takes them (e.g. 0,2), among the GPUs it leaves "
+                   "visible")
     g.add_argument("--bf16", action="store_true", default=None,
                    help="bf16 autocast for training on CUDA")
     g.add_argument("--stop-on-first-crash", action="store_true", default=None,

@@ -51,7 +51,7 @@ ENDING = {"vaefusion_ending": True}
 _DIRECT = ("participant_label", "session_label", "bids_filter_file", "skip_bids_validation",
            "missing_modality", "n_components", "label_column", "positive_label",
            "negative_label", "work_dir", "nprocs", "omp_nthreads", "mem_gb", "use_plugin",
-           "config_file", "device", "bf16", "stop_on_first_crash", "verbose", "latent_dims",
+           "config_file", "device", "gpus", "bf16", "stop_on_first_crash", "verbose", "latent_dims",
            "seeds", "folds", "epochs", "patience", "batch_subjects", "lr", "beta", "width",
            "downsample", "augment", "model", "methods", "likelihood", "cv_seed", "cv_repeats",
            "svm_c", "explain_fold")

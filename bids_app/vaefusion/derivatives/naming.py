@@ -58,6 +58,8 @@ UNIT_LATENTS = "latents.npz"
 TRAINING_DIR = "training"
 #: a training unit's epoch progress, read by the parent for ``logs/status.json``
 UNIT_PROGRESS = "progress.json"
+#: WORK_DIR/gpus/<host>/: the GPU leases of concurrent units (vaefusion.training.gpus).
+GPU_LEASES = "gpus"
 #: a user-facing error of a workflow node (message and exit code), in the node's folder
 NODE_ERROR = "vaefusion_error.json"
 CACHE_STACK_EXT = ".npy"

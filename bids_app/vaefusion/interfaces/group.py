@@ -72,6 +72,7 @@ class VAEFold(SimpleInterface):
         from vaefusion.evaluation.crossval import run_vae_fold
         from vaefusion.evaluation.manifest import Manifest
         from vaefusion.interfaces.errors import reported_errors
+        from vaefusion.training.gpus import placed
         from vaefusion.workflows.status import write_unit_progress
 
         out = Path(runtime.cwd)
@@ -80,15 +81,19 @@ class VAEFold(SimpleInterface):
                                 self.inputs.repeat, self.inputs.fold)
         progress = Path(self.inputs.train_root) / unit / naming.UNIT_PROGRESS
         progress.unlink(missing_ok=True)  # an earlier run's epochs
-
-        def report(stats) -> None:  # the epoch, for OUTPUT_DIR/logs/status.json
-            write_unit_progress(progress, stats.epoch, cfg.epochs)
-
         with reported_errors(out):
-            result = run_vae_fold(cfg, run, Manifest.read(self.inputs.manifest),
-                                  self.inputs.latent_dim, self.inputs.seed, self.inputs.repeat,
-                                  self.inputs.fold, Path(self.inputs.train_root), out,
-                                  on_epoch_end=report)
+            # one GPU per concurrent unit, round robin (a no-op on CPU)
+            leases = Path(self.inputs.train_root).parent / naming.GPU_LEASES
+            with placed(run, leases, unit) as run:
+                write_unit_progress(progress, 0, cfg.epochs, gpu=run.gpu)
+
+                def report(stats) -> None:  # the epoch, for OUTPUT_DIR/logs/status.json
+                    write_unit_progress(progress, stats.epoch, cfg.epochs, gpu=run.gpu)
+
+                result = run_vae_fold(cfg, run, Manifest.read(self.inputs.manifest),
+                                      self.inputs.latent_dim, self.inputs.seed,
+                                      self.inputs.repeat, self.inputs.fold,
+                                      Path(self.inputs.train_root), out, on_epoch_end=report)
             self._results["result"] = write_results(out / naming.UNIT_RESULT, [result])
         return runtime
 

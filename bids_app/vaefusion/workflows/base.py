@@ -96,6 +96,8 @@ def plugin_settings(cfg: Config) -> tuple[str, dict]:
         return str(data["plugin"]), dict(data.get("plugin_args") or {})
     if cfg.nprocs > 1:
         args: dict = {"n_procs": cfg.nprocs, "raise_insufficient": False}
+        if cfg.device == "cuda":  # a forked worker cannot use CUDA once the parent has
+            args["mp_context"] = "forkserver"
         if cfg.mem_gb:
             args["memory_gb"] = cfg.mem_gb
         return "MultiProc", args
@@ -113,6 +115,8 @@ def run_workflow(wf, cfg: Config):
     during, after = PHASES.get(wf.name, (wf.name, f"{wf.name} done"))
     if status is not None:
         status.phase(during, total=count_units(wf))
+        if cfg.device == "cuda":
+            status.note("gpus", cfg.runtime().gpus)
     if not plugin.endswith("Graph"):  # nipype's graph plugins take no callback
         assert cfg.work_dir is not None
         args = {**args, "status_callback": status_callback(

@@ -41,10 +41,14 @@ def _now() -> str:
 
 
 # --------------------------------------------------------------------------- unit progress
-def write_unit_progress(path: Path, epoch: int, epochs: int) -> None:
-    """A training unit's progress (epoch done of epochs), for the parent's status file."""
-    write_json(path, {"epoch": int(epoch), "epochs": int(epochs), "pid": os.getpid(),
-                      "updated": _now()})
+def write_unit_progress(path: Path, epoch: int, epochs: int, gpu: int | None = None) -> None:
+    """A training unit's progress (epoch done of epochs, and the GPU it leased), for the
+    parent's status file."""
+    data: dict[str, Any] = {"epoch": int(epoch), "epochs": int(epochs), "pid": os.getpid(),
+                            "updated": _now()}
+    if gpu is not None:
+        data["gpu"] = int(gpu)
+    write_json(path, data)
 
 
 def read_unit_progress(path: Path | None) -> dict[str, Any] | None:
@@ -100,6 +104,7 @@ class RunStatus:
         self._thread: threading.Thread | None = None
         self._last_line = time.monotonic()
         self._halted = False
+        self._notes: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> RunStatus:
@@ -153,6 +158,12 @@ class RunStatus:
                                                   name, "done" if ok else "failed", seconds)
         self._write()
 
+    def note(self, key: str, value: Any) -> None:
+        """A run-wide fact for the file (e.g. ``gpus``: the GPUs the units are spread over)."""
+        with self._lock:
+            self._notes[key] = value
+        self._write()
+
     def halt(self) -> None:
         """Stop counting units (an interrupt: the engine's callbacks no longer mean success)."""
         with self._lock:
@@ -180,6 +191,8 @@ class RunStatus:
                 if unit.progress:
                     item["epoch"] = unit.progress.get("epoch")
                     item["epochs"] = unit.progress.get("epochs")
+                    if "gpu" in unit.progress:
+                        item["gpu"] = unit.progress["gpu"]
                 running.append(item)
             data: dict[str, Any] = {
                 "state": "running", "level": self.level, "phase": st.phase,
@@ -190,6 +203,7 @@ class RunStatus:
                 "log_file": str(self.log_file) if self.log_file else None,
                 "exit_code": None,
             }
+            data.update(self._notes)
             if self._outcome is not None:
                 data.update(self._outcome)
             return data
@@ -220,6 +234,8 @@ class RunStatus:
             units = list(self._state.running.values())
         for unit in units:
             progress = read_unit_progress(unit.progress_file)
+            if progress and "gpu" in progress and "gpu" not in (unit.progress or {}):
+                LOG.info("%s runs on GPU %s", unit.name, progress["gpu"])
             if progress and (unit.progress or {}).get("epoch") != progress.get("epoch"):
                 unit.progress = progress
                 changed = True
