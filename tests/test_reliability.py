@@ -270,6 +270,155 @@ def test_derivatives_path_missing(tiny_bids, tmp_path, caplog):
     nothing_created(tmp_path)
 
 
+# --------------------------------------------------------------------------- unreadable files
+def lsnapshot(root: Path) -> list[tuple[str, str, int, int]]:
+    """Every entry under ``root`` as it is on disk (links not followed, so dangling ones
+    count), with its link target, size and mtime: the input must be the same after a run."""
+    return sorted((str(p.relative_to(root)), os.readlink(p) if p.is_symlink() else "",
+                   p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def dangle(path: Path) -> Path:
+    """Replace ``path`` with a symbolic link to a file that does not exist."""
+    path.unlink()
+    path.symlink_to(path.parent / "gone" / path.name)
+    return path
+
+
+def to_folder(path: Path) -> Path:
+    """Replace the file ``path`` with a folder of the same name."""
+    path.unlink()
+    path.mkdir()
+    (path / "x").write_bytes(b"")
+    return path
+
+
+def no_read(path: Path, monkeypatch) -> Path:
+    """Take read permission away (root reads anyway, so the permission check sees it too)."""
+    path.chmod(0)
+    if os.geteuid() == 0:
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False
+                            if Path(p) == path and mode & os.R_OK else real(p, mode, *a, **k))
+    return path
+
+
+@pytest.mark.parametrize("level", ["participant", "group"])
+def test_icn_broken_symlink(writable_copy, tmp_path, caplog, level):
+    path = dangle(icn(writable_copy, "02"))
+    before = lsnapshot(writable_copy)
+    folds = ["--folds", "2"] if level == "group" else []
+    msg = expect(cli(writable_copy, tmp_path, level, *folds), 66, caplog,
+                 f"sub-02's ICN file {path} is a broken symbolic link (its target ")
+    assert msg.endswith("; restore the target or point the link at an existing file.")
+    assert not list((tmp_path / "out" / "logs").glob("crash-*")), "missing input is no crash"
+    assert lsnapshot(writable_copy) == before, "the input changed"
+
+
+def test_several_broken_symlinks_are_all_logged(writable_copy, tmp_path, caplog):
+    paths = [dangle(gmv(writable_copy, sub)) for sub in ("03", "05")]
+    msg = expect(cli(writable_copy, tmp_path), 66, caplog, f"sub-03's GMV file {paths[0]}")
+    assert "(1 more unreadable input file(s) are listed in the log)" in msg
+    assert f"sub-05: GMV file {paths[1]} is a broken symbolic link" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["icn", "gmv"])
+def test_input_file_is_a_folder(writable_copy, tmp_path, caplog, kind):
+    path = to_folder((icn if kind == "icn" else gmv)(writable_copy, "02"))
+    before = lsnapshot(writable_copy)
+    expect(cli(writable_copy, tmp_path), 66, caplog,
+           f"{path} is a folder where a file is expected; put the file itself at this path.")
+    assert lsnapshot(writable_copy) == before
+
+
+def test_input_file_unreadable(writable_copy, tmp_path, caplog, monkeypatch):
+    path = no_read(gmv(writable_copy, "04"), monkeypatch)
+    expect(cli(writable_copy, tmp_path), 66, caplog,
+           f"sub-04's GMV file {path} cannot be read (permission denied); give read "
+           f"permission, e.g. chmod a+r {path}.")
+    assert path.stat().st_mode & 0o777 == 0, "the input was changed"
+
+
+def test_input_file_vanishes_before_preprocessing(tmp_path):
+    """Discovery checked it, then it went (a network share): still missing input, named."""
+    from vaefusion.inputs.preprocess import _load
+
+    with pytest.raises(Exception) as info:
+        _load(str(tmp_path / "gone_components.nii.gz"))
+    assert info.value.code == 66, info.value
+    assert info.value.message.endswith("gone_components.nii.gz does not exist; put the file "
+                                       "there.")
+
+
+def test_unreadable_input_anywhere_is_missing_input(writable_copy, tmp_path, caplog,
+                                                    monkeypatch):
+    """The net under the checks: an input that fails to open wherever it is read in the main
+    process ends with exit 66 and its name, not a crash."""
+    import errno
+
+    import vaefusion.inputs.discovery as discovery
+
+    path = icn(writable_copy, "01")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(discovery, "check_headers", refuse)
+    expect(cli(writable_copy, tmp_path), 66, caplog, f"{path} cannot be read")
+    assert not list((tmp_path / "out" / "logs").glob("crash-*"))
+
+
+@pytest.mark.parametrize("how", ["link", "folder", "unreadable"])
+def test_participants_unreadable(writable_copy, tmp_path, caplog, monkeypatch, how):
+    path = writable_copy / "participants.tsv"
+    {"link": dangle, "folder": to_folder,
+     "unreadable": lambda p: no_read(p, monkeypatch)}[how](path)
+    before = lsnapshot(writable_copy)
+    why = {"link": "is a broken symbolic link", "folder": "is a folder where a file is expected",
+           "unreadable": "cannot be read (permission denied)"}[how]
+    expect(cli(writable_copy, tmp_path, "participant"), 66, caplog, f"{path} {why}")
+    nothing_created(tmp_path)  # refused at every level, before anything exists
+    assert lsnapshot(writable_copy) == before
+
+
+@pytest.mark.parametrize("which", ["input", "derivative"])
+def test_dataset_description_broken_symlink(writable_copy, tmp_path, caplog, which):
+    root = writable_copy if which == "input" else icn(writable_copy, "01").parents[2]
+    path = dangle(root / "dataset_description.json")
+    expect(cli(writable_copy, tmp_path), 66, caplog, f"{path} is a broken symbolic link")
+
+
+def test_gift_mapping_broken_symlink(tiny_native, tmp_path, caplog):
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_native, ds)
+    path = dangle(next(ds.glob("derivatives/gift/*subjects*.tsv")))
+    expect(cli(ds, tmp_path), 66, caplog, f"{path} is a broken symbolic link")
+
+
+@pytest.mark.parametrize("name", ["model.json", "model.safetensors"])
+def test_model_file_broken_symlink(tiny_bids, tmp_path, caplog, name):
+    model = make_model(tmp_path / "model")
+    path = dangle(model / name)
+    expect(cli(tiny_bids, tmp_path, "participant", "--model", str(model)), 66, caplog,
+           f"--model {path} is a broken symbolic link")
+    nothing_created(tmp_path)
+
+
+@pytest.mark.parametrize("option", ["--bids-filter-file", "--config-file"])
+@pytest.mark.parametrize("how", ["link", "folder"])
+def test_option_file_unreadable(tiny_bids, tmp_path, caplog, option, how):
+    """An option that names an unusable file is a usage error (64), as a missing one is."""
+    path = tmp_path / "opt.json"
+    path.write_text("{}")
+    (dangle if how == "link" else to_folder)(path)
+    why = "is a broken symbolic link" if how == "link" else "is a folder where a file is"
+    expect(cli(tiny_bids, tmp_path, "participant", option, str(path)), 64, caplog,
+           f"{option} {path} {why}")
+    nothing_created(tmp_path)
+
+
 # --------------------------------------------------------------------------- image contents
 @pytest.mark.parametrize("level", ["participant", "group"])
 def test_truncated_nifti(writable_copy, tmp_path, caplog, level):

@@ -20,7 +20,7 @@ from typing import Any
 
 import tomli_w
 
-from vaefusion.errors import UsageError
+from vaefusion.errors import UsageError, option_file_error
 
 ALL_METHODS: tuple[str, ...] = ("vae", "pca-early", "pca-late", "pca-shared")
 MISSING_POLICIES: tuple[str, ...] = ("skip", "keep", "error")
@@ -354,10 +354,8 @@ def load_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise UsageError(
-            f"--config-file {path} does not exist; give an existing TOML file."
-        ) from None
+    except OSError as exc:  # missing, a dangling link, a folder, no permission
+        raise option_file_error("--config-file", path, exc, "TOML") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(
             f"--config-file {path} is not valid TOML ({exc}); fix its syntax."

@@ -7,6 +7,7 @@ fix; the CLI prints that sentence and exits with ``code``, never with a tracebac
 from __future__ import annotations
 
 import errno
+import os
 import signal
 from typing import ClassVar
 
@@ -82,6 +83,66 @@ def disk_full_error(exc: BaseException) -> OutputError | None:
     return OutputError(f"The disk is full{where} ({exc.strerror or 'no space left'}); free "
                        f"space or give another OUTPUT_DIR or -w, then rerun the same command "
                        f"(finished work is reused).")
+
+
+#: errno values that mean an input cannot be read: gone, a dangling link, no permission, a
+#: folder where a file should be, a link loop
+UNREADABLE_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR,
+                               errno.ENOTDIR, errno.ELOOP})
+
+
+def unreadable_file(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be read as a file, as the end of a sentence with its fix (None when
+    it can): a broken symbolic link, a folder, no read permission, or nothing at all.
+
+    The sentence starts with the path: ``f"{path} {unreadable_file(path)}"``.
+    """
+    p = os.fspath(path)
+    if os.path.islink(p) and not os.path.exists(p):
+        try:
+            target = os.readlink(p)
+        except OSError:
+            target = "?"
+        return (f"is a broken symbolic link (its target {target} does not exist); restore the "
+                f"target or point the link at an existing file")
+    if not os.path.lexists(p):
+        return "does not exist; put the file there"
+    if os.path.isdir(p):
+        return "is a folder where a file is expected; put the file itself at this path"
+    if not os.access(p, os.R_OK):
+        return f"cannot be read (permission denied); give read permission, e.g. chmod a+r {p}"
+    return None
+
+
+def unreadable_input(path: str | os.PathLike[str], what: str = "",
+                     error: type[VaefusionError] = MissingInputError) -> VaefusionError | None:
+    """The user error (exit 66 unless ``error`` says otherwise) for an input file that cannot
+    be read, naming it (``what`` comes first, e.g. "sub-01's ICN file"), or None if it can."""
+    why = unreadable_file(path)
+    if why is None:
+        return None
+    return error(f"{what + ' ' if what else ''}{os.fspath(path)} {why}.")
+
+
+def option_file_error(option: str, path: str | os.PathLike[str], exc: OSError,
+                      kind: str) -> VaefusionError:
+    """The usage error (exit 64) for a file named by ``option`` that cannot be read: missing
+    (``kind`` says what file to give, e.g. "JSON"), a dangling link, a folder, no permission."""
+    if not os.path.lexists(path):
+        return UsageError(f"{option} {os.fspath(path)} does not exist; give an existing {kind} "
+                          f"file.")
+    return (unreadable_input(path, option, UsageError)
+            or UsageError(f"{option} {os.fspath(path)} cannot be read ({exc.strerror})."))
+
+
+def unreadable_error(exc: BaseException, what: str = "") -> MissingInputError | None:
+    """The exit-66 error for an ``OSError`` raised while reading an input (missing, a dangling
+    link, no permission, a folder), else None."""
+    if not isinstance(exc, OSError) or exc.errno not in UNREADABLE_ERRNOS or not exc.filename:
+        return None
+    why = unreadable_file(exc.filename) or (f"cannot be read ({exc.strerror}); check the file "
+                                            f"and its permissions")
+    return MissingInputError(f"{what + ' ' if what else ''}{os.fspath(exc.filename)} {why}.")
 
 
 class Interrupted(BaseException):

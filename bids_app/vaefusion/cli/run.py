@@ -37,6 +37,8 @@ from vaefusion.errors import (
     UsageError,
     VaefusionError,
     disk_full_error,
+    unreadable_error,
+    unreadable_input,
 )
 
 if TYPE_CHECKING:  # the status module pulls in numpy and nibabel: not for --help
@@ -82,7 +84,8 @@ def build_config(args) -> Config:
     for name in ("bids_filter_file", "use_plugin", "model"):
         value = getattr(cfg, name)
         if value is not None:
-            setattr(cfg, name, Path(value).expanduser().resolve())
+            # absolute, but a link is kept as given, so that a message names what the user gave
+            setattr(cfg, name, Path(os.path.abspath(Path(value).expanduser())))
     cfg.validate()
     # "auto" values (device, threads, memory) become concrete once, here in the parent process
     return cfg.resolve()
@@ -134,7 +137,10 @@ def check_paths(cfg: Config) -> None:
             f"BIDS_DIR {cfg.bids_dir} is not a folder; give the dataset root folder (the one "
             f"holding dataset_description.json)."
         )
-    if not (cfg.bids_dir / "dataset_description.json").is_file():
+    description = cfg.bids_dir / "dataset_description.json"
+    if os.path.lexists(description) and (bad := unreadable_input(description)) is not None:
+        raise bad
+    if not description.is_file():
         raise MissingInputError(
             f"{cfg.bids_dir / 'dataset_description.json'} is missing; BIDS_DIR must be the root "
             f"of a BIDS dataset."
@@ -335,7 +341,7 @@ def _main(args, record: RunRecord, level: str) -> int:
             code = run(record.cfg, latent_dims_given=args.latent_dims is not None,
                        record=record)
         except OSError as exc:  # a full disk in this process is the user's to fix
-            full = disk_full_error(exc)
+            full = disk_full_error(exc) or _input_unreadable(record.cfg, exc)
             if full is None:
                 raise
             raise full from None
@@ -352,6 +358,20 @@ def _main(args, record: RunRecord, level: str) -> int:
         return finish(record, record.cfg, level, exc.code, exc.message)
     except Exception as exc:  # a bug, not a user error: keep the traceback in a crash file
         return _crashed(record, record.cfg, level, exc)
+
+
+def _input_unreadable(cfg: Config | None, exc: OSError) -> VaefusionError | None:
+    """Exit 66 for an input file that cannot be read (gone, a dangling link, no permission,
+    a folder) wherever it was read, when the file is in BIDS_DIR or a ``--derivatives`` path:
+    the checks at discovery name such files first; this is the net under them."""
+    if cfg is None or cfg.bids_dir is None or not getattr(exc, "filename", None):
+        return None
+    roots = [Path(cfg.bids_dir),
+             *(Path(p).expanduser().resolve() for p in (cfg.derivatives or {}).values())]
+    path = Path(os.path.abspath(exc.filename))
+    if not any(path == r or r in path.parents for r in roots):
+        return None
+    return unreadable_error(exc)
 
 
 def _after_success(record: RunRecord, cfg: Config | None, level: str, code: int) -> int:

@@ -31,7 +31,7 @@ from typing import Any
 import nibabel as nib
 
 from vaefusion.config import Config
-from vaefusion.errors import DataError, MissingInputError, NoDataError
+from vaefusion.errors import DataError, MissingInputError, NoDataError, unreadable_input
 from vaefusion.inputs.filters import DEFAULT_QUERIES, check_bids_filters, load_bids_filters
 from vaefusion.inputs.headers import check_headers
 from vaefusion.inputs.participants import labels_needed, read_participants
@@ -110,7 +110,10 @@ def _fingerprint(paths: list[Path]) -> str:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in sorted(filenames):
-                st = os.stat(os.path.join(dirpath, name))
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except OSError:  # a dangling link: refused at discovery if it is selected
+                    st = os.lstat(os.path.join(dirpath, name))
                 digest.update(f"{dirpath}/{name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
@@ -127,7 +130,10 @@ def bids_layout(cfg: Config, deriv: list[Path]):  # -> bids.BIDSLayout | None
     assert cfg.bids_dir is not None and cfg.work_dir is not None
     indexable = []
     for d in deriv:
-        if (d / "dataset_description.json").is_file():
+        description = d / "dataset_description.json"
+        if os.path.lexists(description) and (bad := unreadable_input(description)) is not None:
+            raise bad
+        if description.is_file():
             indexable.append(d)
         else:  # e.g. FreeSurfer output: pybids refuses it, so only native names count there
             LOG.warning("%s has no dataset_description.json: it is not indexed with pybids, "
@@ -167,6 +173,8 @@ def _gift_mapping(folder: Path) -> dict[tuple[int, int | None], tuple[str, str |
             f"GIFT component files in {folder} have no subject mapping; add {folder}/"
             f"gift_subjects.tsv with columns gift_index and participant_id (and session_id)."
         )
+    if (bad := unreadable_input(tsvs[0])) is not None:
+        raise bad
     mapping: dict[tuple[int, int | None], tuple[str, str | None]] = {}
     with open(tsvs[0], newline="") as fh:
         for row in csv.DictReader(fh, delimiter="\t"):
@@ -194,14 +202,27 @@ def _has_sessions(mapping: dict[tuple[int, int | None], Any]) -> bool:
     return any(ses is not None for _, ses in mapping)
 
 
-def _native_files(deriv: list[Path]) -> tuple[list[tuple], list[tuple]]:
-    """(subject, session, path) of GIFT-native ICN maps and SPM/CAT12-native GM volumes."""
+#: the names of input files (BIDS or native), to find folders that stand where one should be
+INPUT_NAME_RE = re.compile(r"(_components|_probseg)\.nii(\.gz)?$|" + GIFT_RE.pattern + "|"
+                           + SPM_GM_RE.pattern.lstrip("^"))
+
+
+def _native_files(deriv: list[Path]) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """(subject, session, path) of GIFT-native ICN maps and SPM/CAT12-native GM volumes, and
+    of folders named like an input file (pybids skips them, so they would read as missing)."""
     icn: list[tuple] = []
     gmv: list[tuple] = []
+    folders: list[tuple] = []
     for root in deriv:
         gift_folders: set[Path] = set()
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in dirnames:
+                rel = str((Path(dirpath) / name).relative_to(root))
+                if INPUT_NAME_RE.search(name) and (sub := SUB_RE.search(rel)):
+                    ses = SES_RE.search(rel)
+                    folders.append((sub["subject"], ses["session"] if ses else None,
+                                    str(Path(dirpath) / name)))
             for name in sorted(filenames):
                 path = Path(dirpath) / name
                 if GIFT_RE.search(name):
@@ -228,7 +249,7 @@ def _native_files(deriv: list[Path]) -> tuple[list[tuple], list[tuple]]:
                     )
                 subject, session = mapping[key]
                 icn.append((subject, session, str(path)))
-    return icn, gmv
+    return icn, gmv, folders
 
 
 def _pybids_files(layout, kind: str, filters: dict[str, Any]) -> list[tuple]:
@@ -264,7 +285,7 @@ def discover(cfg: Config) -> list[SubjectInputs]:
 
     icn_files = _pybids_files(layout, "icn", filters)
     gmv_files = _pybids_files(layout, "gmv", filters)
-    native_icn, native_gmv = _native_files(deriv)
+    native_icn, native_gmv, folders = _native_files(deriv)
     # a native name is used only where the filters do not exclude its subject/session
     icn_files += native_icn
     gmv_files += native_gmv if "gmv" not in filters else []
@@ -277,6 +298,11 @@ def discover(cfg: Config) -> list[SubjectInputs]:
             wanted_ses is None or (ses in wanted_ses)
         )
 
+    for sub, ses, path in folders:
+        if keep(sub, ses) if ses else (wanted_sub is None or sub in wanted_sub):
+            bad = unreadable_input(path)
+            assert bad is not None
+            raise bad  # a folder named like an input file: missing input, named
     icn_by: dict[tuple, list[str]] = defaultdict(list)
     for sub, ses, path in icn_files:
         if keep(sub, ses) and path not in icn_by[(sub, ses)]:
@@ -321,6 +347,7 @@ def discover(cfg: Config) -> list[SubjectInputs]:
         subjects.append(item)
 
     subjects = apply_missing_policy(subjects, cfg.missing_modality)
+    check_readable(subjects)
     check_headers(subjects, cfg.n_components)
     if cfg.model is not None:  # refuse a model that cannot embed these inputs before any work
         from vaefusion.inputs.model_check import check_model_fits
@@ -330,6 +357,22 @@ def discover(cfg: Config) -> list[SubjectInputs]:
     # counts them on the terminal and keeps the list for its log file
     log_inventory(subjects, listed=cfg.analysis_level != "group")
     return subjects
+
+
+def check_readable(subjects: list[SubjectInputs]) -> None:
+    """Every selected input file can be read: a dangling link, a folder in a file's place or a
+    file without read permission is missing input (exit 66), named with its fix; every such
+    file is logged, the first is the error."""
+    errors = [(s.key, kind, bad) for s in subjects for kind, path in (("ICN", s.icn),
+                                                                     ("GMV", s.gmv))
+              if path is not None and (bad := unreadable_input(path)) is not None]
+    for key, kind, bad in errors if len(errors) > 1 else []:
+        LOG.warning("%s: %s file %s", key, kind, bad.message)
+    if errors:
+        key, kind, bad = errors[0]
+        more = (f" ({len(errors) - 1} more unreadable input file(s) are listed in the log)"
+                if len(errors) > 1 else "")
+        raise type(bad)(f"{key}'s {kind} file {bad.message.rstrip('.')}{more}.")
 
 
 def duplicate_error(key: str, kind: str, found: list[str], other: list[str],

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vaefusion.errors import UsageError
+from vaefusion.errors import UsageError, option_file_error
 
 NIFTI_EXT = [".nii", ".nii.gz"]
 
@@ -58,10 +58,8 @@ def load_bids_filters(path: Path | None) -> dict[str, dict[str, Any]]:
         return {}
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, IsADirectoryError):
-        raise UsageError(
-            f"--bids-filter-file {path} does not exist; give an existing JSON file."
-        ) from None
+    except OSError as exc:  # missing, a dangling link, a folder, no permission
+        raise option_file_error("--bids-filter-file", path, exc, "JSON") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(
             f"--bids-filter-file {path} is not valid JSON ({exc}); fix its syntax."

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from vaefusion.config import Config
-from vaefusion.errors import DataError, UsageError
+from vaefusion.errors import DataError, UsageError, unreadable_input
 
 
 def check_model(cfg: Config, latent_dims_given: bool = False) -> dict[str, Any]:
@@ -22,6 +23,10 @@ def check_model(cfg: Config, latent_dims_given: bool = False) -> dict[str, Any]:
     from vaefusion.model.network import VAE
 
     assert cfg.model is not None
+    for name in (META_FILE, WEIGHTS_FILE):  # there but unusable (a dangling link): exit 66
+        path = Path(cfg.model) / name
+        if os.path.lexists(path) and (bad := unreadable_input(path, "--model")) is not None:
+            raise bad
     meta = read_model_meta(cfg.model)  # exit 66 when a file is missing
     weights = Path(cfg.model) / WEIGHTS_FILE
     try:

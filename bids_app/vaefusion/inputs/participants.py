@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vaefusion.config import Config
-from vaefusion.errors import DataError, MissingInputError
+from vaefusion.errors import DataError, MissingInputError, unreadable_input
 
 if TYPE_CHECKING:  # discovery imports this module
     from vaefusion.inputs.discovery import SubjectInputs
@@ -63,6 +64,8 @@ def read_participants(bids_dir: Path, cfg: Config, warn: bool = True) -> dict[st
     """
     path = bids_dir / "participants.tsv"
     need = labels_needed(cfg)
+    if os.path.lexists(path) and (bad := unreadable_input(path)) is not None:
+        raise bad  # there but unusable (a dangling link, a folder): refused at every level
     if not path.is_file():
         if need:
             raise MissingInputError(

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from vaefusion.errors import DataError
+from vaefusion.errors import DataError, unreadable_input
 from vaefusion.inputs.cache import SubjectMeta, write_subject
 from vaefusion.inputs.reference import GMV_MODALITY
 
@@ -120,6 +120,10 @@ def _load(path: str) -> tuple[np.ndarray, np.ndarray]:
     except MemoryError:
         raise
     except Exception as exc:  # truncated gzip (EOFError), bad header, short file (OSError) ...
+        # vanished, a dangling link, no permission (nibabel's errors carry no errno): exit 66
+        gone = unreadable_input(path) if isinstance(exc, OSError) else None
+        if gone is not None:
+            raise gone from None
         raise DataError(
             f"{path} cannot be read ({type(exc).__name__}: {exc}); the file is truncated or "
             f"corrupt, so copy it again from its source."
