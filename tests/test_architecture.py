@@ -1,7 +1,9 @@
 """The package's shape: no import cycles, a small root, and the science free of nipype and CLI.
 
-The import graph is read from the source with ``ast``, function-level (lazy) imports included:
-a lazy import only hides a cycle until both functions run in one process.
+The import graph is read from the source with ``ast``, function-level (lazy) imports and
+``if TYPE_CHECKING:`` imports included: a lazy import only hides a cycle until both functions
+run in one process, and a type-only import is still a dependency (of the types, and of anyone
+reading the code).
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _imports(path: Path, name: str) -> set[str]:
-    """Every module ``path`` imports (absolute and relative), outside ``if TYPE_CHECKING``."""
+def _imports(path: Path, name: str, type_checking: bool = True) -> set[str]:
+    """Every module ``path`` imports (absolute and relative); those under
+    ``if TYPE_CHECKING:`` too, unless ``type_checking`` is false."""
     tree = ast.parse(path.read_text(), str(path))
-    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-            and _is_type_checking(node) for child in node.body for n in ast.walk(child)}
+    skip = set() if type_checking else {
+        id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+        and _is_type_checking(node) for child in node.body for n in ast.walk(child)}
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -95,6 +99,19 @@ def test_graph_sees_lazy_imports():
     graph = import_graph()
     assert "vaefusion.evaluation.crossval" in graph["vaefusion.interfaces.group"]
     assert "vaefusion.derivatives.naming" in graph["vaefusion.derivatives.subject"]
+
+
+def test_graph_sees_type_checking_imports(tmp_path):
+    """An import under ``if TYPE_CHECKING:`` is an edge of the graph (a type-level cycle is a
+    cycle), and only it is what the type_checking switch leaves out."""
+    module = tmp_path / "m.py"
+    module.write_text("from typing import TYPE_CHECKING\nimport a\n"
+                      "if TYPE_CHECKING:\n    from b import X\n")
+    assert {"a", "b", "b.X"} <= _imports(module, "m")
+    assert "b" not in _imports(module, "m", type_checking=False)
+    assert "a" in _imports(module, "m", type_checking=False)
+    graph = import_graph()
+    assert "vaefusion.workflows.status" in graph["vaefusion.cli.run"]  # a TYPE_CHECKING import
 
 
 def test_package_has_no_import_cycles():

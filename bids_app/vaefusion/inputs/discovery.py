@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from vaefusion.errors import DataError, MissingInputError, NoDataError, unreadab
 from vaefusion.inputs.filters import DEFAULT_QUERIES, check_bids_filters, load_bids_filters
 from vaefusion.inputs.headers import check_headers
 from vaefusion.inputs.participants import labels_needed, read_participants
+from vaefusion.inputs.types import SubjectInputs
 
 LOG = logging.getLogger("vaefusion.discovery")
 
@@ -49,33 +49,6 @@ SUB_RE = re.compile(r"sub-(?P<subject>[A-Za-z0-9]+)")
 
 
 SES_RE = re.compile(r"ses-(?P<session>[A-Za-z0-9]+)")
-
-
-@dataclass
-class SubjectInputs:
-    """The input files of one subject (and session) and its label."""
-
-    subject: str
-    session: str | None = None
-    icn: str | None = None
-    gmv: str | None = None
-    label: str | None = None
-    missing: list[str] = field(default_factory=list)
-
-    @property
-    def key(self) -> str:
-        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
-
-    @property
-    def complete(self) -> bool:
-        return self.icn is not None and self.gmv is not None
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> SubjectInputs:
-        return cls(**json.loads(text))
 
 
 # --------------------------------------------------------------------------- helpers

@@ -7,15 +7,12 @@ checked during preprocessing.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 
 from vaefusion.errors import DataError
-
-if TYPE_CHECKING:  # discovery imports this module
-    from vaefusion.inputs.discovery import SubjectInputs
+from vaefusion.inputs.types import SubjectInputs
 
 
 def _header(path: str) -> nib.Nifti1Image:

@@ -13,15 +13,12 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vaefusion.config import Config
 from vaefusion.errors import DataError, MissingInputError, unreadable_input
-
-if TYPE_CHECKING:  # discovery imports this module
-    from vaefusion.inputs.discovery import SubjectInputs
+from vaefusion.inputs.types import SubjectInputs
 
 LOG = logging.getLogger("vaefusion.participants")
 

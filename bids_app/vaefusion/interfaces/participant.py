@@ -40,7 +40,7 @@ class BIDSSource(SimpleInterface):
     output_spec = _BIDSSourceOutputSpec
 
     def _run_interface(self, runtime):
-        from vaefusion.inputs.discovery import SubjectInputs
+        from vaefusion.inputs.types import SubjectInputs
 
         item = SubjectInputs.from_json(self.inputs.subject_json)
         self._results.update(icn=item.icn, gmv=item.gmv, subject=item.subject,
