@@ -224,7 +224,13 @@ class SubjectBatches:
 
     def epoch(self, epoch: int, shuffle: bool = True) -> Iterator[torch.Tensor]:
         """Yield the batches of one epoch, float32 volumes on the device."""
-        batches = self.batch_lists(epoch, shuffle)
+        return self.load_batches(self.batch_lists(epoch, shuffle), epoch)
+
+    def load_batches(self, batches: list[list[int]], epoch: int = 0
+                     ) -> Iterator[torch.Tensor]:
+        """Yield the volumes of each list of subjects (non-empty lists; ``epoch`` seeds the
+        augmentation), float32 on the device: one rank's shard of each batch in
+        :mod:`vaefusion.training.distributed`."""
         if self.resident:
             assert self._volumes is not None
             for subjects in batches:

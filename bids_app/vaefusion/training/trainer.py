@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from vaefusion import __version__
 from vaefusion.config import Config, Runtime
-from vaefusion.derivatives.io import full_disk
+from vaefusion.disk.io import full_disk
 from vaefusion.errors import DataError, VaefusionError
 from vaefusion.inputs.cache import read_meta
 from vaefusion.model.checkpoint import load_model, save_model
@@ -426,8 +426,7 @@ class Trainer:
                                f"({self.epochs_done} epochs, stopped early: {self.stopped})")
         cfg, epoch = self.cfg, self.epochs_done  # epoch: 0-based index of this epoch
         t0 = time.perf_counter()
-        train = _run_epoch(self.model, self.train_data, epoch, cfg.beta, self.device, cfg.bf16,
-                           self.optimizer, f"epoch {epoch + 1}", self.chunk,
+        train = self._pass(self.train_data, epoch, self.optimizer, f"epoch {epoch + 1}",
                            likelihood=cfg.likelihood, baseline=self.baseline)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -438,8 +437,7 @@ class Trainer:
         val = train
         if self.val_data is not None:
             # validation NLL under the variance fitted on training data (the model's sigma)
-            val = _run_epoch(self.model, self.val_data, epoch, cfg.beta, self.device, cfg.bf16,
-                             None, "val", self.chunk, likelihood=cfg.likelihood,
+            val = self._pass(self.val_data, epoch, None, "val", likelihood=cfg.likelihood,
                              sigma2=train.sigma ** 2, baseline=self.baseline)
         stats = EpochStats.from_passes(epoch + 1, train, val, dt)
         self.history.append(stats)
@@ -463,6 +461,13 @@ class Trainer:
             self.log.info("early stop after epoch %d: no improvement for %d epochs (best %d)",
                           stats.epoch, cfg.patience, self.best_epoch)
         return stats
+
+    def _pass(self, data: SubjectBatches, epoch: int,
+              optimizer: torch.optim.Optimizer | None, desc: str, **kw: Any) -> PassStats:
+        """One pass over ``data`` (training when ``optimizer`` is given); the hook where
+        :class:`vaefusion.training.distributed.DistributedTrainer` shards and reduces."""
+        return _run_epoch(self.model, data, epoch, self.cfg.beta, self.device, self.cfg.bf16,
+                          optimizer, desc, self.chunk, **kw)
 
     def _save_best(self, stats: EpochStats) -> None:
         cfg, val = self.cfg, self.val_data
