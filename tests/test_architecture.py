@@ -15,6 +15,26 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bids_app" / "vaefusion"
 ROOT_MODULES = {"__init__.py", "__main__.py", "config.py", "errors.py"}
+#: The floors of docs/architecture.md, lowest first: a module imports only from its own
+#: package and the floors below its own (packages on one floor may import each other). The root
+#: modules ``errors`` and ``config`` are floors of their own; ``vaefusion`` is the root package
+#: (``__version__``).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("vaefusion", "errors"),
+    ("disk",),
+    ("model",),
+    ("config",),
+    ("inputs",),
+    ("simulate", "training"),
+    ("evaluation",),
+    ("derivatives",),
+    ("interpret",),
+    ("reports",),
+    ("interfaces", "workflows"),
+    ("federated",),
+    ("flare",),
+    ("cli", "__main__"),
+)
 #: subpackages that hold the science: they must not know the workflow engine or the CLI
 SCIENCE = ("inputs", "model", "training", "evaluation", "simulate")
 
@@ -98,7 +118,7 @@ def test_graph_sees_lazy_imports():
     """The reader must see imports inside functions (where the old cycle hid)."""
     graph = import_graph()
     assert "vaefusion.evaluation.crossval" in graph["vaefusion.interfaces.group"]
-    assert "vaefusion.derivatives.naming" in graph["vaefusion.derivatives.subject"]
+    assert "vaefusion.disk.naming" in graph["vaefusion.derivatives.subject"]
 
 
 def test_graph_sees_type_checking_imports(tmp_path):
@@ -117,6 +137,62 @@ def test_graph_sees_type_checking_imports(tmp_path):
 def test_package_has_no_import_cycles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def _unit(module: str) -> str:
+    """The floor-holder of a module: its subpackage, or the root module itself."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that goes up the floors of :data:`LAYERS` (or into a package that has no
+    floor)."""
+    floor = {unit: i for i, units in enumerate(LAYERS) for unit in units}
+    bad = []
+    for module, imported in sorted(graph.items()):
+        for target in sorted(imported):
+            a, b = _unit(module), _unit(target)
+            if a == b:
+                continue
+            if a not in floor or b not in floor:
+                bad.append(f"{module} -> {target}: {a if a not in floor else b} has no floor "
+                           f"in LAYERS (docs/architecture.md)")
+            elif floor[b] > floor[a]:
+                bad.append(f"{module} (floor {floor[a]}, {a}) imports {target} "
+                           f"(floor {floor[b]}, {b})")
+    return bad
+
+
+def test_layer_checker_finds_an_upward_import():
+    graph = {"vaefusion.model.x": {"vaefusion.config"}, "vaefusion.config": {"vaefusion.disk.io"},
+             "vaefusion.cli.a": {"vaefusion.model.x"}, "vaefusion.nowhere.b": set()}
+    assert layer_violations(graph) == [
+        "vaefusion.model.x (floor 2, model) imports vaefusion.config (floor 3, config)"]
+    assert layer_violations({"vaefusion.model.x": {"vaefusion.nowhere.b"}})[0].endswith(
+        "nowhere has no floor in LAYERS (docs/architecture.md)")
+
+
+def test_every_subpackage_has_a_floor():
+    floors = {unit for units in LAYERS for unit in units}
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert packages - floors == set(), "add the new package to LAYERS and the architecture page"
+    assert floors - packages - {"vaefusion", "errors", "config", "__main__"} == set()
+
+
+def test_each_layer_imports_only_the_layers_below():
+    """naming and atomic I/O (``disk/``) sit under everything; the model takes plain values,
+    not a Config; the output writers (``derivatives/``) sit above evaluation."""
+    assert layer_violations(import_graph()) == []
+
+
+def test_architecture_page_lists_the_floors():
+    page = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text()
+    for units in LAYERS:
+        for unit in units:
+            if unit not in ("vaefusion", "__main__"):
+                name = f"`{unit}.py`" if unit in ("errors", "config") else f"`{unit}/`"
+                assert name in page, f"{name} is not on docs/architecture.md"
 
 
 def test_package_root_holds_only_the_entry_modules():

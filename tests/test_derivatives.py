@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from vaefusion.config import Config
-from vaefusion.derivatives import io as dio
-from vaefusion.derivatives import naming
 from vaefusion.derivatives.group import write_group_outputs, write_model_embedding
 from vaefusion.derivatives.subject import LatentsSource, SubjectLatents, write_subject_stack
+from vaefusion.disk import io as dio
+from vaefusion.disk import naming
 from vaefusion.evaluation.manifest import Manifest
 from vaefusion.evaluation.results import FoldResult, VAETraining
 from vaefusion.inputs.cache import SubjectMeta, write_subject

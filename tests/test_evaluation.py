@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from vaefusion.derivatives.io import atomic_save_npy
+from vaefusion.disk.io import atomic_save_npy
 from vaefusion.errors import EXIT_DATA, DataError
 from vaefusion.evaluation import classifier as classify
 from vaefusion.evaluation.baselines import (

@@ -124,7 +124,7 @@ def test_output_is_valid_bids_derivatives(group_run, tmp_path):
     subject and checks each one's GM probseg, so a broken sidecar there is an error."""
     import shutil
 
-    from vaefusion.derivatives import naming
+    from vaefusion.disk import naming
     from vaefusion.inputs.validation import find_validator, run_validator, validator_errors
 
     if find_validator() is None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import PLANTED, PLANTED_COMPONENTS
-from vaefusion.derivatives import naming
+from vaefusion.disk import naming
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.interpret.generate import model_grid_affine
 from vaefusion.interpret.importance import rank_importance

@@ -813,7 +813,7 @@ def full_disk_at(monkeypatch, fragment: str) -> list[str]:
     import errno
     import types
 
-    import vaefusion.derivatives.io as dio
+    import vaefusion.disk.io as dio
 
     hits: list[str] = []
     real = os.fdopen
@@ -925,7 +925,7 @@ def test_real_full_disk_is_recognised(tmp_path):
     import nibabel as nib
     import torch
 
-    from vaefusion.derivatives.io import atomic_save_npy, atomic_write_text, write_nifti_atomic
+    from vaefusion.disk.io import atomic_save_npy, atomic_write_text, write_nifti_atomic
     from vaefusion.errors import disk_full_error
     from vaefusion.model.checkpoint import save_model
     from vaefusion.model.network import VAE

@@ -248,7 +248,7 @@ class Config:
 
     def write(self, directory: Path, stem: str = "config") -> Path:
         """Write the configuration as TOML into ``directory``; returns the file path."""
-        from vaefusion.derivatives.io import atomic_write_text  # numpy: not for --help
+        from vaefusion.disk.io import atomic_write_text  # numpy: not for --help
 
         path = directory / f"{stem}.toml"
         atomic_write_text(path, self.to_toml())

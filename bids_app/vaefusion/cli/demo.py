@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vaefusion.cli.run import main as vaefusion
     from vaefusion.cli.simulate import main as simulate
-    from vaefusion.derivatives import naming
+    from vaefusion.disk import naming
     from vaefusion.evaluation.summary import format_auc
 
     root = args.out_dir.resolve()

@@ -128,8 +128,8 @@ COMMANDS = {"decode": ("decoded", _decode), "interpolate": ("interpolated", _int
 def run(args) -> Path:
     """Run one subcommand; returns the written NIfTI."""
     from vaefusion.cli.run import creatable
-    from vaefusion.derivatives import naming
-    from vaefusion.derivatives.io import write_json, write_nifti_atomic
+    from vaefusion.disk import naming
+    from vaefusion.disk.io import write_json, write_nifti_atomic
     from vaefusion.interpret.generate import Generator
     from vaefusion.training.device import select_device
 

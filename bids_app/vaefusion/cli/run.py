@@ -25,7 +25,7 @@ from vaefusion import __version__
 from vaefusion.cli.parser import ANALYSIS_LEVELS, build_parser
 from vaefusion.cli.signals import stop_signals
 from vaefusion.config import Config, load_toml
-from vaefusion.derivatives import naming
+from vaefusion.disk import naming
 from vaefusion.errors import (
     EXIT_CODES,
     EXIT_FAILURE,
@@ -256,7 +256,7 @@ def summary_path(cfg: Config) -> Path:
 
 
 def _crash_file(cfg: Config | None) -> Path:
-    from vaefusion.derivatives.io import atomic_write_text
+    from vaefusion.disk.io import atomic_write_text
 
     # OUTPUT_DIR/logs if the run got that far; never litter the current directory
     folder = naming.logs_dir(cfg.output_dir) if cfg and cfg.output_dir else None

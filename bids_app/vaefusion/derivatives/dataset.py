@@ -8,8 +8,8 @@ from pathlib import Path
 
 from vaefusion import __version__
 from vaefusion.config import Config
-from vaefusion.derivatives import naming
-from vaefusion.derivatives.io import atomic_write_text, write_json, write_tsv
+from vaefusion.disk import naming
+from vaefusion.disk.io import atomic_write_text, write_json, write_tsv
 from vaefusion.errors import OutputError
 from vaefusion.inputs.reference import citation
 

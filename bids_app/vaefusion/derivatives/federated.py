@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vaefusion.derivatives.io import atomic_write_text, write_json
-from vaefusion.derivatives.naming import SUMMARY
+from vaefusion.disk.io import atomic_write_text, write_json
+from vaefusion.disk.naming import SUMMARY
 
 MODEL = "model"
 FEDERATED = "federated"

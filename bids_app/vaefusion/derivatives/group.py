@@ -19,8 +19,6 @@ import numpy as np
 
 from vaefusion import __version__
 from vaefusion.config import Config
-from vaefusion.derivatives import naming
-from vaefusion.derivatives.io import write_json, write_tsv
 from vaefusion.derivatives.provenance import software_versions
 from vaefusion.derivatives.subject import (
     LATENT_ROW_COLUMNS,
@@ -30,6 +28,8 @@ from vaefusion.derivatives.subject import (
     latent_rows,
     write_subject_latents,
 )
+from vaefusion.disk import naming
+from vaefusion.disk.io import write_json, write_tsv
 from vaefusion.evaluation.classifier import SVM_C_GRID
 from vaefusion.evaluation.manifest import Manifest
 from vaefusion.evaluation.results import FoldResult

@@ -15,8 +15,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from vaefusion.derivatives import naming
-from vaefusion.derivatives.io import write_json, write_nifti_atomic, write_tsv
+from vaefusion.disk import naming
+from vaefusion.disk.io import write_json, write_nifti_atomic, write_tsv
 from vaefusion.inputs.reference import modality_domain
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from vaefusion.config import Config, Runtime
-from vaefusion.derivatives import naming
-from vaefusion.derivatives.io import atomic_save_npy, atomic_save_npz
+from vaefusion.disk import naming
+from vaefusion.disk.io import atomic_save_npy, atomic_save_npz
 from vaefusion.evaluation.manifest import Manifest
 from vaefusion.evaluation.results import FoldResult, VAETraining
 from vaefusion.training.device import configure_threads

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from vaefusion.config import Config
-from vaefusion.derivatives.io import atomic_write_text
+from vaefusion.disk.io import atomic_write_text
 from vaefusion.errors import DataError
 from vaefusion.inputs.cache import read_meta
 

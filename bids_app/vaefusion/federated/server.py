@@ -24,7 +24,7 @@ import numpy as np
 
 from vaefusion import __version__
 from vaefusion.derivatives import federated as names
-from vaefusion.derivatives.io import atomic_write_text
+from vaefusion.disk.io import atomic_write_text
 from vaefusion.errors import EXIT_DATA, EXIT_FAILURE, VaefusionError
 from vaefusion.federated.evaluation import (
     GTOL,

@@ -61,7 +61,7 @@ LOG = logging.getLogger("vaefusion.federated.site")
 def preprocess_site(cfg: Config) -> list[Path]:
     """vaefusion's participant level on the site's BIDS dataset; returns the cache files."""
     from vaefusion.derivatives.dataset import init_output_dir
-    from vaefusion.derivatives.naming import logs_dir
+    from vaefusion.disk.naming import logs_dir
     from vaefusion.inputs.options import check_inputs
     from vaefusion.inputs.validation import validate_input
     from vaefusion.workflows.participant import run_participant_level
@@ -268,7 +268,7 @@ class SiteRunner:
     def finish(self, req: FinalResult) -> SiteDone:
         import json
 
-        from vaefusion.derivatives.io import atomic_write_text
+        from vaefusion.disk.io import atomic_write_text
         from vaefusion.model.checkpoint import save_model
 
         folder = names.site_result_dir(self.output_dir)

@@ -7,7 +7,7 @@ import csv
 import shutil
 from pathlib import Path
 
-from vaefusion.derivatives.io import atomic_write_text
+from vaefusion.disk.io import atomic_write_text
 from vaefusion.errors import DataError
 
 

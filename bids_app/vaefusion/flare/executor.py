@@ -11,7 +11,7 @@ from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 
 from vaefusion.derivatives import federated as names
-from vaefusion.derivatives.naming import logs_dir
+from vaefusion.disk.naming import logs_dir
 from vaefusion.federated.codec import CodecError
 from vaefusion.federated.messages import SiteFailure
 from vaefusion.federated.site import SiteRunner

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vaefusion.derivatives.io import write_json
+from vaefusion.disk.io import write_json
 from vaefusion.federated.messages import TASKS
 
 CONTROLLER = "vaefusion.flare.controller.VaefusionController"

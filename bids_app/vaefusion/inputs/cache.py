@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from vaefusion.derivatives.io import atomic_save_npy, atomic_write_text
-from vaefusion.derivatives.naming import cache_file, sidecar, subject_key
+from vaefusion.disk.io import atomic_save_npy, atomic_write_text
+from vaefusion.disk.naming import cache_file, sidecar, subject_key
 
 
 @dataclass

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vaefusion.derivatives.io import atomic_write_text
+from vaefusion.disk.io import atomic_write_text
 from vaefusion.errors import EXIT_BIDS_INVALID, VaefusionError
 
 LOG = logging.getLogger("vaefusion.validation")

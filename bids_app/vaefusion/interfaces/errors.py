@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaefusion.derivatives import naming
-from vaefusion.derivatives.io import atomic_write_text
+from vaefusion.disk import naming
+from vaefusion.disk.io import atomic_write_text
 from vaefusion.errors import VaefusionError, disk_full_error
 
 

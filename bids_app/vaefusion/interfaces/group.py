@@ -18,8 +18,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from vaefusion.derivatives import naming
-from vaefusion.derivatives.io import atomic_write_text
+from vaefusion.disk import naming
+from vaefusion.disk.io import atomic_write_text
 from vaefusion.evaluation.results import FoldResult
 
 

@@ -118,8 +118,8 @@ class DerivativesSink(SimpleInterface):
     def _sink(self, runtime):
         import numpy as np
 
-        from vaefusion.derivatives.naming import preproc_gm, preproc_stack, sidecar
         from vaefusion.derivatives.subject import write_preproc_gm, write_subject_stack
+        from vaefusion.disk.naming import preproc_gm, preproc_stack, sidecar
         from vaefusion.inputs.cache import load_stack, read_meta
         from vaefusion.inputs.reference import GMV_MODALITY
 

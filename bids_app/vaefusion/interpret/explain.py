@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vaefusion.config import Config
-from vaefusion.derivatives import naming
+from vaefusion.disk import naming
 from vaefusion.evaluation.results import FoldResult
 
 

@@ -229,7 +229,7 @@ def read_latent_table(path: Path, latent_dim: int) -> LatentTable:
 def read_stack(path: Path) -> tuple[np.ndarray, list[str]]:
     """A preprocessed stack (``sub-<label>_desc-preproc_stack.nii.gz``) as ``(n, X, Y, Z)``
     with its modality names from the JSON sidecar."""
-    from vaefusion.derivatives.naming import sidecar
+    from vaefusion.disk.naming import sidecar
 
     path = Path(path)
     if not path.is_file():

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vaefusion.derivatives import naming
-from vaefusion.derivatives.io import write_tsv
+from vaefusion.disk import naming
+from vaefusion.disk.io import write_tsv
 from vaefusion.inputs.reference import modality_domain
 
 LOG = logging.getLogger("vaefusion.interpret")

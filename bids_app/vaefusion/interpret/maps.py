@@ -21,8 +21,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from vaefusion.derivatives import naming
-from vaefusion.derivatives.io import write_json, write_nifti_atomic, write_tsv
+from vaefusion.disk import naming
+from vaefusion.disk.io import write_json, write_nifti_atomic, write_tsv
 from vaefusion.evaluation.manifest import Manifest
 from vaefusion.inputs.cache import load_stack, read_meta
 from vaefusion.inputs.reference import modality_domain

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vaefusion import __version__
-from vaefusion.derivatives.io import atomic_write_text, full_disk
+from vaefusion.disk.io import atomic_write_text, full_disk
 from vaefusion.errors import DataError, MissingInputError, VaefusionError
 from vaefusion.model.flops import count_parameters
 from vaefusion.model.network import VAE

@@ -32,8 +32,6 @@ from typing import NamedTuple
 
 import torch
 
-from vaefusion.config import LIKELIHOODS  # the choices of --likelihood
-
 #: Factor of the squared error in the unit-variance NLL (``0.5 * SSE``).
 RECON_SCALE: float = 0.5
 
@@ -110,6 +108,6 @@ def loss_terms(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: t
               else torch.as_tensor(sigma2, dtype=sse.dtype, device=sse.device).detach())
         rec = gaussian_nll(sse, n_voxels, s2)
     else:
-        raise ValueError(f"unknown likelihood {likelihood!r}; choose from {LIKELIHOODS}")
+        raise ValueError(f"unknown likelihood {likelihood!r}; choose 'sigma' or 'unit'")
     return LossTerms((rec + beta * kl).mean(), rec.mean(), kl.mean(), sse.detach(),
                      kl.detach(), s2)

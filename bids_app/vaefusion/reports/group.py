@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vaefusion.config import Config
-from vaefusion.derivatives import naming
+from vaefusion.disk import naming
 from vaefusion.evaluation.manifest import Manifest
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.interpret.explain import ExplainedModel, select_explained

@@ -18,8 +18,8 @@ import numpy as np
 
 from vaefusion import __version__
 from vaefusion.config import Config
-from vaefusion.derivatives import naming
-from vaefusion.derivatives.io import atomic_write_text
+from vaefusion.disk import naming
+from vaefusion.disk.io import atomic_write_text
 from vaefusion.evaluation.manifest import Manifest
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.inputs.cache import SubjectMeta, load_stack, read_meta

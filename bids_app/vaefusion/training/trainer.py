@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from vaefusion import __version__
 from vaefusion.config import Config, Runtime
-from vaefusion.derivatives.io import full_disk
+from vaefusion.disk.io import full_disk
 from vaefusion.errors import DataError, VaefusionError
 from vaefusion.inputs.cache import read_meta
 from vaefusion.model.checkpoint import load_model, save_model

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vaefusion.config import Config
-from vaefusion.derivatives import naming
+from vaefusion.disk import naming
 from vaefusion.errors import OutputError, UsageError, VaefusionError, disk_full_error
 from vaefusion.workflows.progress import count_units, status_callback, subject_labels
 from vaefusion.workflows.status import RunStatus

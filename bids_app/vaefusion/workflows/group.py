@@ -16,7 +16,7 @@ from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
 from vaefusion.config import Config
-from vaefusion.derivatives import naming
+from vaefusion.disk import naming
 from vaefusion.evaluation.manifest import build_manifest
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.interfaces.group import GatherResults, PCABaseline, VAEFold

@@ -64,7 +64,7 @@ def run_participant_level(cfg: Config, embed: bool = True) -> list[Path]:
     """
     import logging
 
-    from vaefusion.derivatives.naming import cache_file
+    from vaefusion.disk.naming import cache_file
     from vaefusion.errors import DataError
     from vaefusion.inputs.discovery import discover
     from vaefusion.inputs.participants import classification_labels, labels_needed

@@ -12,7 +12,7 @@ import math
 import re
 from pathlib import Path
 
-from vaefusion.derivatives import naming
+from vaefusion.disk import naming
 from vaefusion.errors import Interrupted
 from vaefusion.workflows.status import RunStatus
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaefusion.derivatives.io import write_json
+from vaefusion.disk.io import write_json
 
 LOG = logging.getLogger("vaefusion.status")
 
