@@ -557,8 +557,64 @@ def test_filter_matches_nothing(tiny_bids, tmp_path, caplog):
 
 
 def test_participant_label_matches_nothing(tiny_bids, tmp_path, caplog):
+    msg = expect(cli(tiny_bids, tmp_path, "participant", "--participant-label", "99"), 18,
+                 caplog, "No ICN maps or GMV volumes in")
+    assert msg.endswith("match the selection; check --participant-label.")  # only what was given
+
+
+def other_pipelines_only(ds: Path) -> Path:
+    """derivatives/ holding only a pipeline that is neither NeuroMark nor SPM (ds000117)."""
+    import shutil
+
+    for name in ("neuromark", "spm"):
+        shutil.rmtree(ds / "derivatives" / name)
+    other = ds / "derivatives" / "meg"
+    (other / "sub-01" / "meg").mkdir(parents=True)
+    (other / "dataset_description.json").write_text(
+        '{"Name": "meg", "BIDSVersion": "1.8.0", "DatasetType": "derivative"}')
+    return other
+
+
+def test_no_inputs_without_a_selection_is_missing_input(writable_copy, tmp_path, caplog):
+    """No NeuroMark/GMV files and no filter given: missing input (66), as when derivatives/
+    is missing; blaming filters that nobody gave would send the user the wrong way."""
+    other = other_pipelines_only(writable_copy)
+    msg = expect(cli(writable_copy, tmp_path, "participant"), 66, caplog,
+                 f"No ICN maps or GMV volumes in {other}; put the NeuroMark ICN maps and GMV "
+                 f"volumes in a derivative dataset under {writable_copy / 'derivatives'}")
+    assert "--participant-label" not in msg and "--bids-filter-file" not in msg
+
+
+def test_no_inputs_with_a_selection_blames_the_selection(writable_copy, tmp_path, caplog):
+    other_pipelines_only(writable_copy)
+    expect(cli(writable_copy, tmp_path, "participant", "--participant-label", "01"), 18,
+           caplog, "match the selection; check --participant-label.")
+
+
+def test_subject_folders_under_derivatives_are_no_datasets(writable_copy, tmp_path, caplog):
+    """bids-examples eeg_rest_fmri: derivatives/sub-32 is a subject folder (of derivatives/
+    itself), not a derivative dataset: no warning per subject."""
+    for sub in ("32", "33"):
+        (writable_copy / "derivatives" / f"sub-{sub}" / "eeg").mkdir(parents=True)
+        (writable_copy / "derivatives" / f"sub-{sub}" / "eeg" / "x.set").write_bytes(b"")
+    assert cli(writable_copy, tmp_path, "participant", "--participant-label", "01") == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert not [w for w in warnings if "sub-32" in w or "sub-33" in w], warnings
+    assert len([w for w in warnings if "has no dataset_description.json" in w]) <= 1
+
+
+def test_failed_run_leaves_only_logs(tiny_bids, tmp_path, caplog):
+    """A run that fails before any output leaves logs/ (with the error), not a bare dataset;
+    a failed rerun keeps the outputs of an earlier run."""
+    out = tmp_path / "out"
     expect(cli(tiny_bids, tmp_path, "participant", "--participant-label", "99"), 18, caplog,
            "No ICN maps or GMV volumes in")
+    assert [p.name for p in out.iterdir()] == ["logs"]
+    logs = "".join(p.read_text() for p in (out / "logs").glob("*.log"))
+    assert "match the selection" in logs and "failed (exit 18" in logs
+    assert cli(tiny_bids, tmp_path, "participant", "--participant-label", "01") == 0
+    assert cli(tiny_bids, tmp_path, "participant", "--participant-label", "99") == 18
+    assert (out / "dataset_description.json").is_file() and (out / "sub-01").is_dir()
 
 
 # --------------------------------------------------------------------------- paths and config

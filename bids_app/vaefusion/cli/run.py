@@ -287,6 +287,11 @@ def finish(record: RunRecord, cfg: Config | None, level: str, code: int,
             summary_path(cfg).unlink(missing_ok=True)
         except OSError:
             pass
+    if code != EXIT_OK and cfg is not None and cfg.output_dir is not None \
+            and record.status is not None:
+        from vaefusion.derivatives.dataset import drop_bare_dataset
+
+        drop_bare_dataset(cfg.output_dir)  # a failed run leaves logs/ alone, no bare dataset
     state = "succeeded" if code == EXIT_OK else "interrupted" if interrupted else "failed"
     if record.status is not None:
         record.status.finish(code, state, message, crash)

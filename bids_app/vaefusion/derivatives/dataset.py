@@ -145,6 +145,29 @@ def init_output_dir(cfg: Config) -> Path:
     return out
 
 
+def skeleton_files(out: Path) -> list[Path]:
+    """The files :func:`init_output_dir` writes at the output root (logs/ aside)."""
+    descriptions = naming.descriptions_file(out)
+    return [out / naming.DATASET_DESCRIPTION, out / naming.BIDSIGNORE, out / naming.README,
+            descriptions, naming.sidecar(descriptions)]
+
+
+def drop_bare_dataset(out: Path) -> bool:
+    """After a failed run: when OUTPUT_DIR holds nothing but the dataset's skeleton (no subject
+    or group output, from this run or an earlier one), remove the skeleton, so that only logs/
+    (with the error or crash) stays. Returns whether it did."""
+    out = Path(out)
+    keep = {p.name for p in skeleton_files(out)} | {naming.LOGS}
+    try:
+        if any(p.name not in keep for p in out.iterdir()):
+            return False  # outputs of this or an earlier run: a dataset worth keeping
+        for path in skeleton_files(out):
+            path.unlink(missing_ok=True)
+    except OSError:
+        return False
+    return True
+
+
 def write_descriptions(out: Path, labels: dict[str, str]) -> Path:
     """Add ``labels`` (``desc-`` label -> meaning) to ``descriptions.tsv`` at the output root,
     keeping the labels earlier runs documented, and its JSON sidecar."""

@@ -73,7 +73,39 @@ def derivative_dirs(cfg: Config) -> list[Path]:
             f"{root} does not exist; put the NeuroMark and GMV derivatives there or name them "
             f"with --derivatives NAME=PATH."
         )
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    datasets = [p for p in folders if not SUB_RE.fullmatch(p.name)]
+    if len(datasets) < len(folders):
+        # subject folders right under derivatives/ (bids-examples eeg_rest_fmri): derivatives/
+        # itself is the dataset that holds them, searched once (with its own description)
+        LOG.debug("%s holds subject folders: searched as one derivative dataset", root)
+        datasets.insert(0, root)
+    return datasets
+
+
+def selection_given(cfg: Config) -> bool:
+    """Whether the run narrows its inputs (labels or BIDS filters): only then can an empty
+    result be the selection's fault (exit 18) rather than missing input (exit 66)."""
+    return bool(cfg.participant_label or cfg.session_label or cfg.bids_filter_file
+                or cfg.bids_filters)
+
+
+def no_inputs_error(cfg: Config, deriv: list[Path], what: str) -> MissingInputError | NoDataError:
+    """Nothing usable found: the selection's fault (exit 18) when one was given, naming the
+    options given, else missing input (exit 66) naming where vaefusion looked."""
+    where = ", ".join(map(str, deriv)) or str(cfg.bids_dir)
+    if selection_given(cfg):
+        given = [option for option, value in (
+            ("--participant-label", cfg.participant_label),
+            ("--session-label", cfg.session_label),
+            ("--bids-filter-file", cfg.bids_filter_file or cfg.bids_filters)) if value]
+        return NoDataError(f"{what} in {where} match the selection; check "
+                           f"{', '.join(given)}.")
+    return MissingInputError(
+        f"{what} in {where}; put the NeuroMark ICN maps and GMV volumes in a derivative "
+        f"dataset under {cfg.bids_dir / 'derivatives'} (README: Inputs) or name them with "
+        f"--derivatives NAME=PATH."
+    )
 
 
 def _fingerprint(paths: list[Path]) -> str:
@@ -186,10 +218,13 @@ def _native_files(deriv: list[Path]) -> tuple[list[tuple], list[tuple], list[tup
     icn: list[tuple] = []
     gmv: list[tuple] = []
     folders: list[tuple] = []
+    others = set(deriv)
     for root in deriv:
         gift_folders: set[Path] = set()
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            # a dataset inside another one (derivatives/ itself) is walked on its own
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                                 and Path(dirpath) / d not in others)
             for name in dirnames:
                 rel = str((Path(dirpath) / name).relative_to(root))
                 if INPUT_NAME_RE.search(name) and (sub := SUB_RE.search(rel)):
@@ -294,11 +329,7 @@ def discover(cfg: Config) -> list[SubjectInputs]:
     # a subject-level GMV (no session) serves every session of that subject
     keys = [k for k in keys if not (k[1] is None and any(s == k[0] and e for s, e in icn_by))]
     if not keys:
-        raise NoDataError(
-            f"No ICN maps or GMV volumes in {', '.join(map(str, deriv)) or cfg.bids_dir} match "
-            f"the selection; check --participant-label, --session-label, --bids-filter-file "
-            f"and --derivatives."
-        )
+        raise no_inputs_error(cfg, deriv, "No ICN maps or GMV volumes")
 
     subjects: list[SubjectInputs] = []
     for sub, ses in keys:
@@ -319,7 +350,8 @@ def discover(cfg: Config) -> list[SubjectInputs]:
                         item.key)
         subjects.append(item)
 
-    subjects = apply_missing_policy(subjects, cfg.missing_modality)
+    subjects = apply_missing_policy(subjects, cfg.missing_modality,
+                                    lambda what: no_inputs_error(cfg, deriv, what))
     check_readable(subjects)
     check_headers(subjects, cfg.n_components)
     if cfg.model is not None:  # refuse a model that cannot embed these inputs before any work
@@ -386,8 +418,10 @@ def duplicate_error(key: str, kind: str, found: list[str], other: list[str],
     )
 
 
-def apply_missing_policy(subjects: list[SubjectInputs], policy: str) -> list[SubjectInputs]:
-    """Report subjects that lack a modality, then skip, keep, or refuse them."""
+def apply_missing_policy(subjects: list[SubjectInputs], policy: str,
+                         none_left=None) -> list[SubjectInputs]:
+    """Report subjects that lack a modality, then skip, keep, or refuse them; when none is
+    left, raise ``none_left(what)`` (default: the selection matched no data)."""
     incomplete = [s for s in subjects if not s.complete]
     for s in incomplete:
         LOG.warning("%s lacks a modality (%s): %s", s.key, "; ".join(s.missing),
@@ -402,10 +436,9 @@ def apply_missing_policy(subjects: list[SubjectInputs], policy: str) -> list[Sub
         )
     kept = [s for s in subjects if s.complete or (policy == "keep" and s.icn is not None)]
     if not kept:
-        raise NoDataError(
-            "No selected subject has both NeuroMark ICN maps and a GMV volume; check the "
-            "derivatives (see the log for what each subject lacks)."
-        )
+        what = ("No subject with both NeuroMark ICN maps and a GMV volume (the log says what "
+                "each lacks)")
+        raise none_left(what) if none_left else NoDataError(f"{what}; check the derivatives.")
     return kept
 
 
