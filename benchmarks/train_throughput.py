@@ -40,9 +40,12 @@ from vaefusion.model.likelihood import loss_terms
 from vaefusion.model.network import VAE, downsample_volumes, downsampled_grid
 from vaefusion.training.data import SubjectBatches
 from vaefusion.training.device import set_seed
+from vaefusion.training.speed import apply_switches
 from vaefusion.training.trainer import _run_epoch, make_optimizer
 
 FULL_GRID = (53, 63, 52)
+#: The speed switches timed with --switches (CUDA graphs only where CUDA is).
+SWITCHES = ("channels_last", "compile")
 LATENT = 128
 #: --quick must end within 60 s on 2 cores: the full-size rows (~5 s on an idle machine) are
 #: skipped when a busy machine has already used this much of the budget.
@@ -110,14 +113,15 @@ def naive_epoch(model: VAE, opt: torch.optim.Optimizer, paths: list[Path], downs
 
 
 def bench_config(name: str, paths: list[Path], downsample: int, width: float, repeats: int,
-                 naive_volumes: int | None, device: torch.device, bf16: bool = False
-                 ) -> list[dict]:
-    """Naive and vaefusion rows for one configuration."""
+                 naive_volumes: int | None, device: torch.device, bf16: bool = False,
+                 switches: dict[str, bool] | None = None) -> list[dict]:
+    """Naive and vaefusion rows for one configuration; with ``switches`` (the speed switches
+    of :func:`vaefusion.training.speed.apply_switches`) only the vaefusion row, so switched."""
     grid = downsampled_grid(FULL_GRID, downsample)
     flops = flops_per_volume(grid, width, LATENT)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows = []
-    if device.type == "cpu":
+    if device.type == "cpu" and switches is None:
         set_seed(0)
         model = VAE(grid, LATENT, width)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -132,6 +136,10 @@ def bench_config(name: str, paths: list[Path], downsample: int, width: float, re
                      "cpu_s_per_volume": cpu / counted[0], "flops": flops})
     set_seed(0)
     model = VAE(grid, LATENT, width).to(device)
+    on = {k: v for k, v in (switches or {}).items() if v}
+    if on:
+        apply_switches(model, device, channels_last=bool(on.get("channels_last")),
+                       compile=bool(on.get("compile")), cuda_graphs=bool(on.get("cuda_graphs")))
     opt = make_optimizer(model, 1e-4)
     data = SubjectBatches(paths, device=device, downsample=downsample, batch_subjects=1,
                           resident=True)
@@ -140,7 +148,8 @@ def bench_config(name: str, paths: list[Path], downsample: int, width: float, re
         _run_epoch(model, data, 0, 1.0, device, bf16, opt, name)
 
     wall, cpu = best_time(ours, repeats, sync)
-    rows.append({"config": name, "loop": "vaefusion (whole subjects, resident)",
+    label = "vaefusion (whole subjects, resident)" + "".join(f" + {k}" for k in on)
+    rows.append({"config": name, "loop": label,
                  "device": f"{device.type} {'bf16' if bf16 else 'fp32'}",
                  "volumes_per_s": data.n_volumes / wall,
                  "cpu_s_per_volume": cpu / data.n_volumes, "flops": flops})
@@ -153,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch intra-op threads for the vaefusion loop (default: all cores)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    ap.add_argument("--switches", action="store_true",
+                    help="also time the speed switches (channels_last_3d, torch.compile; on "
+                    "CUDA also CUDA graphs) on the production loop")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     q = args.quick
@@ -178,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rows += bench_config("default (53x63x52, width 1)", full_paths, 1, 1.0,
                                  repeats=2, naive_volumes=1 if q else 8, device=cpu)
+        if args.switches:
+            for sw in SWITCHES:
+                rows += bench_config("tiny (downsample 4, width 0.125)", tiny_paths, 4, 0.125,
+                                     repeats=3, naive_volumes=None, device=cpu,
+                                     switches={sw: True})
         if torch.cuda.is_available():
             gpu = torch.device("cuda")
             gpu_peak = matmul_peak(8192, 5, gpu, torch.float32)
@@ -185,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             for bf16 in (False, True):
                 rows += bench_config("default (53x63x52, width 1)", full_paths * 4, 1, 1.0,
                                      repeats=3, naive_volumes=None, device=gpu, bf16=bf16)
+            for sw in (SWITCHES + ("cuda_graphs",)) if args.switches else ():
+                rows += bench_config("default (53x63x52, width 1)", full_paths * 4, 1, 1.0,
+                                     repeats=3, naive_volumes=None, device=gpu, bf16=True,
+                                     switches={sw: True})
         else:
             print("GPU fp32 / bf16 rows skipped: CUDA is not available on this machine.")
     # measured again at the end: on a shared machine the higher of the two is nearer the truth

@@ -99,7 +99,12 @@ class Config:
     config_file: Path | None = None
     device: str = "auto"
     gpus: str = "all"  # as CUDA_VISIBLE_DEVICES: ordinals or UUIDs among the visible GPUs
-    bf16: bool = field(default=False, metadata=METHOD)
+    # bf16 autocast; None: on where the GPU supports it and its cuDNN is safe (training/speed.py)
+    bf16: bool | None = field(default=None, metadata=METHOD)
+    # speed switches of the same math (training/speed.py); off until a GPU measures them
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False
     stop_on_first_crash: bool = False
     verbose: int = 0
     # method (defaults: the paper's)

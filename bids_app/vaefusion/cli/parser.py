@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "CUDA_VISIBLE_DEVICES takes them (e.g. 0,2), among the GPUs it leaves "
                    "visible")
     g.add_argument("--bf16", action="store_true", default=None,
-                   help="bf16 autocast for training on CUDA")
+                   help="bf16 autocast for training on CUDA (default: on where the GPU "
+                   "supports it; bf16 = false in --config-file turns it off)")
     g.add_argument("--stop-on-first-crash", action="store_true", default=None,
                    help="stop at the first crashed node")
     g.add_argument("-v", "--verbose", action="count", default=None, help="more log output")

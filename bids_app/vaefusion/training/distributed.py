@@ -196,7 +196,7 @@ def sharded_pass(tr: DistributedTrainer, data: SubjectBatches, epoch: int,
                 _train_step(tr, x, rows, offset, n_batch, likelihood, acc)
             elif x is not None:
                 for i, part in enumerate(x.split(tr.chunk)):
-                    with _autocast(tr.device, tr.cfg.bf16):
+                    with _autocast(tr.device, tr.bf16):
                         recon, mu, logvar = model(part)
                     terms = loss_terms(recon, part, mu, logvar, tr.cfg.beta, likelihood, sigma2)
                     acc.add(part, recon, mu, logvar, terms, _rows(rows, i, tr.chunk, part))
@@ -221,7 +221,7 @@ def _train_step(tr: DistributedTrainer, x: torch.Tensor | None, rows: torch.Tens
         sse = torch.zeros((), dtype=torch.float64, device=device)
         with torch.no_grad():
             for part, e in parts:
-                with _autocast(device, cfg.bf16):
+                with _autocast(device, tr.bf16):
                     recon, _, _ = model(part, eps=e)
                 sse += squared_error(recon, part).double().sum()
         dist.all_reduce(sse)
@@ -234,7 +234,7 @@ def _train_step(tr: DistributedTrainer, x: torch.Tensor | None, rows: torch.Tens
     for i, (part, e) in enumerate(parts):
         last = i == len(parts) - 1
         with (nullcontext() if last else tr.ddp.no_sync()):
-            with _autocast(device, cfg.bf16):
+            with _autocast(device, tr.bf16):
                 recon, mu, logvar = tr.ddp(part, eps=e)
             terms = loss_terms(recon, part, mu, logvar, cfg.beta, likelihood, s2)
             # this chunk's share of the global mean, times W (DDP averages over the W ranks)

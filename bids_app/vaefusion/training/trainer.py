@@ -55,6 +55,7 @@ from vaefusion.training.device import (
     set_seed,
 )
 from vaefusion.training.metrics import ModalityMeans, PassAccumulator, PassStats, modality_means
+from vaefusion.training.speed import apply_switches, resolve_bf16
 
 LOGGER = logging.getLogger("vaefusion.training")
 
@@ -352,6 +353,10 @@ class Trainer:
         self.train_data, self.val_data = self._make_data(train_paths, val_paths,
                                                          runtime.data_budget_bytes)
         self.model = VAE(self.train_data.grid, self.latent_dim, cfg.width).to(self.device)
+        # speed switches (training/speed.py): off by default, no RNG drawn
+        self.bf16 = resolve_bf16(cfg.bf16, self.device, log=self.log)
+        apply_switches(self.model, self.device, channels_last=cfg.channels_last,
+                       compile=cfg.compile, cuda_graphs=cfg.cuda_graphs, log=self.log)
         self.optimizer = make_optimizer(self.model, cfg.lr)
         # the R^2 baseline: training subjects only (no RNG drawn)
         self.baseline = modality_means(self.train_data)
@@ -466,7 +471,7 @@ class Trainer:
               optimizer: torch.optim.Optimizer | None, desc: str, **kw: Any) -> PassStats:
         """One pass over ``data`` (training when ``optimizer`` is given); the hook where
         :class:`vaefusion.training.distributed.DistributedTrainer` shards and reduces."""
-        return _run_epoch(self.model, data, epoch, self.cfg.beta, self.device, self.cfg.bf16,
+        return _run_epoch(self.model, data, epoch, self.cfg.beta, self.device, self.bf16,
                           optimizer, desc, self.chunk, **kw)
 
     def _save_best(self, stats: EpochStats) -> None:
