@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         "NeuroMark ICN maps (derivatives/neuromark, from the real NeuroMark template with "
         "SimTB-style per-subject variability) and smoothed modulated gray matter "
         "(derivatives/spm, from the MNI152 GM template), with a chosen patient-control "
-        "difference (--arm: local amplitude effects, none, or displaced ICNs). The ground "
+        "difference (--arm: local amplitude effects, none, displaced ICNs, or a shared "
+        "factor spread over many modalities). The ground "
         "truth is written to OUT_DIR/code/simulation.json.",
         epilog="Values that start with '-' work as they are (--gm-effect -38,12,0:12:-0.2) or "
         "with '=' (--gm-effect=-38,12,0:12:-0.2). Exit codes: 0 success, 64 bad option, "
@@ -150,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="amplitude: local amplitude effects (--icn-effect, --gm-effect, "
                    "--effect-size); null: no difference at all, every method must land at "
                    "chance; shift: patients' chosen ICNs are displaced by --shift-mm (and "
-                   "widened by --widen), a non-linear change (default amplitude)")
+                   "widened by --widen), a non-linear change; fusion: patients differ in one "
+                   "shared subject factor that loads weakly on many ICNs and the gray matter "
+                   "(--fusion-shift), so only the modalities together separate the groups "
+                   "(default amplitude)")
     g.add_argument("--no-effects", action="store_true",
                    help="plant no effect at all (a null dataset; the same as --arm null)")
     g.add_argument("--shift-icn", dest="shift_icns", action="append",
@@ -191,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sd of each patient's effect multiplier, in every arm "
                    "(default %(default)s)")
 
+    g = p.add_argument_group("fusion arm (SZ only)")
+    g.add_argument("--fusion-shift", type=_number(float, 0), default=None, metavar="SD",
+                   help="patients' mean of the shared fusion factor, in SDs of the factor "
+                   f"(default {d.fusion_shift:g}); the factor loads weakly on about ten ICNs "
+                   "of five domains and three gray-matter regions")
+
     g = p.add_argument_group("variability")
     g.add_argument("--noise", type=_number(float, 0), default=d.noise, metavar="X",
                    help="multiplies every noise standard deviation (default 1; 0 = no noise)")
@@ -226,6 +236,8 @@ def arm_conflict(args: argparse.Namespace) -> str | None:
     given = [name for name, value in amplitude_options.items() if value is not None]
     if given and arm != "amplitude":
         return f"{', '.join(given)}: only for --arm amplitude, not --arm {arm}"
+    if args.fusion_shift is not None and arm != "fusion":
+        return f"--fusion-shift: only for --arm fusion, not --arm {arm}"
     return None
 
 
@@ -251,6 +263,7 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
         shift_mm=d.shift_mm if args.shift_mm is None else args.shift_mm,
         shift_direction=args.shift_direction or d.shift_direction,
         widen=d.widen if args.widen is None else args.widen,
+        fusion_shift=d.fusion_shift if args.fusion_shift is None else args.fusion_shift,
     )
 
 

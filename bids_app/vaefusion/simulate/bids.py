@@ -134,6 +134,8 @@ _ARM_SENTENCE = {
     "amplitude": "Patients (SZ) carry local planted effects",
     "null": "Patients (SZ) carry no planted effect (the null arm: SZ and HC maps are drawn alike)",
     "shift": "Patients (SZ) have chosen ICNs displaced by a few millimetres (the shift arm)",
+    "fusion": "Patients (SZ) differ in one shared subject factor that changes many ICNs and "
+              "the gray matter a little each (the fusion arm)",
 }
 
 
@@ -184,10 +186,10 @@ def ground_truth(c: SimulationConfig, igrid: Grid, ggrid: Grid, planted: Planted
         "icn_effects": [
             {"index": e.index, "modality": table[e.index - 1].name,
              "domain": table[e.index - 1].domain, "label": table[e.index - 1].label,
-             "center_mm": list(table[e.index - 1].peak_mm),
-             "center_voxel": list(igrid.voxel(table[e.index - 1].peak_mm)),
+             "center_mm": list(m), "center_voxel": list(igrid.voxel(m)),
+             "network_peak_mm": list(table[e.index - 1].peak_mm),
              "radius_mm": e.radius_mm, "strength": e.strength * c.effect_size}
-            for e in icn_effects
+            for e, m in zip(icn_effects, planted.icn_centers, strict=True)
         ] if c.effect_size > 0 else [],
         "gm_effects": [
             {"center_mm": list(e.center_mm), "center_voxel": list(ggrid.voxel(e.center_mm)),

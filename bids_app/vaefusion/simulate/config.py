@@ -16,10 +16,12 @@ GM_NATIVE_PREFIXES = ("smwc1", "mwc1", "mwp1", "smwp1")
 
 
 #: What distinguishes patients from controls (the known answer a method should find):
-#: ``amplitude`` local multiplicative ICN and GM effects; ``null`` nothing at all (every method
-#: must land at chance); ``shift`` chosen ICNs displaced (and optionally widened) by a few mm,
-#: a non-linear change of the voxel values.
-ARMS = ("amplitude", "null", "shift")
+#: ``amplitude`` local multiplicative ICN and GM effects away from each map's peak; ``null``
+#: nothing at all (every method must land at chance); ``shift`` chosen ICNs displaced and
+#: widened, a non-linear change of the voxel values; ``fusion`` patients differ in one shared
+#: subject factor that loads weakly on many ICNs and the gray matter, so that no single
+#: modality separates the groups well but all of them together do.
+ARMS = ("amplitude", "null", "shift", "fusion")
 
 
 #: ``random``: each patient's ICN moves in its own direction (uniform on the sphere), so the
@@ -30,8 +32,10 @@ SHIFT_DIRECTIONS = ("random", "fixed")
 
 @dataclass(frozen=True)
 class IcnEffect:
-    """Patients' ICN ``index`` (1-based) is multiplied by ``1 + strength * blob`` around its
-    peak; the blob is a Gaussian whose half maximum lies ``radius_mm`` from the centre."""
+    """Patients' ICN ``index`` (1-based) is multiplied by ``1 + strength * blob``; the blob is a
+    Gaussian whose half maximum lies ``radius_mm`` from its centre, the strongest point of the
+    network at least 2.5 radii from the map's peak, so that the map's maximum (and with it the
+    max-abs scaling) does not move: the effect stays local after preprocessing."""
 
     index: int
     strength: float
@@ -48,10 +52,9 @@ class GmEffect:
     strength: float
 
 
-#: Defaults: reduced network strength near the peak of the anterior cingulate (DMN, ICN45)
-#: and the insula (CC, ICN27) networks, and reduced GM in the left anterior insula and left
-#: superior temporal gyrus, as often reported in schizophrenia. Sized (after per-volume
-#: max-abs scaling) to be found voxelwise with about 20-40 subjects.
+#: Defaults: reduced network strength in a secondary node of the anterior cingulate (DMN,
+#: ICN45) and the insula (CC, ICN27) networks, and reduced GM in the left anterior insula and
+#: left superior temporal gyrus, as often reported in schizophrenia.
 DEFAULT_ICN_EFFECTS: tuple[IcnEffect, ...] = (
     IcnEffect(45, -0.5, 8.0),
     IcnEffect(27, -0.5, 8.0),
@@ -84,23 +87,35 @@ class SimulationConfig:
     gm_effects: tuple[GmEffect, ...] | None = None  # None: the defaults
     effect_size: float = 1.0
     effect_variability: float = 0.2  # sd of the per-patient multiplier of every effect
-    noise: float = 1.0  # multiplies every noise standard deviation below
-    icn_noise: float = 0.12  # smooth noise sd, relative to each template map's max |value|
-    icn_noise_fwhm_mm: float = 6.0
-    gm_noise: float = 0.05  # sd of the smooth multiplicative regional GM variability
+    noise: float = 1.0  # multiplies every session-level (measurement) noise sd below
+    icn_noise: float = 0.28  # smooth noise sd, relative to each template map's max |value|
+    icn_noise_fwhm_mm: float = 14.0
+    gm_noise: float = 0.06  # sd of the smooth multiplicative regional GM variability (a trait)
     gm_noise_fwhm_mm: float = 12.0
+    gm_error: float = 0.09  # sd of the smooth multiplicative GM measurement noise (per session)
+    gm_error_fwhm_mm: float = 8.0
     gm_fwhm_mm: float = 8.0  # SPM smoothing of mwc1 into smwc1
     translation_mm: float = 1.0  # sd per axis, once per subject and again per component
     rotation_deg: float = 1.5  # sd per axis, per component, about its peak
     spread: float = 0.05  # sd of log isotropic scale per component, about its peak
     amplitude: float = 0.2  # sd of log amplitude per component
+    topography_mm: float = 1.5  # sd per axis of each ICN's smooth displacement field
+    topography_fwhm_mm: float = 25.0
+    subject_warp_mm: float = 1.0  # sd per axis of the displacement shared by a subject's ICNs
+    n_factors: int = 5  # shared subject factors (factor 0 is the fusion arm's)
+    factor_strength: float = 0.25  # multiplicative change per SD at a trait factor's bump centre
+    fusion_strength: float = 0.4  # the same for the (weak, widespread) fusion factor
+    fusion_shift: float = 2.0  # fusion arm: patients' mean of the fusion factor, in SDs
+    site_field: float = 0.08  # sd of each site's smooth multiplicative field on ICN maps
+    site_gm_field: float = 0.06  # the same on gray matter
+    site_fwhm_mm: float = 60.0
     naming: str = "bids"
     gm_native_prefix: str = "smwc1"
     arm: str = "amplitude"  # one of ARMS
     shift_icns: tuple[int, ...] | None = None  # shift arm; None: the defaults that fit
-    shift_mm: float = 4.0  # shift arm: displacement of a patient's ICN (x its effect scale)
+    shift_mm: float = 8.0  # shift arm: displacement of a patient's ICN (x its effect scale)
     shift_direction: str = "random"  # one of SHIFT_DIRECTIONS
-    widen: float = 0.0  # shift arm: a patient's ICN spread x (1 + widen x its effect scale)
+    widen: float = 0.25  # shift arm: a patient's ICN spread x (1 + widen) ^ its effect scale
 
     def resolved_icn_effects(self) -> tuple[IcnEffect, ...]:
         """The ICN effects that apply (defaults outside ``n_components`` are dropped; none
@@ -145,6 +160,8 @@ def validate_config(config: SimulationConfig) -> None:
         (c.gm_native_prefix in GM_NATIVE_PREFIXES,
          f"--gm-native-prefix must be one of {', '.join(GM_NATIVE_PREFIXES)}"),
         (c.gm_fwhm_mm >= 0.0, f"--gm-fwhm must be non-negative, not {c.gm_fwhm_mm}"),
+        (1 <= c.n_factors <= 12, f"--n-factors must be between 1 and 12, not {c.n_factors}"),
+        (c.fusion_shift >= 0.0, f"--fusion-shift must be non-negative, not {c.fusion_shift}"),
     ]
     for ok, message in checks:
         if not ok:

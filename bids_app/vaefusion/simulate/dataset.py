@@ -27,7 +27,13 @@ from vaefusion.simulate.bids import (
 from vaefusion.simulate.config import SimulationConfig, validate_config
 from vaefusion.simulate.effects import PlantedEffects
 from vaefusion.simulate.gm import BRAIN_CENTER_MM, gm_template, gm_work_res, simulate_gm_map
-from vaefusion.simulate.grids import gm_grid, icn_grid, res_label, spatial_transform
+from vaefusion.simulate.grids import (
+    bounding_box,
+    gm_grid,
+    icn_grid,
+    res_label,
+    spatial_transform,
+)
 from vaefusion.simulate.icn import (
     IcnVariability,
     draw_icn_variability,
@@ -35,10 +41,22 @@ from vaefusion.simulate.icn import (
     simulate_icn_maps,
 )
 from vaefusion.simulate.participants import draw_participants, draw_sites
+from vaefusion.simulate.structure import (
+    FactorModel,
+    combine_fields,
+    draw_site_fields,
+    draw_topography,
+    smooth_fields,
+)
+from vaefusion.simulate.truth import write_expected_difference
 
 # Random streams: (seed, stream, ...) keeps every draw independent of the others.
 _STREAM_DEMOGRAPHICS, _STREAM_SITES, _STREAM_SUBJECT, _STREAM_SESSION = 0, 1, 2, 3
 _STREAM_ARM, _STREAM_ARM_SUBJECT = 4, 5
+_STREAM_FACTORS, _STREAM_STRUCTURE, _STREAM_SITE_FIELDS = 6, 7, 8
+
+#: Share of the ICN noise sd present far from a network (the rest scales with the template).
+NOISE_FLOOR = 0.4
 
 
 def simulate_dataset(out_dir: str | Path, config: SimulationConfig | None = None, *,
@@ -69,12 +87,26 @@ def simulate_dataset(out_dir: str | Path, config: SimulationConfig | None = None
     table = reference.icns()
     centers = np.array([table[i].peak_mm for i in range(n)])
     max_abs = np.abs(templates).reshape(n, -1).max(axis=1)
+    # Noise is stronger where a network is (its amplitude fluctuates with it) and present
+    # everywhere in the brain: sd = icn_noise x peak x (floor + (1 - floor) |template| / peak).
+    noise_profile = (max_abs[:, None, None, None]
+                     * (NOISE_FLOOR + (1.0 - NOISE_FLOOR) * np.abs(templates)
+                        / max_abs[:, None, None, None]))[(slice(None), *bounding_box(mask))]
 
     people = draw_participants(np.random.default_rng([c.seed, _STREAM_DEMOGRAPHICS]),
                                c.n_subjects, c.patient_fraction, c.n_sites)
     sites = draw_sites(np.random.default_rng([c.seed, _STREAM_SITES]), c.n_sites)
 
-    planted = PlantedEffects(c, igrid, wgrid, np.random.default_rng([c.seed, _STREAM_ARM]))
+    planted = PlantedEffects(c, igrid, wgrid, np.random.default_rng([c.seed, _STREAM_ARM]),
+                             templates)
+    factors = FactorModel(np.random.default_rng([c.seed, _STREAM_FACTORS]), templates, igrid,
+                          gm_base, wgrid, c.n_factors, c.factor_strength, c.fusion_strength)
+    box = bounding_box(mask)
+    box_shape = tuple(b.stop - b.start for b in box)
+    site_fields = draw_site_fields(np.random.default_rng([c.seed, _STREAM_SITE_FIELDS]), c,
+                                   sorted(sites), box_shape, igrid.res_mm, wgrid)
+    ages = np.array([p["age"] for p in people], float)
+    age_mean, age_sd = float(ages.mean()), max(float(ages.std()), 1.0)
 
     sessions = [f"ses-{k}" for k in range(1, c.sessions + 1)] or [None]
     naming_bids = c.naming in ("bids", "both")
@@ -111,11 +143,27 @@ def simulate_dataset(out_dir: str | Path, config: SimulationConfig | None = None
             gm_t = spatial_transform(rng.normal(0.0, c.translation_mm, 3),
                                      rng.normal(0.0, 1.0, 3), float(np.exp(rng.normal(0.0, 0.02))),
                                      BRAIN_CENTER_MM)
+            # Stable traits from their own stream: topography, shared factors, regional GM.
+            trng = np.random.default_rng([c.seed, _STREAM_STRUCTURE, i])
+            scores = factors.draw(trng, (person["age"] - age_mean) / age_sd)
+            if c.arm == "fusion" and patient:
+                scores[0] += c.fusion_shift * k_effect
+            person["factor_scores"] = [round(float(v), 4) for v in scores]
+            displacement = draw_topography(trng, n, c, box_shape, igrid.res_mm)
+            gm_regional = (smooth_fields(trng, 1, wgrid.shape, wgrid.res_mm,
+                                         c.gm_noise_fwhm_mm)[0] * np.float32(c.gm_noise)
+                           if c.gm_noise > 0 else None)
             # The arm's own stream: what it draws never changes the subject's other draws.
             effect = planted.for_subject(
                 patient, k_effect, np.random.default_rng([c.seed, _STREAM_ARM_SUBJECT, i]))
             person.update(planted.participant_truth(effect))
             subject_var = effect.move(subject_var)
+            icn_fields = factors.icn_fields(scores)
+            for ci, f in effect.icn_fields.items():
+                icn_fields[ci] = icn_fields[ci] * f if ci in icn_fields else f
+            gm_field = combine_fields(factors.gm_field(scores), effect.gm_field,
+                                      None if gm_regional is None else 1.0 + gm_regional,
+                                      site_fields[person["site"]][1])
 
             for k, ses in enumerate(sessions, start=1):
                 srng = np.random.default_rng([c.seed, _STREAM_SESSION, i, k])
@@ -127,11 +175,13 @@ def simulate_dataset(out_dir: str | Path, config: SimulationConfig | None = None
                     amplitude=subject_var.amplitude * np.exp(srng.normal(0.0, 0.05, n))
                     * site["icn_amplitude"],
                 )
-                noise_sd = c.noise * c.icn_noise * site["icn_noise"] * max_abs
+                noise_sd = c.noise * c.icn_noise * site["icn_noise"] * noise_profile
                 icn = simulate_icn_maps(srng, templates, mask, igrid, centers, var,
-                                        effect.icn_fields, noise_sd, c.icn_noise_fwhm_mm)
-                gm = simulate_gm_map(srng, gm_base, wgrid, gm_t, gm_scale, effect.gm_field,
-                                     c.noise * c.gm_noise, c.gm_noise_fwhm_mm, c.gm_fwhm_mm,
+                                        icn_fields, displacement,
+                                        site_fields[person["site"]][0], noise_sd,
+                                        c.icn_noise_fwhm_mm)
+                gm = simulate_gm_map(srng, gm_base, wgrid, gm_t, gm_scale, gm_field,
+                                     c.noise * c.gm_error, c.gm_error_fwhm_mm, c.gm_fwhm_mm,
                                      out_grid=ggrid)
                 _check_volumes(icn, gm, sub, ses)
                 for future in pending:  # the previous subject's files are written by now
@@ -177,6 +227,9 @@ def simulate_dataset(out_dir: str | Path, config: SimulationConfig | None = None
         writer.shutdown(wait=True)
 
     truth = ground_truth(c, igrid, ggrid, planted, people, sites, files)
+    truth["factors"] = factors.to_list()
+    truth["expected_difference"] = write_expected_difference(
+        out, c, planted, factors, templates, igrid, gm_base, wgrid, ggrid, centers)
     write_raw_metadata(out, c, people)
     write_derivative_metadata(deriv, c, naming_bids, naming_native, gift_rows)
     write_json(out / GROUND_TRUTH, truth)

@@ -1,8 +1,11 @@
 """Planted patient effects: what each arm changes in a patient, and the arm's ground truth.
 
 - ``amplitude``: patients' ICN maps (and GM) are multiplied by ``1 + strength * blob`` near a
-  chosen point; the effects are local because the app scales every volume by its own maximum
-  absolute value, which would turn a change of a whole map into nothing.
+  chosen point away from each map's peak. The app scales every volume by its own maximum
+  absolute value: a change at the peak would lower the divisor and brighten the whole map (a
+  global gain), so the blob is placed where the peak does not feel it and stays local.
+- ``fusion``: patients' fusion factor (see ``structure.FactorModel``) has mean
+  ``fusion_shift`` instead of 0; the factor loads weakly on many ICNs and the gray matter.
 - ``null``: nothing; a patient's maps are drawn exactly as if it were a control.
 - ``shift``: chosen ICNs of patients are displaced by ``shift_mm`` (and their spread about the
   peak optionally widened) on top of every subject's own jitter, so one map's shape does not
@@ -22,10 +25,19 @@ from vaefusion.inputs import reference
 from vaefusion.simulate.config import SimulationConfig
 from vaefusion.simulate.grids import Grid, gaussian_blob
 from vaefusion.simulate.icn import IcnVariability
+from vaefusion.simulate.structure import away_from_peak
 
 AMPLITUDE_DEFINITION = ("patients' map x max(0, 1 + strength * effect_scale * "
-                        "exp(-d^2 / (2 sigma^2))), sigma = radius_mm / sqrt(2 ln 2); "
+                        "exp(-d^2 / (2 sigma^2))), sigma = radius_mm / sqrt(2 ln 2), centred "
+                        "at center_mm (for ICNs the strongest point of the network at least "
+                        "2.5 radii from its peak, so max-abs scaling leaves the effect local); "
                         "strength already includes --effect-size")
+
+
+FUSION_DEFINITION = ("patients' score on the shared fusion factor is drawn from "
+                     "N(fusion_shift * effect_scale, 1) instead of N(0, 1); the factor "
+                     "multiplies each ICN it loads on by 1 + strength * score * weight * blob "
+                     "(blobs away from the peaks) and the gray matter likewise")
 
 
 SHIFT_DEFINITION = ("a patient's ICN is moved by shift_mm * effect_scale along a unit direction "
@@ -78,14 +90,15 @@ class PlantedEffects:
     """The effects of one simulation's arm, prepared once and drawn per subject."""
 
     def __init__(self, config: SimulationConfig, icn_grid: Grid, gm_work_grid: Grid,
-                 rng: np.random.Generator) -> None:
+                 rng: np.random.Generator, templates: np.ndarray) -> None:
         """``rng`` draws the fixed shift directions (only used by ``--shift-direction fixed``)."""
         c = self.config = config
-        table = reference.icns()
         self.icn_effects = c.resolved_icn_effects()
         self.gm_effects = c.resolved_gm_effects()
-        self.icn_blobs = [gaussian_blob(icn_grid, table[e.index - 1].peak_mm, e.radius_mm)
-                          for e in self.icn_effects]
+        self.icn_centers = [away_from_peak(templates[e.index - 1], icn_grid, e.radius_mm)
+                            for e in self.icn_effects]
+        self.icn_blobs = [gaussian_blob(icn_grid, m, e.radius_mm)
+                          for e, m in zip(self.icn_effects, self.icn_centers, strict=True)]
         self.gm_blobs = [gaussian_blob(gm_work_grid, e.center_mm, e.radius_mm)
                          for e in self.gm_effects]
         self.shift_icns = c.resolved_shift_icns()
@@ -97,14 +110,15 @@ class PlantedEffects:
     def active(self) -> bool:
         """Whether the arm plants anything at all (patients carry an effect scale)."""
         c = self.config
-        return (c.arm == "amplitude" and c.effect_size > 0) or c.arm == "shift"
+        return ((c.arm == "amplitude" and c.effect_size > 0) or c.arm == "shift"
+                or (c.arm == "fusion" and c.fusion_shift > 0))
 
     def for_subject(self, patient: bool, k_effect: float, rng: np.random.Generator
                     ) -> PatientEffect:
         """One subject's effect; ``k_effect`` is its multiplier (0 for controls), ``rng`` its
         own stream for random shift directions."""
         c = self.config
-        if not (patient and self.active and k_effect > 0):
+        if not (patient and self.active and k_effect > 0) or c.arm == "fusion":
             return PatientEffect()
         if c.arm == "shift":
             shifts = {i - 1: c.shift_mm * k_effect
@@ -132,6 +146,10 @@ class PlantedEffects:
             return {"name": "amplitude", "effect_size": c.effect_size,
                     "effect_variability": c.effect_variability,
                     "definition": AMPLITUDE_DEFINITION}
+        if c.arm == "fusion":
+            return {"name": "fusion", "fusion_shift": c.fusion_shift,
+                    "effect_variability": c.effect_variability, "factor": 0,
+                    "definition": FUSION_DEFINITION}
         table = reference.icns()
         return {
             "name": "shift", "shift_mm": c.shift_mm, "shift_direction": c.shift_direction,

@@ -187,3 +187,20 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], fwhm_vox: flo
     k /= k.sum()
     noise /= np.float32(np.sum(k * k) ** 1.5)
     return noise
+
+
+def warp_field(volume: np.ndarray, grid: Grid, transform_mm: np.ndarray, ijk: np.ndarray,
+               displacement_mm: np.ndarray) -> np.ndarray:
+    """Like :func:`warp` at the output voxels ``ijk`` (``(3, ...)``, voxel indices), with a
+    displacement field ``displacement_mm`` (``(3, ...)``, mm, where each output voxel reads
+    from) added after the rigid map: a smooth, non-rigid change of shape."""
+    m = np.linalg.solve(grid.affine, np.linalg.solve(transform_mm, grid.affine))
+    shape = ijk.shape[1:]
+    # Both linear maps act on flat (3, voxels) arrays: one small matrix product each. The
+    # displacement goes mm -> voxels through the grid's linear part.
+    lin = np.linalg.inv(grid.affine[:3, :3]).astype(np.float32)
+    coords = m[:3, :3].astype(np.float32) @ ijk.reshape(3, -1)
+    coords += lin @ displacement_mm.reshape(3, -1)
+    coords += m[:3, 3].astype(np.float32)[:, None]
+    return ndimage.map_coordinates(volume, coords, order=1, mode="constant", cval=0.0,
+                                   output=np.float32).reshape(shape)

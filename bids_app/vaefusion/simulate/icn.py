@@ -19,6 +19,7 @@ from vaefusion.simulate.grids import (
     smooth_noise,
     spatial_transform,
     warp,
+    warp_field,
 )
 
 
@@ -65,27 +66,40 @@ def draw_icn_variability(rng: np.random.Generator, n: int, config: SimulationCon
 
 def simulate_icn_maps(rng: np.random.Generator, templates: np.ndarray, mask: np.ndarray,
                       grid: Grid, centers_mm: np.ndarray, var: IcnVariability,
-                      effects: dict[int, np.ndarray], noise_sd: np.ndarray,
+                      fields: dict[int, np.ndarray], displacement_mm: np.ndarray | None,
+                      site_field: np.ndarray | None, noise_sd: np.ndarray,
                       noise_fwhm_mm: float) -> np.ndarray:
     """One subject's 4D ICN maps ``(n, X, Y, Z)`` float32.
 
-    Each template map is multiplied by its patient effect field (if any; 0-based key), moved
-    by its own rigid+scale transform about ``centers_mm[c]``, scaled by its amplitude, given
-    smooth noise of sd ``noise_sd[c]`` and masked.
+    Each template map is multiplied by its template-space field (shared factors and patient
+    effects; 0-based key), moved by its own rigid+scale transform about ``centers_mm[c]`` plus
+    its smooth displacement field ``displacement_mm[c]`` (``(n, 3, *box)`` mm, on the mask's
+    bounding box: individual topography), scaled by its amplitude, multiplied by the site's
+    image-space field (on the box), given smooth noise of sd ``noise_sd[c]`` (a number per
+    component, or a map per component on the box) and masked.
     """
     # Only the mask's bounding box is computed (a quarter fewer voxels); the rest is zero.
     box = bounding_box(mask)
     n = templates.shape[0]
-    inner = np.empty((n,) + tuple(b.stop - b.start for b in box), np.float32)
+    box_shape = tuple(b.stop - b.start for b in box)
+    inner = np.empty((n,) + box_shape, np.float32)
+    ijk = np.indices(box_shape, dtype=np.float32)
+    ijk += np.array([b.start for b in box], np.float32)[:, None, None, None]
     for c in range(n):
-        src = templates[c] * effects[c] if c in effects else templates[c]
+        src = templates[c] * fields[c] if c in fields else templates[c]
         t = spatial_transform(var.translation_mm[c], var.rotation_deg[c], var.scale[c],
                               centers_mm[c])
-        inner[c] = warp(src, grid, t, box=box)
+        if displacement_mm is None:
+            inner[c] = warp(src, grid, t, box=box)
+        else:
+            inner[c] = warp_field(src, grid, t, ijk, displacement_mm[c])
         inner[c] *= np.float32(var.amplitude[c])
+    if site_field is not None:
+        inner *= site_field[None]
     if np.any(noise_sd > 0):
         noise = smooth_noise(rng, inner.shape, noise_fwhm_mm / grid.res_mm)
-        noise *= noise_sd.astype(np.float32)[:, None, None, None]
+        noise *= (noise_sd.astype(np.float32) if noise_sd.ndim > 1
+                  else noise_sd.astype(np.float32)[:, None, None, None])
         inner += noise
     inner *= mask[box]
     out = np.zeros(templates.shape, np.float32)
