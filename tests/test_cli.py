@@ -107,7 +107,7 @@ def test_a_crash_writes_a_crash_file_and_exits_1(tiny_bids, tmp_path, monkeypatc
 
 
 def test_demo_verdict_says_where_the_vae_does_not_win():
-    from vaefusion.cli.demo import verdict
+    from vaefusion.evaluation.summary import verdict
 
     def comp(baseline: str, lo: float, hi: float) -> dict:
         return {"method": "vae", "baseline": baseline, "ci": [lo, hi],

@@ -16,8 +16,7 @@ import pytest
 from conftest import PLANTED_GROUP
 from vaefusion.reports import html
 
-FIGURES = {"importance", "tsne", "auc_by_latent_dim", "seed_robustness", "training_curves",
-           "maps"}
+FIGURES = {"importance", "tsne", "auc_by_latent_dim", "training_curves", "maps"}
 SECTIONS = {"overview", "data", "classification", "table1", "seeds", "importance", "maps",
             "tsne", "training", "warnings", "subjects", "about"}
 
@@ -85,6 +84,13 @@ def test_group_report_is_self_contained(planted_run):
     assert "ICN02" in text and "Subthalamus" in text
     for name in FIGURES:
         assert (planted_run / "group" / "figures" / f"{name}.png").stat().st_size > 1000
+    # one seed (--seed 1): no seed figure of bars labelled 1 with SD 0, the page says so
+    assert not (planted_run / "group" / "figures" / "seed_robustness.png").exists()
+    assert "One seed was run (--seed 1)" in text
+    # the verdict (VAE against pca-shared) opens the Overview, before the VAE's AUC alone
+    overview = text.split('id="overview"', 1)[1].split('id="data"', 1)[0]
+    assert "On this dataset the VAE " in overview
+    assert overview.index("On this dataset the VAE ") < overview.index("VAE ROC-AUC")
 
 
 @pytest.mark.slow
@@ -163,3 +169,104 @@ def test_warns_when_the_explained_model_decodes_modalities_as_zeros(tmp_path):
     blank[:2] = 0.0
     text = warnings(blank)
     assert "decodes 2 of 3 modalities as all zeros (ICN01, ICN02)" in text
+
+
+def _weak_maps(decoded_scale: float):
+    """Maps whose decoded difference is ``decoded_scale`` of the input difference."""
+    from types import SimpleNamespace
+
+    mask = np.ones((2, 2, 2), dtype=bool)
+    return SimpleNamespace(
+        modalities=["ICN01", "GMV"], decoded_negative=np.full((2, 2, 2, 2), 0.1),
+        decoded_difference=np.full((2, 2, 2, 2), decoded_scale), input_difference=np.ones(
+            (2, 2, 2, 2)), mask=mask, negative="HC", positive="SZ", n_negative=4, n_positive=4,
+        correlations=[0.0, 0.0])
+
+
+def test_overview_opens_with_the_verdict_and_the_learning_warnings(tmp_path):
+    """A newcomer reads the top of the report: the VAE-vs-baselines sentence and any learning
+    warning come before the VAE's AUC alone."""
+    from types import SimpleNamespace
+
+    from vaefusion.config import Config
+    from vaefusion.reports.group_page import _overview
+
+    summary = {"methods": {"vae": {"roc_auc_mean": 0.6, "roc_auc_ci": [0.4, 0.8],
+                                   "latent_dim": 8, "n_folds": 3}},
+               "comparisons": [{"baseline": "pca-early", "ci": [-0.5, -0.1],
+                                "mean_difference": -0.3}]}
+    interp = SimpleNamespace(maps=_weak_maps(0.005), explained=None)
+    text = _overview(Config(output_dir=tmp_path), summary, [], interp).render()
+    verdict = text.index("On this dataset the VAE is worse than pca-early.")
+    warning = text.index("The decoded group differences reach at most 0.005, 0.5% of the input")
+    assert verdict < warning < text.index("VAE ROC-AUC 0.600")
+    drawn = SimpleNamespace(maps=_weak_maps(0.5), explained=None)
+    assert "decoded group differences" not in _overview(Config(output_dir=tmp_path), summary,
+                                                        [], drawn).render()
+
+
+def test_caveat_stands_beside_blank_decoded_maps(tmp_path):
+    """Tiny decoded differences (a blank map on a ±1e-06 scale): the caveat is in the maps
+    section, before the figure, not only in the Warnings far below."""
+    from types import SimpleNamespace
+
+    from vaefusion.reports.group_page import _maps
+
+    files = SimpleNamespace(all=lambda: [], centres=tmp_path / "centres.tsv")
+    interp = SimpleNamespace(maps=_weak_maps(1e-6), map_files=files, ranking=[],
+                             figures={"maps": b"\x89PNG fake"})
+    text = _maps(interp, tmp_path).render()
+    caveat = text.index("The decoded group differences reach at most 1e-06")
+    assert caveat < text.index("<img")
+    interp.maps = _weak_maps(0.5)
+    assert "reach at most" not in _maps(interp, tmp_path).render()
+
+
+def test_one_seed_is_said_not_drawn():
+    from types import SimpleNamespace
+
+    from vaefusion.reports.group_page import _seeds
+
+    result = SimpleNamespace(method="vae", seed=3, latent_dim=4, available=True, roc_auc=0.7)
+    text = _seeds([{"method": "vae", "latent_dim": 4}], [result], 4,
+                  SimpleNamespace(figures={})).render()
+    assert "One seed was run (--seed 3)" in text and "SD over seeds" not in text
+
+
+def test_overview_gathers_the_training_warnings_of_the_log(tmp_path, monkeypatch):
+    """The trainer's "had not converged" warning of every fold: once, with the count, at the
+    top of the Overview; other log warnings stay in the Warnings section."""
+    from types import SimpleNamespace
+
+    from vaefusion.config import Config
+    from vaefusion.reports import group_page
+
+    said = [f"{tmp_path}/work/training/vae_L8_seed0_rep0_fold{k}: ICN05 is decoded as zeros "
+            f"(every voxel)." for k in range(3)]
+    monkeypatch.setattr(group_page, "_log_warnings",
+                        lambda cfg: [*said, "sub-07 lacks a modality (no GMV file found)"])
+    text = group_page._overview(Config(output_dir=tmp_path), {"methods": {}}, [],
+                                SimpleNamespace(maps=None, explained=None)).render()
+    assert "3 training units: ICN05 is decoded as zeros (every voxel)." in text
+    assert "lacks a modality" not in text
+
+
+def test_overview_says_when_training_had_not_converged(tmp_path):
+    """Read from the results (a rerun that reuses the folds logs no training)."""
+    from types import SimpleNamespace
+
+    from vaefusion.config import Config
+    from vaefusion.reports.group_page import _overview
+
+    def fold(best: int, stopped: bool):
+        training = SimpleNamespace(best_epoch=best, epochs_run=20, stopped_early=stopped,
+                                   active_units=4, recon_r2=0.1, likelihood="sigma")
+        return SimpleNamespace(method="vae", training=training)
+
+    results = [fold(20, False), fold(20, False), fold(12, True)]
+    text = _overview(Config(output_dir=tmp_path), {"methods": {}}, results,
+                     SimpleNamespace(maps=None, explained=None)).render()
+    assert "2 of 3 VAE folds kept their last epoch (20): training had not converged" in text
+    assert "kept their last epoch" not in _overview(
+        Config(output_dir=tmp_path), {"methods": {}}, [fold(12, True)],
+        SimpleNamespace(maps=None, explained=None)).render()

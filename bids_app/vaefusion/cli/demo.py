@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,30 +27,6 @@ DEMO_KNOBS = ["--downsample", "4", "--width", "0.125", "--epochs", "20", "--fold
               "--latent-dim", "8"]
 
 
-def verdict(summary: dict) -> str:
-    """One plain sentence: does the VAE beat each baseline, by the paired 95% CI?"""
-    wins, ties, losses = [], [], []
-    for comp in summary.get("comparisons", []):
-        lo, hi = comp["ci"]
-        (wins if lo > 0 else losses if hi < 0 else ties).append(comp)
-    if not (wins or ties or losses):
-        return "The VAE was not compared with a baseline."
-
-    def names(comps: list[dict]) -> str:
-        return ", ".join(c["baseline"] for c in comps)
-
-    parts = []
-    if wins:
-        parts.append(f"beats {names(wins)}")
-    if losses:
-        parts.append(f"is worse than {names(losses)}")
-    if ties:
-        diffs = ", ".join(f"{c['mean_difference']:+.2f} against {c['baseline']}" for c in ties)
-        parts.append(f"is not shown to differ from {names(ties)} (mean AUC difference {diffs}; "
-                     "the 95% CI of each paired difference includes 0)")
-    return "On this dataset the VAE " + "; ".join(parts) + "."
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vaefusion-demo", description=__doc__.split("\n\n")[0])
     p.add_argument("out_dir", nargs="?", type=Path, default=Path("vaefusion-demo"),
@@ -57,12 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-subjects", type=int, default=40)
     p.add_argument("--nprocs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep the work dir (the preprocessing cache, ~0.7 GB for 40 subjects) "
+                        "after a successful run, so that a rerun reuses it")
     args = p.parse_args(argv)
 
     from vaefusion.cli.run import main as vaefusion
     from vaefusion.cli.simulate import main as simulate
     from vaefusion.disk import naming
-    from vaefusion.evaluation.summary import format_auc
+    from vaefusion.evaluation.summary import format_auc, verdict
 
     root = args.out_dir.resolve()
     ds, out, work = root / "bids", root / "derivatives", root / "work"
@@ -95,8 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     truth = json.loads((ds / "code" / "simulation.json").read_text())
     planted = [e["modality"] for e in truth["icn_effects"]] + ["GMV"] * bool(truth["gm_effects"])
     print(f"planted effects: {', '.join(planted) or 'none'}; see {ds / 'code' / 'simulation.json'}")
-    print(f"outputs: {out}  (start with group/summary.json)")
+    print(f"outputs: {out}  (start with group/report.html, or group/summary.json)")
+    if not args.keep_work:  # only reruns need the cache: half the demo's disk use
+        size = _disk_use(work)
+        shutil.rmtree(work, ignore_errors=True)
+        print(f"removed the work dir {work} ({size / 2**20:.0f} MB; --keep-work keeps it)")
+    print(f"disk use: {_disk_use(root) / 2**20:.0f} MB in {root} (simulated input "
+          f"{_disk_use(ds) / 2**20:.0f} MB, outputs {_disk_use(out) / 2**20:.0f} MB)")
     return 0
+
+
+def _disk_use(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (as ``du`` counts them, roughly)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 if __name__ == "__main__":

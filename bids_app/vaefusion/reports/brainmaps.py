@@ -20,8 +20,53 @@ from vaefusion.reports.figures import render
 DISPLAY_THRESHOLD = 0.25
 
 
-def _peak_mm(vol: np.ndarray, affine: np.ndarray) -> tuple[float, float, float]:
-    ijk = np.unravel_index(int(np.argmax(np.abs(vol))), vol.shape)
+#: Column widths of a row: input map, its colour bar, a gap, decoded map, its colour bar, a gap,
+#: glass brain. The colour bars get columns of their own, so their tick labels never reach
+#: into the slices.
+COLUMNS = (4.2, 0.12, 0.8, 4.2, 0.12, 0.8, 3.6)
+#: Width and row height in inches (three ortho slices of the 53x63x52 grid in 4.6 in).
+WIDTH = 15.0
+ROW_HEIGHT = 2.8
+#: The cut goes through the peak of the map smoothed by this many voxels (sigma), at least
+#: this many voxels inside the brain mask: a noisy voxel at the brain's edge would put a cut
+#: where the slice is a thin sliver.
+CUT_SMOOTHING = 1.5
+CUT_INSET = 4
+#: ... and within these percentiles of the brain's extent along each axis (no grazing slice).
+CUT_RANGE = (15, 85)
+CMAP = "RdBu_r"
+
+
+def _colourbar(fig: Figure, cax, vmax: float) -> None:
+    """A symmetric colour bar for a stat map drawn with ``vmax``, in its own axes ``cax``."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = fig.colorbar(ScalarMappable(Normalize(-vmax, vmax), CMAP), cax=cax)
+    bar.ax.tick_params(labelsize=7)
+    bar.formatter.set_powerlimits((-2, 3))  # 1e-06 as "1 x 10^-6" above the bar, not per tick
+    bar.update_ticks()
+
+
+def _cut(vol: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> tuple[float, float, float]:
+    """Ortho cut through the peak of ``vol`` (smoothed) well inside ``mask``, so that every
+    slice cuts through the brain rather than grazing its edge; the mask's centre when the map
+    is flat there."""
+    from scipy import ndimage
+
+    inner = ndimage.binary_erosion(mask, iterations=CUT_INSET)
+    if inner.sum() < 27:
+        inner = mask
+    smooth = ndimage.gaussian_filter(np.abs(np.nan_to_num(vol)).astype(np.float32),
+                                     CUT_SMOOTHING)
+    inside = np.where(inner, smooth, 0)
+    voxels = np.argwhere(inner) if np.any(inner) else np.argwhere(np.ones(vol.shape, bool))
+    if not np.any(inside):
+        ijk = voxels.mean(axis=0)
+    else:  # the peak, kept within the central part of the brain along each axis
+        peak = np.array(np.unravel_index(int(np.argmax(inside)), vol.shape), dtype=float)
+        lo, hi = np.percentile(voxels, CUT_RANGE, axis=0)
+        ijk = np.clip(peak, lo, hi)
     return tuple(float(v) for v in (affine @ np.array([*ijk, 1.0]))[:3])  # type: ignore
 
 
@@ -32,8 +77,12 @@ def maps_figure(maps: GroupMaps, modalities: list[str], labels: dict[str, str]) 
 
     rows = [m for m in modalities if m in maps.modalities]
     n = len(rows) + (maps.top_map is not None)
-    fig = Figure(figsize=(15, 2.7 * n))
-    axes = fig.subplots(n, 3, squeeze=False, gridspec_kw={"width_ratios": [1.25, 1.25, 1]})
+    fig = Figure(figsize=(WIDTH, ROW_HEIGHT * n))
+    grid = fig.add_gridspec(n, len(COLUMNS), width_ratios=COLUMNS, wspace=0.0, hspace=0.25)
+    axes = [[fig.add_subplot(grid[r, c]) for c in range(len(COLUMNS))] for r in range(n)]
+    for row in axes:
+        for c in (2, 5):
+            row[c].set_axis_off()
     diff = maps.decoded_difference
     corr = maps.correlations
     what = f"{maps.negative} − {maps.positive}"
@@ -42,34 +91,38 @@ def maps_figure(maps: GroupMaps, modalities: list[str], labels: dict[str, str]) 
         for row, m in enumerate(rows):
             i = maps.modalities.index(m)
             # both columns cut through the input difference's peak: where the real effect is
-            cut = _peak_mm(np.where(maps.mask, maps.input_difference[i], 0), maps.affine)
-            for col, (vol, title) in enumerate(((maps.input_difference[i], "input"),
-                                                (diff[i], "decoded"))):
+            cut = _cut(maps.input_difference[i], maps.mask, maps.affine)
+            for col, (vol, title) in ((0, (maps.input_difference[i], "input")),
+                                      (3, (diff[i], "decoded"))):
                 vmax = float(max(np.abs(vol[maps.mask]).max(), 1e-6))
                 plotting.plot_stat_map(
-                    nib.Nifti1Image(vol.astype(np.float32), maps.affine), axes=axes[row, col],
+                    nib.Nifti1Image(vol.astype(np.float32), maps.affine), axes=axes[row][col],
                     cut_coords=cut, vmax=vmax, threshold=DISPLAY_THRESHOLD * vmax,
-                    draw_cross=False, annotate=False, colorbar=True,
+                    draw_cross=False, annotate=False, colorbar=False, cmap=CMAP,
                     title=f"{m} {title} {what}")
+                _colourbar(fig, axes[row][col + 1], vmax)
             vmax = float(max(np.abs(diff[i][maps.mask]).max(), 1e-6))
             plotting.plot_glass_brain(
-                nib.Nifti1Image(diff[i].astype(np.float32), maps.affine), axes=axes[row, 2],
+                nib.Nifti1Image(diff[i].astype(np.float32), maps.affine), axes=axes[row][6],
                 plot_abs=False, vmax=vmax, threshold=DISPLAY_THRESHOLD * vmax,
-                colorbar=False, cmap="RdBu_r", title=f"{m} decoded (r = {corr[i]:.2f})")
+                colorbar=False, cmap=CMAP, title=f"{m} decoded (r = {corr[i]:.2f})")
         if maps.top_map is not None:
+            last = axes[-1]
             img = nib.Nifti1Image(maps.top_map.astype(np.float32), maps.affine)
             vmax = float(max(np.abs(maps.top_map).max(), 1e-6))
-            plotting.plot_stat_map(img, axes=axes[-1, 0], cut_coords=_peak_mm(maps.top_map,
-                                                                              maps.affine),
-                                   vmax=vmax, draw_cross=False, annotate=False,
-                                   title=f"top-{len(maps.top_modalities)} map")
+            plotting.plot_stat_map(img, axes=last[0],
+                                   cut_coords=_cut(maps.top_map, maps.mask, maps.affine),
+                                   vmax=vmax, draw_cross=False, annotate=False, colorbar=False,
+                                   cmap=CMAP, title=f"top-{len(maps.top_modalities)} map")
+            _colourbar(fig, last[1], vmax)
             # the sum is 0 outside the kept voxels: a tiny threshold leaves them uncoloured
-            plotting.plot_glass_brain(img, axes=axes[-1, 2], plot_abs=False, vmax=vmax,
-                                      threshold=1e-6 * vmax, colorbar=False, cmap="RdBu_r",
+            plotting.plot_glass_brain(img, axes=last[6], plot_abs=False, vmax=vmax,
+                                      threshold=1e-6 * vmax, colorbar=False, cmap=CMAP,
                                       title=f"top-{len(maps.top_modalities)} map")
-            axes[-1, 1].set_axis_off()
-            axes[-1, 1].text(0.02, 0.5, f"Top-{len(maps.top_modalities)} map: the decoded "
-                             f"{what} of\n" + "\n".join(
+            last[4].set_axis_off()
+            last[3].set_axis_off()
+            last[3].text(0.02, 0.5, f"Top-{len(maps.top_modalities)} map: the decoded "
+                         f"{what} of\n" + "\n".join(
                 f"{k + 1}. {labels.get(m, m)}" for k, m in enumerate(maps.top_modalities))
                 + f"\neach kept above its {PERCENTILE:g}th percentile, summed",
                 va="center", fontsize=9)

@@ -138,7 +138,8 @@ def auc_figure(rows: Sequence[dict]) -> bytes:
     ax.set_ylabel("ROC-AUC (mean, 95% CI)")
     ax.set_ylim(0, 1.02)
     ax.set_title("Table I: ROC-AUC by method and latent dim")
-    ax.legend(fontsize=8, loc="lower right")
+    # beside the axes, never over a method's CI bar
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return render(fig)
 
 

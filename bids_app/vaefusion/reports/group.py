@@ -62,7 +62,10 @@ def write_interpretation(cfg: Config, manifest: Manifest, results: list[FoldResu
     table = auc_table(results)
     if table:
         pngs["auc_by_latent_dim"] = figures.auc_figure(table)
-        pngs["seed_robustness"] = figures.seed_figure(results, primary)
+        if len({r.seed for r in results}) > 1:  # one seed: the page says so, no figure
+            pngs["seed_robustness"] = figures.seed_figure(results, primary)
+        else:  # nor one left by an earlier run with several seeds
+            naming.figure(group, "seed_robustness").unlink(missing_ok=True)
     if ranking:
         pngs["importance"] = figures.importance_figure(ranking, TOP_FIGURE)
     if explained is not None:

@@ -43,7 +43,7 @@ def group_page(cfg: Config, manifest: Manifest, results: list[FoldResult],
     path = naming.group_report(cfg.output_dir)
     group = path.parent
     sections = [
-        _overview(cfg, summary, interp),
+        _overview(cfg, summary, results, interp),
         _data(cfg, manifest),
         _classification(summary, results),
         _table_one(table, interp),
@@ -75,8 +75,16 @@ def _fig(interp, name: str, alt: str, caption: str) -> str:
 
 
 # --------------------------------------------------------------------------- sections
-def _overview(cfg: Config, summary: dict, interp) -> Section:
+def _overview(cfg: Config, summary: dict, results: list[FoldResult], interp) -> Section:
+    """The verdict (VAE against each baseline) and every learning warning first, then the
+    VAE's AUC, what the figures explain, and the tables."""
+    from vaefusion.evaluation.summary import verdict
+
     s = Section("overview", "Overview")
+    if summary.get("comparisons"):
+        s.add(html.para(verdict(summary)))
+    for warning in learning_warnings(results, interp) + learning_log_warnings(cfg):
+        s.add(html.note(warning))
     vae = summary.get("methods", {}).get("vae")
     if vae and vae.get("roc_auc_mean") is not None:
         ci = vae.get("roc_auc_ci")
@@ -196,6 +204,12 @@ def _seeds(table: list[dict], results: list[FoldResult], primary: int, interp) -
     s = Section("seeds", "Seed robustness")
     if not table:
         return s
+    seeds = sorted({r.seed for r in results if r.method == "vae"} or {r.seed for r in results})
+    if len(seeds) < 2:
+        s.add(html.para(f"One seed was run (--seed {seeds[0] if seeds else 0}): give several "
+                        f"(e.g. --seed 0 1 2) to see how much the ROC-AUC depends on the "
+                        f"initialisation."))
+        return s
     s.add(_fig(interp, "seed_robustness", "ROC-AUC per seed",
                f"Mean ROC-AUC per seed at latent dim {primary}."))
     per: dict[tuple[str, int], list[float]] = {}
@@ -233,8 +247,10 @@ def _maps(interp, group: Path) -> Section:
     s.add(html.para(f"Decoded latent group centres ({maps.negative}: {maps.n_negative}, "
                     f"{maps.positive}: {maps.n_positive} subjects), their difference "
                     f"{maps.negative} − {maps.positive}, and the same difference of the "
-                    f"inputs; r is their spatial correlation inside the brain mask."),
-          _fig(interp, "maps", "group maps", "Top modalities: input difference, decoded "
+                    f"inputs; r is their spatial correlation inside the brain mask."))
+    for caveat in map_caveats(maps):  # beside the maps they explain, before the figure
+        s.add(html.note(caveat))
+    s.add(_fig(interp, "maps", "group maps", "Top modalities: input difference, decoded "
                "difference and glass brain; last row: the top-5 map."))
     rank = {r.modality: r.rank for r in interp.ranking}
     rows = [{"rank": rank.get(m), "modality": m, "name": modality_name(m), "spatial r": c}
@@ -283,8 +299,9 @@ def _training(results: list[FoldResult], interp) -> Section:
     return s
 
 
-def _warnings(cfg: Config, manifest: Manifest, results: list[FoldResult], interp) -> Section:
-    s = Section("warnings", "Warnings")
+def learning_warnings(results: list[FoldResult], interp) -> list[str]:
+    """What says that the VAE did not learn (enough): a collapsed posterior, reconstructions
+    worse than the mean, maps decoded as zeros or barely differing between the groups."""
     items = []
     vae = [r for r in results if r.method == "vae" and r.training is not None]
     collapsed = [r for r in vae if r.training is not None
@@ -303,7 +320,42 @@ def _warnings(cfg: Config, manifest: Manifest, results: list[FoldResult], interp
         items.append(f"{len(bad_r2)} VAE folds reconstruct worse than each modality's mean "
                      f"intensity (R² < 0): the decoder does not yet draw the modalities' maps; "
                      f"train longer (--epochs, --lr) or check --likelihood.")
-    maps = interp.maps
+    unconverged = [r for r in vae if r.training is not None and not r.training.stopped_early
+                   and r.training.best_epoch == r.training.epochs_run]
+    if unconverged:
+        epochs = sorted({r.training.epochs_run for r in unconverged if r.training is not None})
+        items.append(f"{len(unconverged)} of {len(vae)} VAE folds kept their last epoch "
+                     f"({', '.join(map(str, epochs))}): training had not converged, so the VAE "
+                     f"is judged before it finished learning; raise --epochs.")
+    if interp.maps is not None:
+        items += map_caveats(interp.maps)
+    return items
+
+
+#: Log warnings about how training went that the results do not hold (a modality decoded as
+#: zeros, the VAE below its linear twin): they join the learning warnings at the top of the
+#: Overview. (Unconverged and collapsed folds are read from the results, so a rerun that reuses
+#: the folds still says so.)
+LEARNING_LOG = re.compile(r"decoded as (all )?zeros|linear twin", re.I)
+
+
+def learning_log_warnings(cfg: Config) -> list[str]:
+    """The training's own warnings from the log, once each: the unit's folder is dropped and
+    the number of units that said the same is given."""
+    from collections import Counter
+
+    said: Counter[str] = Counter()
+    for warning in _log_warnings(cfg):
+        if LEARNING_LOG.search(warning):
+            said[re.sub(r"^\S*[/\\](vae|unit)[^/\\\s]*: ", "", warning)] += 1
+    return [f"{n} training units: {text}" if n > 1 else text[:1].upper() + text[1:]
+            for text, n in said.items()]
+
+
+def map_caveats(maps) -> list[str]:
+    """Why the decoded maps may show little: modalities decoded as zeros, or decoded group
+    differences far smaller than the input differences."""
+    items = []
     if maps is not None:
         # a decoder whose last ReLU layer is silent for a modality's code draws exact zeros:
         # the first plateau of training (docs/method.md)
@@ -323,6 +375,12 @@ def _warnings(cfg: Config, manifest: Manifest, results: list[FoldResult], interp
                          f"{100 * decoded / given:.2g}% of the input differences ({given:.2g}): "
                          f"the explained model's latent centres barely differ, so its maps "
                          f"show little of the group effect.")
+    return items
+
+
+def _warnings(cfg: Config, manifest: Manifest, results: list[FoldResult], interp) -> Section:
+    s = Section("warnings", "Warnings")
+    items = learning_warnings(results, interp)
     for method in sorted({r.method for r in results if not r.available}):
         reason = next(r.reason for r in results if r.method == method and not r.available)
         items.append(f"{method} is not available at some latent dims: {reason}")
