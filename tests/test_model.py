@@ -89,9 +89,14 @@ def test_decoder_returns_the_input_grid(grid):
 
 
 def test_width_and_downsample_knobs():
-    assert channel_plan(0.125) == {"encoder": (8, 16, 32, 64), "decoder": (32, 16, 8, 4),
-                                   "head": (2,)}
-    assert channel_plan(0.001)["encoder"] == (1, 1, 1, 1)  # never below one channel
+    # format 2: no layer under 8 channels (format 1 had a 2-channel head at width 0.125)
+    assert channel_plan(0.125) == {"encoder": (8, 16, 32, 64), "decoder": (32, 16, 8, 8),
+                                   "head": (8,)}
+    assert channel_plan(0.001)["encoder"] == (8, 8, 8, 8)
+    assert channel_plan(0.125, floor=1) == {"encoder": (8, 16, 32, 64),
+                                            "decoder": (32, 16, 8, 4), "head": (2,)}
+    assert channel_plan(1.0) == {"encoder": (64, 128, 256, 512),  # the paper's, unchanged
+                                 "decoder": (256, 128, 64, 32), "head": (16,)}
     assert downsampled_grid(FULL, 1) == FULL
     assert downsampled_grid(FULL, 2) == (27, 32, 26)
     assert downsampled_grid(FULL, 4) == (14, 16, 13)
@@ -181,3 +186,33 @@ def test_save_load_roundtrip_without_pickle(tmp_path):
         assert torch.equal(m(x)[0], loaded(x)[0])
     with pytest.raises(MissingInputError):
         load_model(tmp_path / "nothing")
+
+
+def test_format_1_models_load_as_they_were_trained(tmp_path):
+    from vaefusion.model.checkpoint import load_model, save_model
+
+    old = VAE((8, 9, 8), 4, 0.125, channel_floor=1, decoder_head="relu")
+    save_model(old, tmp_path / "m", {})
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["format"] == 2 and meta["channel_floor"] == 1
+    for key in ("channel_floor", "decoder_head"):  # what a format-1 model.json lacks
+        del meta[key]
+    meta["format"] = 1
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    model, _ = load_model(tmp_path / "m")
+    assert model.head.out_channels == 2 and model.decoder_head == "relu"
+    x = torch.zeros(1, 1, 8, 9, 8)
+    assert torch.equal(model.decode(torch.ones(1, 4)), old.eval().decode(torch.ones(1, 4)))
+    assert model(x)[0].shape == x.shape
+
+
+def test_leaky_head_passes_a_gradient_where_relu_is_silent():
+    torch.manual_seed(0)
+    for head, expect_grad in (("relu", False), ("leaky", True)):
+        m = VAE((8, 9, 8), 4, 0.125, decoder_head=head)
+        with torch.no_grad():  # silence the head: every pre-activation negative
+            m.head.weight.zero_()
+            m.head.bias.fill_(-1.0)
+        out = m.decode(torch.randn(2, 4))
+        out.pow(2).sum().backward()
+        assert (m.out.weight.grad.abs().sum() > 0) == expect_grad, head

@@ -25,8 +25,13 @@ from vaefusion.errors import UsageError, option_file_error
 ALL_METHODS: tuple[str, ...] = ("vae", "pca-early", "pca-late", "pca-shared")
 MISSING_POLICIES: tuple[str, ...] = ("skip", "keep", "error")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-#: Decoder likelihoods (vaefusion.model.likelihood): calibrated shared variance, or unit.
-LIKELIHOODS: tuple[str, ...] = ("sigma", "unit")
+#: Decoder likelihoods (vaefusion.model.likelihood): a calibrated variance per volume over the
+#: brain mask, one shared over the mask, one shared over the whole box, or the unit variance.
+LIKELIHOODS: tuple[str, ...] = ("volume", "mask", "sigma", "unit")
+#: Activations of the decoder's two stride-1 layers (vaefusion.model.network).
+DECODER_HEADS: tuple[str, ...] = ("leaky", "relu")
+#: What picks the kept epoch and drives early stopping (vaefusion.training.trainer).
+SELECTIONS: tuple[str, ...] = ("r2_subject", "loss")
 
 #: Fraction of the run's memory (``--mem`` or the available RAM) that resident training data
 #: may take, and of the free GPU memory on CUDA (activations need the rest); shared between the
@@ -125,6 +130,10 @@ class Config:
     downsample: int = field(default=1, metadata=METHOD)
     augment: bool = field(default=False, metadata=METHOD)
     likelihood: str = field(default="sigma", metadata=METHOD)
+    kl_warmup: int = field(default=0, metadata=METHOD)  # epochs of linear beta warm-up
+    free_bits: float = field(default=0.0, metadata=METHOD)  # nats per latent dimension
+    decoder_head: str = field(default="leaky", metadata=METHOD)  # config file only
+    selection: str = field(default="r2_subject", metadata=METHOD)  # config file only
     model: Path | None = None
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
     # which fold's model (of the first latent dim, seed and repeat) the figures, maps and report
@@ -167,6 +176,14 @@ class Config:
         if not 0 <= self.explain_fold < self.folds:
             raise UsageError(f"--explain-fold {self.explain_fold} is not a fold of --folds "
                              f"{self.folds}; choose 0 to {self.folds - 1}.")
+        if self.kl_warmup < 0 or self.free_bits < 0:
+            raise UsageError("--kl-warmup and --free-bits must be non-negative.")
+        if self.decoder_head not in DECODER_HEADS:
+            raise UsageError(f"decoder_head {self.decoder_head} is unknown; use "
+                             f"{' or '.join(DECODER_HEADS)}.")
+        if self.selection not in SELECTIONS:
+            raise UsageError(f"selection {self.selection} is unknown; use "
+                             f"{' or '.join(SELECTIONS)}.")
         if self.likelihood not in LIKELIHOODS:
             raise UsageError(f"--likelihood {self.likelihood} is unknown; use "
                              f"{' or '.join(LIKELIHOODS)}.")

@@ -152,11 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate ([ours] 1e-3)")
     g.add_argument("--beta", type=float, default=None, help="KL weight ([ours] 1.0)")
     g.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
-                   help="[ours] decoder likelihood: sigma = Gaussian with a calibrated shared "
-                   "variance "
-                   "(the batch's mean squared error, Rybkin et al. 2021), unit = fixed unit "
+                   help="[ours] decoder likelihood: volume = a calibrated variance per volume "
+                   "over the brain mask (each map's error counts relative to its own size), "
+                   "mask = one calibrated variance shared over the brain mask, sigma = one "
+                   "shared over the whole box (Rybkin et al. 2021), unit = the fixed unit "
                    "variance of earlier versions, which collapses the posterior on data in "
                    "[-1, 1] (sigma)")
+    g.add_argument("--kl-warmup", type=int, default=None, metavar="E",
+                   help="[ours] raise the KL weight linearly from beta/E to beta over the "
+                   "first E epochs (0 = none; 0)")
+    g.add_argument("--free-bits", type=float, default=None, metavar="NATS",
+                   help="[ours] free bits: a latent dimension's KL below NATS costs NATS "
+                   "(Kingma et al. 2016; 0 = none; 0)")
     g.add_argument("--width", type=float, default=None, metavar="W",
                    help="channel multiplier ([paper] 1.0; e.g. 0.125 for CPU demos)")
     g.add_argument("--downsample", type=_positive_int, default=None, metavar="F",

@@ -46,7 +46,9 @@ def check_model(cfg: Config, latent_dims_given: bool = False) -> dict[str, Any]:
             f"model folder again from the group run that wrote it."
         ) from None
     with torch.device("meta"):  # shapes only: no memory, no initialisation
-        expected = {k: tuple(v.shape) for k, v in VAE(grid, latent_dim, width).state_dict().items()}
+        net = VAE(grid, latent_dim, width, channel_floor=int(meta.get("channel_floor", 1)),
+                  decoder_head=str(meta.get("decoder_head", "relu")))
+        expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     if shapes != expected:
         bad = sorted(set(shapes) ^ set(expected)) or sorted(
             k for k in expected if shapes[k] != expected[k])

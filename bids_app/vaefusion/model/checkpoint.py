@@ -21,7 +21,7 @@ from vaefusion.model.flops import count_parameters
 from vaefusion.model.network import VAE
 
 #: Version of the model.json layout, bumped when it changes incompatibly.
-MODEL_FORMAT: int = 1
+MODEL_FORMAT: int = 2  # 2: channel floor and leaky decoder head (model.network)
 
 
 WEIGHTS_FILE = "model.safetensors"
@@ -96,7 +96,10 @@ def load_model(directory: Path, device: torch.device | str = "cpu"
             f"{directory}/{META_FILE} has format {meta['format']}, newer than this vaefusion "
             f"({__version__}) reads; upgrade vaefusion."
         )
-    model = VAE(meta["grid"], int(meta["latent_dim"]), float(meta["width"]))
+    # Format 1 models had no channel floor (1) and a ReLU decoder head: rebuilt as trained.
+    model = VAE(meta["grid"], int(meta["latent_dim"]), float(meta["width"]),
+                channel_floor=int(meta.get("channel_floor", 1)),
+                decoder_head=str(meta.get("decoder_head", "relu")))
     try:  # safetensors parses a JSON header and raw tensors: no pickle, no code is run
         state = load_file(str(Path(directory) / WEIGHTS_FILE), device="cpu")
         model.load_state_dict(state, strict=True)

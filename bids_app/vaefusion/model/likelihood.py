@@ -22,6 +22,21 @@ comparable across grids, widths and likelihoods. Two likelihoods (``--likelihood
 * ``unit``: sigma = 1, the loss of earlier versions (``0.5 * SSE`` plus the constant
   ``0.5 * N * log(2 pi)``, which has no gradient): same gradients, for reproducing older runs.
 
+* ``mask``: like ``sigma``, but the squared error and its variance count only the voxels of
+  the brain mask (voxels where any training volume is non-zero): the empty box around the
+  brain, which any decoder draws perfectly, no longer shrinks the variance.
+* ``volume``: one calibrated variance per volume over the mask's voxels, ``sigma_v^2 =
+  SSE_v / N_mask``. The reconstruction term becomes ``0.5 N log(SSE_v)`` up to constants, so
+  each volume's error counts relative to its own size: a sparse ICN map drawn as zeros (a
+  large error relative to its small energy) is pulled towards its shape as hard as the dense
+  GMV map, where one shared variance lets the dense volume dominate. With one subject per
+  batch each modality appears once, so this is also the per-modality calibrated variance.
+
+KL options (``kl_terms``): ``beta`` (a weight), a linear warm-up of beta over the first
+epochs (the trainer's), and free bits (Kingma et al. 2016): each latent dimension's batch-mean
+KL below ``free_bits`` nats costs ``free_bits`` (no gradient pushes it further to the prior).
+The reported KL is always the true one.
+
 Computed in float32 even under bf16 autocast (sums over ~10^5 voxels lose precision in bf16).
 """
 
@@ -44,7 +59,8 @@ LOG_2PI: float = math.log(2.0 * math.pi)
 class LossTerms(NamedTuple):
     """Batch means over volumes: ``loss = recon + beta * kl`` (the negative ELBO per volume);
     ``sse`` and ``kl_per_volume`` are per volume (``(n,)``, detached) for diagnostics, and
-    ``sigma2`` is the variance used (a 0-d tensor; 1 for ``unit``)."""
+    ``sigma2`` is the variance used (a 0-d tensor, per volume ``(n,)`` for ``volume``; 1 for
+    ``unit``)."""
 
     loss: torch.Tensor
     recon: torch.Tensor
@@ -64,9 +80,18 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.sum(mu.pow(2) + logvar.exp() - 1.0 - logvar, dim=1)
 
 
-def squared_error(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Per-sample sum of squared errors over voxels (float32)."""
-    return (recon.float() - x.float()).pow(2).flatten(1).sum(dim=1)
+#: Likelihoods whose squared error counts only the brain mask's voxels.
+MASKED: tuple[str, ...] = ("mask", "volume")
+
+
+def squared_error(recon: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """Per-sample sum of squared errors over voxels (float32), inside ``mask`` when given
+    (a boolean grid, broadcast over samples)."""
+    d = (recon.float() - x.float()).pow(2)
+    if mask is not None:
+        d = d * mask
+    return d.flatten(1).sum(dim=1)
 
 
 def reconstruction_nll(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -89,25 +114,41 @@ def gaussian_nll(sse: torch.Tensor, n_voxels: int, sigma2: float | torch.Tensor
 
 def loss_terms(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
                beta: float = 1.0, likelihood: str = "sigma",
-               sigma2: float | torch.Tensor | None = None) -> LossTerms:
+               sigma2: float | torch.Tensor | None = None, mask: torch.Tensor | None = None,
+               free_bits: float = 0.0) -> LossTerms:
     """Negative ELBO, mean over the volumes of the batch, with its terms.
 
-    ``likelihood="sigma"`` uses ``sigma2`` when given (a chunk of a larger batch, or
-    validation with the training variance), else the batch's own mean squared error.
-    ``likelihood="unit"`` is sigma = 1 and ignores ``sigma2``.
+    ``likelihood="sigma"`` (``"mask"``) uses ``sigma2`` when given (a chunk of a larger
+    batch, or validation with the training variance), else the batch's own mean squared error
+    (over the mask's voxels). ``"volume"`` gives each volume its own calibrated variance over
+    the mask and ignores ``sigma2``. ``"unit"`` is sigma = 1 and ignores ``sigma2``. ``mask``
+    (a boolean grid) is needed by ``mask`` and ``volume``. ``free_bits`` > 0 floors each
+    latent dimension's batch-mean KL in the objective (``loss``), not in the reported ``kl``.
     """
-    sse = squared_error(recon, x)
-    n_voxels = recon[0].numel()
+    masked = likelihood in MASKED
+    if masked and mask is None:
+        raise ValueError(f"likelihood {likelihood!r} needs the brain mask")
+    sse = squared_error(recon, x, mask if masked else None)
+    n_voxels = int(mask.sum()) if masked else recon[0].numel()
     kl = kl_divergence(mu.float(), logvar.float())
     if likelihood == "unit":
         # written as before (0.5 * SSE), the constant added on top: bit-identical gradients
         s2 = torch.ones((), device=sse.device)
         rec = RECON_SCALE * sse + 0.5 * n_voxels * LOG_2PI
-    elif likelihood == "sigma":
+    elif likelihood in ("sigma", "mask"):
         s2 = (calibrated_sigma2(sse.sum(), sse.numel() * n_voxels) if sigma2 is None
               else torch.as_tensor(sigma2, dtype=sse.dtype, device=sse.device).detach())
         rec = gaussian_nll(sse, n_voxels, s2)
+    elif likelihood == "volume":
+        s2 = (sse.detach() / max(n_voxels, 1)).clamp_min(MIN_SIGMA2)
+        rec = gaussian_nll(sse, n_voxels, s2)
     else:
-        raise ValueError(f"unknown likelihood {likelihood!r}; choose 'sigma' or 'unit'")
-    return LossTerms((rec + beta * kl).mean(), rec.mean(), kl.mean(), sse.detach(),
-                     kl.detach(), s2)
+        raise ValueError(f"unknown likelihood {likelihood!r}; choose 'volume', 'mask', "
+                         "'sigma' or 'unit'")
+    if free_bits > 0:
+        per_dim = kl_per_dim(mu.float(), logvar.float()).mean(0)
+        kl_objective = per_dim.clamp_min(float(free_bits)).sum()
+        loss = rec.mean() + beta * kl_objective
+    else:
+        loss = (rec + beta * kl).mean()
+    return LossTerms(loss, rec.mean(), kl.mean(), sse.detach(), kl.detach(), s2)

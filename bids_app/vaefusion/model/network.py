@@ -11,8 +11,21 @@ One encoder and one decoder serve all modalities; each volume is an independent 
              matching encoder shape (4->7->14->27->53 ...; exact, no crop)
              Conv3d 32->16 (k3, s1, p1, ReLU), Conv3d 16->1 (k3, s1, p1, no bias), tanh
 
-The cost knobs of the CLI are ``width`` (channel multiplier, ``max(1, round(c * width))``) and
-``downsample`` (integer grid factor, ``ceil(n / F)`` per axis, data reduced by area averaging).
+The cost knobs of the CLI are ``width`` (channel multiplier, ``max(8, round(c * width))``: no
+layer narrower than :data:`CHANNEL_FLOOR` channels, so the knob thins the network but never
+cripples it) and ``downsample`` (integer grid factor, ``ceil(n / F)`` per axis, data reduced
+by area averaging).
+
+Model format 2 (this version) differs from format 1 in two ways, both stored in
+``model.json`` so that format-1 models still load as they were trained:
+
+- ``channel_floor`` 8 (format 1: 1). At width 0.125 format 1 had a 2-channel head and a
+  4-channel last transposed convolution.
+- ``decoder_head`` ``leaky`` (format 1: ``relu``): the two stride-1 layers at the end use
+  LeakyReLU (slope 0.1) instead of ReLU. With ReLU, a head whose units all go silent for a
+  modality's code makes the bias-free output convolution give exactly tanh(0) = 0 and no
+  gradient reaches the layers that could draw that map (the "zeros plateau"). A leaky head
+  always passes a gradient. The paper's channel list and layer order are unchanged.
 
 Loss (:mod:`vaefusion.model.likelihood`): the negative ELBO per volume, constants included,
 ``0.5 * N * log(2 pi sigma^2) + SSE / (2 sigma^2) + beta * KL``. The decoder is a Gaussian with
@@ -51,6 +64,22 @@ DECODER_CHANNELS: tuple[int, ...] = (256, 128, 64, 32)
 HEAD_CHANNELS: int = 16
 
 
+#: No layer has fewer channels than this under ``--width`` (format 2; format 1 had 1).
+CHANNEL_FLOOR: int = 8
+
+
+#: Activations of the two stride-1 decoder layers: the paper's ReLU or a leaky one.
+DECODER_HEADS: tuple[str, ...] = ("leaky", "relu")
+
+
+#: Negative slope of the leaky decoder head.
+LEAKY_SLOPE: float = 0.1
+
+
+#: The model format this version writes (see the module doc).
+MODEL_FORMAT: int = 2
+
+
 KERNEL: int = 3
 
 
@@ -80,17 +109,18 @@ def downsampled_grid(grid: Sequence[int], factor: int) -> Grid:
     return tuple(math.ceil(n / int(factor)) for n in _as_grid(grid))  # type: ignore[return-value]
 
 
-def scaled_channels(channels: int, width: float) -> int:
-    """Channel count under the ``--width`` multiplier (never below one)."""
-    return max(1, round(channels * width))
+def scaled_channels(channels: int, width: float, floor: int = CHANNEL_FLOOR) -> int:
+    """Channel count under the ``--width`` multiplier, never below ``floor`` (nor above the
+    paper's count when that is smaller)."""
+    return max(min(floor, channels), round(channels * width), 1)
 
 
-def channel_plan(width: float = 1.0) -> dict[str, tuple[int, ...]]:
+def channel_plan(width: float = 1.0, floor: int = CHANNEL_FLOOR) -> dict[str, tuple[int, ...]]:
     """Channels of every layer group for a width multiplier (pure, used by model and FLOPs)."""
     return {
-        "encoder": tuple(scaled_channels(c, width) for c in ENCODER_CHANNELS),
-        "decoder": tuple(scaled_channels(c, width) for c in DECODER_CHANNELS),
-        "head": (scaled_channels(HEAD_CHANNELS, width),),
+        "encoder": tuple(scaled_channels(c, width, floor) for c in ENCODER_CHANNELS),
+        "decoder": tuple(scaled_channels(c, width, floor) for c in DECODER_CHANNELS),
+        "head": (scaled_channels(HEAD_CHANNELS, width, floor),),
     }
 
 
@@ -137,15 +167,20 @@ class VAE(nn.Module):
     """
 
     def __init__(self, grid: Sequence[int] = (53, 63, 52), latent_dim: int = 128,
-                 width: float = 1.0) -> None:
+                 width: float = 1.0, channel_floor: int = CHANNEL_FLOOR,
+                 decoder_head: str = "leaky") -> None:
         super().__init__()
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be positive, got {latent_dim}")
+        if decoder_head not in DECODER_HEADS:
+            raise ValueError(f"decoder_head must be one of {DECODER_HEADS}, got {decoder_head}")
         self.grid: Grid = _as_grid(grid)
         self.latent_dim = int(latent_dim)
         self.width = float(width)
+        self.channel_floor = int(channel_floor)
+        self.decoder_head = decoder_head
         self.shapes = encoder_shapes(self.grid)
-        plan = channel_plan(width)
+        plan = channel_plan(width, self.channel_floor)
         enc, dec, head = plan["encoder"], plan["decoder"], plan["head"][0]
         self.bottleneck: tuple[int, ...] = (enc[-1], *self.shapes[-1])
         flat = volume_size(self.bottleneck)
@@ -169,7 +204,15 @@ class VAE(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """What is needed to rebuild this network."""
-        return {"grid": list(self.grid), "latent_dim": self.latent_dim, "width": self.width}
+        return {"grid": list(self.grid), "latent_dim": self.latent_dim, "width": self.width,
+                "channel_floor": self.channel_floor, "decoder_head": self.decoder_head,
+                "format": MODEL_FORMAT}
+
+    def head_activation(self, h: torch.Tensor) -> torch.Tensor:
+        """The stride-1 layers' activation (ReLU in format 1, leaky in format 2)."""
+        if self.decoder_head == "relu":
+            return F.relu(h)
+        return F.leaky_relu(h, LEAKY_SLOPE)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters ``(mu, logvar)``, each ``(N, latent_dim)``."""
@@ -186,7 +229,7 @@ class VAE(nn.Module):
         targets = self.shapes[-2::-1]
         for deconv, size in zip(self.decoder, targets, strict=True):
             h = F.relu(deconv(h, output_size=size))
-        h = F.relu(self.head(h))
+        h = self.head_activation(self.head(h))
         return torch.tanh(self.out(h))
 
     def forward(self, x: torch.Tensor, sample: bool | None = None,

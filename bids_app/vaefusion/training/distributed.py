@@ -36,7 +36,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vaefusion.config import Config, Runtime
 from vaefusion.errors import VaefusionError
-from vaefusion.model.likelihood import calibrated_sigma2, loss_terms, squared_error
+from vaefusion.model.likelihood import MASKED, calibrated_sigma2, loss_terms, squared_error
 from vaefusion.model.network import volume_size
 from vaefusion.training.data import SubjectBatches
 from vaefusion.training.metrics import ModalityMeans, PassAccumulator, PassStats
@@ -176,14 +176,19 @@ def _shards(data: SubjectBatches, batches: list[list[int]], ctx: DistContext
 
 def sharded_pass(tr: DistributedTrainer, data: SubjectBatches, epoch: int,
                  optimizer: torch.optim.Optimizer | None, *, likelihood: str = "sigma",
-                 sigma2: float | None = None, baseline: ModalityMeans | None = None
-                 ) -> PassStats:
+                 sigma2: float | None = None, baseline: ModalityMeans | None = None,
+                 beta: float | None = None, mask: torch.Tensor | None = None,
+                 free_bits: float = 0.0) -> PassStats:
     """One pass over this rank's shards; trains when ``optimizer`` is given (see the module
     doc); returns the statistics reduced over all ranks."""
     model, train = tr.model, optimizer is not None
     model.train(train)
-    acc = PassAccumulator(model.latent_dim, volume_size(model.grid), tr.cfg.beta, tr.device,
-                          baseline)
+    beta = tr.cfg.beta if beta is None else beta
+    masked = likelihood in MASKED
+    lik = _Lik(likelihood, mask if masked else None, beta, free_bits,
+               int(mask.sum()) if masked and mask is not None else volume_size(model.grid))
+    acc = PassAccumulator(model.latent_dim, lik.n_voxels, beta, tr.device, baseline,
+                          box_sse=not masked)
     shards = _shards(data, data.batch_lists(epoch, shuffle=train), tr.ctx)
     loads: Iterator[torch.Tensor] = data.load_batches([s for s, _, _ in shards if s], epoch)
     mods = data.dataset.modalities
@@ -193,15 +198,26 @@ def sharded_pass(tr: DistributedTrainer, data: SubjectBatches, epoch: int,
             rows = (baseline.index([m for s in mine for m in mods[s]])
                     if baseline is not None and mine else None)
             if train:
-                _train_step(tr, x, rows, offset, n_batch, likelihood, acc)
+                _train_step(tr, x, rows, offset, n_batch, lik, acc)
             elif x is not None:
                 for i, part in enumerate(x.split(tr.chunk)):
                     with _autocast(tr.device, tr.bf16):
                         recon, mu, logvar = model(part)
-                    terms = loss_terms(recon, part, mu, logvar, tr.cfg.beta, likelihood, sigma2)
+                    terms = loss_terms(recon, part, mu, logvar, beta, likelihood, sigma2,
+                                       lik.mask, free_bits)
                     acc.add(part, recon, mu, logvar, terms, _rows(rows, i, tr.chunk, part))
     reduce_sums(acc)
     return acc.result()
+
+
+class _Lik(NamedTuple):
+    """The objective's settings of one pass (the trainer's ``_pass`` keywords)."""
+
+    likelihood: str
+    mask: torch.Tensor | None
+    beta: float
+    free_bits: float
+    n_voxels: int
 
 
 def _rows(rows: torch.Tensor | None, i: int, chunk: int, part: torch.Tensor
@@ -210,22 +226,22 @@ def _rows(rows: torch.Tensor | None, i: int, chunk: int, part: torch.Tensor
 
 
 def _train_step(tr: DistributedTrainer, x: torch.Tensor | None, rows: torch.Tensor | None,
-                offset: int, n_batch: int, likelihood: str, acc: PassAccumulator) -> None:
+                offset: int, n_batch: int, lik: _Lik, acc: PassAccumulator) -> None:
     """One optimizer step on this rank's shard of a batch of ``n_batch`` volumes."""
-    model, device, cfg, chunk = tr.model, tr.device, tr.cfg, tr.chunk
+    model, device, chunk = tr.model, tr.device, tr.chunk
     n = 0 if x is None else x.shape[0]
     eps = batch_noise(n_batch, chunk, model.latent_dim, device)[offset:offset + n]
     parts = [] if x is None else list(zip(x.split(chunk), eps.split(chunk), strict=True))
     s2 = None
-    if likelihood == "sigma":  # the global batch's variance, before any backward
+    if lik.likelihood in ("sigma", "mask"):  # the global batch's variance, before any backward
         sse = torch.zeros((), dtype=torch.float64, device=device)
         with torch.no_grad():
             for part, e in parts:
                 with _autocast(device, tr.bf16):
                     recon, _, _ = model(part, eps=e)
-                sse += squared_error(recon, part).double().sum()
+                sse += squared_error(recon, part, lik.mask).double().sum()
         dist.all_reduce(sse)
-        s2 = calibrated_sigma2(sse, n_batch * volume_size(model.grid))
+        s2 = calibrated_sigma2(sse, n_batch * lik.n_voxels)
     tr.optimizer.zero_grad(set_to_none=True)
     if not parts:  # an empty shard still joins DDP's gradient all-reduce, with zeros
         dummy = torch.zeros((1, 1, *model.grid), device=device)
@@ -236,7 +252,8 @@ def _train_step(tr: DistributedTrainer, x: torch.Tensor | None, rows: torch.Tens
         with (nullcontext() if last else tr.ddp.no_sync()):
             with _autocast(device, tr.bf16):
                 recon, mu, logvar = tr.ddp(part, eps=e)
-            terms = loss_terms(recon, part, mu, logvar, cfg.beta, likelihood, s2)
+            terms = loss_terms(recon, part, mu, logvar, lik.beta, lik.likelihood, s2, lik.mask,
+                               lik.free_bits)
             # this chunk's share of the global mean, times W (DDP averages over the W ranks)
             (terms.loss * (part.shape[0] * tr.ctx.world / n_batch)).backward()
         acc.add(part, recon, mu, logvar, terms, _rows(rows, i, chunk, part))

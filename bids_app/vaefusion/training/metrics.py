@@ -18,11 +18,20 @@ the device (one host sync per pass), and :class:`PassStats` reports per volume:
 * ``r2_subject``: the stricter R^2 against the training subjects' mean *map* of the modality,
   ``1 - SSE_m / sum ||x - meanmap_m||^2``, averaged over modalities alike: above 0 only when
   the reconstruction carries subject-specific detail beyond the modality's group template.
-  Its ceiling is the share of between-subject variation that is not voxel noise: on the
-  simulator's default ICN noise (smooth noise of SD 0.12 of the peak) about 95 % of that
-  variation is noise, and even the noiseless truth reaches only about 0.01 (measured, see
-  docs/method.md), so on noisy maps a value rising towards 0 is what learning looks like;
+  Its ceiling is the share of between-subject variation that is not measurement noise: on
+  the simulator's calibrated data the noiseless truth reaches about 0.5 at 12 mm (measured by
+  ``benchmarks/r2_ceiling.py``, see docs/simulation.md); the linear twin (``pca-shared`` at
+  the same latent size, :mod:`vaefusion.training.twin`) is the reference a VAE should reach;
 * ``sigma``: the decoder's standard deviation used (batch-volume weighted RMS; 1 for ``unit``).
+* ``within_units``: latent dimensions whose posterior mean varies across *subjects within a
+  modality* (variance above :data:`ACTIVE_UNIT_VARIANCE`, pooled over modalities). Modality
+  identity alone makes many ``active_units`` active (a decoder on the zeros plateau still
+  needs 53 codes); only within-modality units carry subject-level information;
+* ``r2_modality``, ``r2_subject_modality``: the per-modality values behind ``r2`` and
+  ``r2_subject`` (in the order of ``ModalityMeans.names``);
+* ``dead_head``: per modality, the share of the decoder head's channels that are silent
+  (activation <= 0 at every voxel of every volume of that modality in the pass): with the
+  paper's ReLU head a fully silent head draws the modality as exactly zero.
 
 Training-pass values are running means over the epoch (sampled z, weights changing as they
 train); validation values use the end-of-epoch model and decode the posterior means. Nothing
@@ -58,6 +67,10 @@ class PassStats(NamedTuple):
     active_units: int = 0
     kl_dims: tuple[float, ...] = ()
     r2_subject: float = math.nan
+    within_units: int = 0
+    r2_modality: tuple[float, ...] = ()
+    r2_subject_modality: tuple[float, ...] = ()
+    dead_head: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,7 +122,9 @@ class PassAccumulator:
     """
 
     def __init__(self, latent_dim: int, n_voxels: int, beta: float, device: torch.device,
-                 baseline: ModalityMeans | None = None) -> None:
+                 baseline: ModalityMeans | None = None, box_sse: bool = True) -> None:
+        # box_sse: the loss terms' SSE covers the whole box (not only a mask), so R^2 uses it
+        self.box_sse = box_sse
         self.n_voxels = int(n_voxels)
         self.beta = float(beta)
         self.baseline = baseline
@@ -121,6 +136,12 @@ class PassAccumulator:
         self.by_modality = torch.zeros((3, rows), **f64)
         self.mu = torch.zeros(latent_dim, **f64)
         self.mu2 = torch.zeros(latent_dim, **f64)
+        # per modality row: count, sum of mu, sum of mu^2 (within-modality units)
+        self.mod_n = torch.zeros(rows, **f64)
+        self.mod_mu = torch.zeros((rows, latent_dim), **f64)
+        self.mod_mu2 = torch.zeros((rows, latent_dim), **f64)
+        # per modality row: volumes seen, and per head channel whether it ever fired
+        self.head_fired: torch.Tensor | None = None
         self.kl_dims = torch.zeros(latent_dim, **f64)
         self.n = 0
 
@@ -133,21 +154,37 @@ class PassAccumulator:
         # in float64, so that the KL is the sum of the per-dimension KLs to the last digit
         kl_dims = kl_per_dim(mu, logvar).sum(0)
         self.kl_dims += kl_dims
-        sse = terms.sse.double().sum()
-        s2 = terms.sigma2.detach().double()
+        sse_v = terms.sse.double()
+        sse = sse_v.sum()
         b = x.shape[0]
+        s2 = terms.sigma2.detach().double().expand(b)  # one per volume (shared: repeated)
         # the NLL from the SSE in float64, constants included (see model.likelihood)
-        nll = 0.5 * self.n_voxels * (LOG_2PI + torch.log(s2)) * b + sse / (2.0 * s2)
+        nll = (0.5 * self.n_voxels * (LOG_2PI + torch.log(s2)) + sse_v / (2.0 * s2)).sum()
         if self.baseline is not None and rows is not None:
             xd = x.detach().double()
             ref = self.baseline.means.index_select(0, rows).double()
             level = self.baseline.levels.index_select(0, rows)
-            per_volume = torch.stack([terms.sse.detach().double(),
+            # R^2 always over the whole box (masked likelihoods count fewer voxels in sse)
+            box = (terms.sse.detach().double() if self.box_sse
+                   else (recon.detach().double() - xd).pow(2).flatten(1).sum(1))
+            per_volume = torch.stack([box,
                                       (xd - ref).pow(2).flatten(1).sum(1),
                                       (xd - level).pow(2).flatten(1).sum(1)])
             self.by_modality.index_add_(1, rows, per_volume)
-        self.sums += torch.stack([nll, kl_dims.sum(), sse, s2 * b])
+            self.mod_n.index_add_(0, rows, torch.ones_like(rows, dtype=torch.float64))
+            self.mod_mu.index_add_(0, rows, mu)
+            self.mod_mu2.index_add_(0, rows, mu.pow(2))
+        self.sums += torch.stack([nll, kl_dims.sum(), sse, s2.sum()])
         self.n += b
+
+    def add_head(self, head: torch.Tensor, rows: torch.Tensor) -> None:
+        """The decoder head's pre-activations of a chunk ``(n, C, X, Y, Z)``: records, per
+        modality row and channel, whether the channel was ever positive."""
+        fired = (head.detach().flatten(2) > 0).any(dim=2).double()  # (n, C)
+        if self.head_fired is None:
+            self.head_fired = torch.zeros((self.mod_n.shape[0], fired.shape[1]),
+                                          dtype=torch.float64, device=fired.device)
+        self.head_fired.index_add_(0, rows, fired)
 
     def _modality_mean_r2(self, baseline_row: int) -> float:
         """The mean over modalities of each modality's R^2 against baseline ``1`` (mean maps)
@@ -161,6 +198,34 @@ class PassAccumulator:
             return math.nan
         return float((1.0 - sse[seen] / sst[seen]).mean().item())
 
+    def _per_modality_r2(self, baseline_row: int) -> tuple[float, ...]:
+        """Each modality's R^2 (NaN for a modality the pass did not see)."""
+        if self.baseline is None:
+            return ()
+        sse, sst = self.by_modality[0], self.by_modality[baseline_row]
+        names = len(self.baseline.names)
+        r2 = torch.where(sst > 0, 1.0 - sse / sst.clamp_min(1e-30),
+                         torch.full_like(sst, math.nan))
+        return tuple(r2[:names].tolist())
+
+    def _within_units(self) -> int:
+        """Units whose mu varies across subjects within modalities (pooled variance)."""
+        seen = self.mod_n > 1
+        if not bool(seen.any()):
+            return 0
+        n = self.mod_n[seen].unsqueeze(1)
+        var = self.mod_mu2[seen] / n - (self.mod_mu[seen] / n).pow(2)
+        pooled = (var * n).sum(0) / n.sum()
+        return int((pooled > ACTIVE_UNIT_VARIANCE).sum().item())
+
+    def _dead_head(self) -> tuple[float, ...]:
+        if self.head_fired is None or self.baseline is None:
+            return ()
+        names = len(self.baseline.names)
+        seen = self.mod_n[:names] > 0
+        dead = (self.head_fired[:names] == 0).double().mean(dim=1)
+        return tuple(torch.where(seen, dead, torch.full_like(dead, math.nan)).tolist())
+
     def result(self) -> PassStats:
         n = max(self.n, 1)
         nll, kl, _, s2 = (self.sums / n).tolist()
@@ -169,4 +234,8 @@ class PassAccumulator:
         r2, r2_subject = (self._modality_mean_r2(i) for i in (2, 1))
         return PassStats(loss=nll + self.beta * kl, recon=nll, kl=kl, volumes=self.n,
                          sigma=math.sqrt(s2), r2=r2, active_units=active,
-                         kl_dims=tuple((self.kl_dims / n).tolist()), r2_subject=r2_subject)
+                         kl_dims=tuple((self.kl_dims / n).tolist()), r2_subject=r2_subject,
+                         within_units=self._within_units(),
+                         r2_modality=self._per_modality_r2(2),
+                         r2_subject_modality=self._per_modality_r2(1),
+                         dead_head=self._dead_head())

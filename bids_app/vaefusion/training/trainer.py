@@ -44,7 +44,7 @@ from vaefusion.errors import DataError, VaefusionError
 from vaefusion.inputs.cache import read_meta
 from vaefusion.model.checkpoint import load_model, save_model
 from vaefusion.model.flops import activation_count
-from vaefusion.model.likelihood import calibrated_sigma2, loss_terms, squared_error
+from vaefusion.model.likelihood import MASKED, calibrated_sigma2, loss_terms, squared_error
 from vaefusion.model.network import VAE, volume_size
 from vaefusion.training.data import SubjectBatches
 from vaefusion.training.device import (
@@ -56,6 +56,7 @@ from vaefusion.training.device import (
 )
 from vaefusion.training.metrics import ModalityMeans, PassAccumulator, PassStats, modality_means
 from vaefusion.training.speed import apply_switches, resolve_bf16
+from vaefusion.training.twin import linear_twins
 
 LOGGER = logging.getLogger("vaefusion.training")
 
@@ -104,17 +105,26 @@ class EpochStats:
     val_kl_dims: list[float] = field(default_factory=list)
     train_r2_subject: float = math.nan
     val_r2_subject: float = math.nan
+    train_within_units: int = 0
+    val_within_units: int = 0
+    val_r2_modality: list[float] = field(default_factory=list)
+    val_r2_subject_modality: list[float] = field(default_factory=list)
+    val_dead_head: list[float] = field(default_factory=list)
+    beta: float = math.nan  # the KL weight of the training pass (the warm-up's)
 
     @classmethod
     def from_passes(cls, epoch: int, train: PassStats, val: PassStats,
-                    seconds: float) -> EpochStats:
+                    seconds: float, beta: float = math.nan) -> EpochStats:
         """The one place where an epoch's numbers are collected."""
         return cls(epoch, train.loss, train.recon, train.kl, val.loss, val.recon, val.kl,
                    train.volumes / seconds, seconds, sigma=train.sigma, train_r2=train.r2,
                    val_r2=val.r2, train_active_units=train.active_units,
                    val_active_units=val.active_units, train_kl_dims=list(train.kl_dims),
                    val_kl_dims=list(val.kl_dims), train_r2_subject=train.r2_subject,
-                   val_r2_subject=val.r2_subject)
+                   val_r2_subject=val.r2_subject, train_within_units=train.within_units,
+                   val_within_units=val.within_units, val_r2_modality=list(val.r2_modality),
+                   val_r2_subject_modality=list(val.r2_subject_modality),
+                   val_dead_head=list(val.dead_head), beta=beta)
 
 
 @dataclass
@@ -132,6 +142,9 @@ class TrainResult:
     device: torch.device
     history: list[EpochStats] = field(default_factory=list)
     likelihood: str = "unit"
+    #: the linear twins' validation R^2 (training/twin.py): {"pca-shared": {...}, ...}
+    twins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    modalities: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> EpochStats | None:
@@ -164,6 +177,11 @@ class TrainResult:
         """Validation R^2 against the modality mean maps at the best epoch."""
         return self.best.val_r2_subject if self.best else math.nan
 
+    @property
+    def within_units(self) -> int | None:
+        """Validation within-modality active units at the best epoch."""
+        return self.best.val_within_units if self.best else None
+
 
 # --------------------------------------------------------------------------- checkpoints
 def _signature(cfg: Config, latent_dim: int, seed: int, train: Sequence[Path],
@@ -173,7 +191,9 @@ def _signature(cfg: Config, latent_dim: int, seed: int, train: Sequence[Path],
         "latent_dim": int(latent_dim), "seed": int(seed), "width": float(cfg.width),
         "downsample": int(cfg.downsample), "lr": float(cfg.lr), "beta": float(cfg.beta),
         "batch_subjects": int(cfg.batch_subjects), "augment": bool(cfg.augment),
-        "likelihood": str(cfg.likelihood),
+        "likelihood": str(cfg.likelihood), "kl_warmup": int(cfg.kl_warmup),
+        "free_bits": float(cfg.free_bits), "decoder_head": str(cfg.decoder_head),
+        "selection": str(cfg.selection),
         "train": [Path(p).stem for p in train], "val": [Path(p).stem for p in val],
     }
 
@@ -258,7 +278,8 @@ def chunk_volumes(grid: Sequence[int], width: float, latent_dim: int,
 
 
 def _batch_sigma2(model: VAE, parts: Sequence[torch.Tensor], n_values: int,
-                  device: torch.device, bf16: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                  device: torch.device, bf16: bool, mask: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The calibrated variance of a batch processed in several chunks, before any backward.
 
     A gradient-free pass draws each chunk's reparameterization noise (in the order the
@@ -272,7 +293,7 @@ def _batch_sigma2(model: VAE, parts: Sequence[torch.Tensor], n_values: int,
             eps = torch.randn(part.shape[0], model.latent_dim, device=device)
             with _autocast(device, bf16):
                 recon, _, _ = model(part, eps=eps)
-            sse += squared_error(recon, part).double().sum()
+            sse += squared_error(recon, part, mask).double().sum()
             noise.append(eps)
     return calibrated_sigma2(sse, n_values), noise
 
@@ -280,21 +301,29 @@ def _batch_sigma2(model: VAE, parts: Sequence[torch.Tensor], n_values: int,
 def _run_epoch(model: VAE, data: SubjectBatches, epoch: int, beta: float, device: torch.device,
                bf16: bool, optimizer: torch.optim.Optimizer | None, desc: str,
                chunk: int | None = None, *, likelihood: str = "sigma",
-               sigma2: float | None = None, baseline: ModalityMeans | None = None
-               ) -> PassStats:
+               sigma2: float | None = None, baseline: ModalityMeans | None = None,
+               mask: torch.Tensor | None = None, free_bits: float = 0.0) -> PassStats:
     """One pass; trains when ``optimizer`` is given. Returns its :class:`PassStats`.
 
     Each batch is one optimizer step on the mean loss of its volumes, computed in chunks of
     ``chunk`` volumes whose gradients are accumulated (see :func:`chunk_volumes`). With
     ``likelihood="sigma"`` training uses each batch's calibrated variance, and ``sigma2``
-    (validation: the training epoch's) fixes it instead. ``baseline`` enables R^2.
+    (validation: the training epoch's) fixes it instead. ``baseline`` enables R^2 (and, in
+    evaluation passes, the decoder head's dead-channel shares). ``mask`` (the brain mask) is
+    what the ``mask`` and ``volume`` likelihoods count; ``free_bits`` as in ``loss_terms``.
     """
     train = optimizer is not None
     model.train(train)
     if chunk is None:
         chunk = chunk_volumes(model.grid, model.width, model.latent_dim, device)
     # sums stay on the device: one host sync per pass, not per batch
-    acc = PassAccumulator(model.latent_dim, volume_size(model.grid), beta, device, baseline)
+    masked = likelihood in MASKED
+    n_voxels = int(mask.sum()) if masked and mask is not None else volume_size(model.grid)
+    acc = PassAccumulator(model.latent_dim, n_voxels, beta, device, baseline,
+                          box_sse=not masked)
+    head: list[torch.Tensor] = []
+    hook = (model.head.register_forward_hook(lambda _m, _i, out: head.append(out))
+            if not train and baseline is not None else None)
     subjects = data.batch_lists(epoch, shuffle=train)
     mods = data.dataset.modalities
     bar = tqdm(data.epoch(epoch, shuffle=train), total=len(data), desc=desc, leave=False,
@@ -306,22 +335,27 @@ def _run_epoch(model: VAE, data: SubjectBatches, epoch: int, beta: float, device
                     if baseline is not None else None)
             parts = x.split(chunk)
             s2, noise = sigma2, [None] * len(parts)
-            if train and likelihood == "sigma" and len(parts) > 1:
-                s2, noise = _batch_sigma2(model, parts, b * volume_size(model.grid), device,
-                                          bf16)
+            if train and likelihood in ("sigma", "mask") and len(parts) > 1:
+                s2, noise = _batch_sigma2(model, parts, b * n_voxels, device, bf16,
+                                          mask if masked else None)
             if train:
                 optimizer.zero_grad(set_to_none=True)
             for i, (part, eps) in enumerate(zip(parts, noise, strict=True)):
                 with _autocast(device, bf16):
                     recon, mu, logvar = model(part, eps=eps)
-                terms = loss_terms(recon, part, mu, logvar, beta, likelihood, s2)
+                terms = loss_terms(recon, part, mu, logvar, beta, likelihood, s2,
+                                   mask if masked else None, free_bits)
                 if train:
                     # the chunk's share of the batch mean: accumulated grads = full-batch grads
                     (terms.loss * (part.shape[0] / b)).backward()
-                acc.add(part, recon, mu, logvar, terms,
-                        None if rows is None else rows[i * chunk:i * chunk + part.shape[0]])
+                part_rows = None if rows is None else rows[i * chunk:i * chunk + part.shape[0]]
+                acc.add(part, recon, mu, logvar, terms, part_rows)
+                if head and part_rows is not None:
+                    acc.add_head(head.pop(), part_rows)
             if train:
                 optimizer.step()
+    if hook is not None:
+        hook.remove()
     return acc.result()
 
 
@@ -352,7 +386,8 @@ class Trainer:
         val_paths = [Path(p) for p in val_paths]
         self.train_data, self.val_data = self._make_data(train_paths, val_paths,
                                                          runtime.data_budget_bytes)
-        self.model = VAE(self.train_data.grid, self.latent_dim, cfg.width).to(self.device)
+        self.model = VAE(self.train_data.grid, self.latent_dim, cfg.width,
+                         decoder_head=cfg.decoder_head).to(self.device)
         # speed switches (training/speed.py): off by default, no RNG drawn
         self.bf16 = resolve_bf16(cfg.bf16, self.device, log=self.log)
         apply_switches(self.model, self.device, channels_last=cfg.channels_last,
@@ -360,6 +395,13 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg.lr)
         # the R^2 baseline: training subjects only (no RNG drawn)
         self.baseline = modality_means(self.train_data)
+        # the brain mask: voxels where any training volume is non-zero (the mean of non-negative
+        # values can cancel only for signed maps, whose voxels are then non-zero elsewhere)
+        self.mask = (self.baseline.means[:-1].abs() > 0).any(dim=0)
+        # the linear twins' validation R^2 (no RNG drawn: exact SVD, or a restored RNG)
+        self.twins = ({k: v.to_dict() for k, v in linear_twins(
+            self.train_data, self.val_data, self.baseline, self.latent_dim).items()}
+            if self.val_data is not None else {})
         flat = volume_size(self.model.bottleneck)
         if self.latent_dim > flat:
             self.log.warning("--latent-dim %d exceeds the flattened bottleneck (%d values at "
@@ -377,7 +419,8 @@ class Trainer:
         # progress, all of it in state_dict()
         self.history: list[EpochStats] = []
         self.epochs_done = 0
-        self.best_loss = math.inf
+        self.best_loss = math.inf  # validation loss of the best epoch
+        self.best_score = math.inf  # its selection score (lower is better)
         self.best_epoch = -1
         self.bad = 0  # epochs since the best one
         self.stopped = False
@@ -431,8 +474,10 @@ class Trainer:
                                f"({self.epochs_done} epochs, stopped early: {self.stopped})")
         cfg, epoch = self.cfg, self.epochs_done  # epoch: 0-based index of this epoch
         t0 = time.perf_counter()
+        beta = self.beta_at(epoch)
         train = self._pass(self.train_data, epoch, self.optimizer, f"epoch {epoch + 1}",
-                           likelihood=cfg.likelihood, baseline=self.baseline)
+                           likelihood=cfg.likelihood, baseline=self.baseline, beta=beta,
+                           mask=self.mask, free_bits=cfg.free_bits)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
@@ -443,36 +488,55 @@ class Trainer:
         if self.val_data is not None:
             # validation NLL under the variance fitted on training data (the model's sigma)
             val = self._pass(self.val_data, epoch, None, "val", likelihood=cfg.likelihood,
-                             sigma2=train.sigma ** 2, baseline=self.baseline)
-        stats = EpochStats.from_passes(epoch + 1, train, val, dt)
+                             sigma2=None if cfg.likelihood == "volume" else train.sigma ** 2,
+                             baseline=self.baseline, beta=cfg.beta, mask=self.mask)
+        stats = EpochStats.from_passes(epoch + 1, train, val, dt, beta)
         self.history.append(stats)
         self.epochs_done = epoch + 1
-        if stats.val_loss < self.best_loss:
-            self.best_loss, self.best_epoch, self.bad = stats.val_loss, stats.epoch, 0
+        score = self.selection_score(stats)
+        if score < self.best_score:
+            self.best_score, self.best_epoch, self.bad = score, stats.epoch, 0
+            self.best_loss = stats.val_loss
             self._save_best(stats)
         else:
             self.bad += 1
         self.stopped = self.bad >= cfg.patience
         self.save_state()
+        twin = self.twins.get("pca-shared", {}).get("r2_subject", math.nan)
         self.log.info("epoch %d/%d train %.6g (recon %.6g kl %.4g, %d active, R2 %.3f) "
-                      "val %.6g (kl %.4g, %d/%d active, R2 %.3f, subject R2 %.3f) sigma %.4g "
-                      "%s %.2f volumes/s",
+                      "val %.6g (kl %.4g, %d/%d active, %d within modalities, R2 %.3f, "
+                      "subject R2 %.3f vs pca-shared %.3f) sigma %.4g %s %.2f volumes/s",
                       stats.epoch, cfg.epochs, stats.train_loss, stats.train_recon,
                       stats.train_kl, stats.train_active_units, stats.train_r2, stats.val_loss,
-                      stats.val_kl, stats.val_active_units, self.latent_dim, stats.val_r2,
-                      stats.val_r2_subject, stats.sigma, "*" if self.bad == 0 else " ",
-                      stats.volumes_per_s)
+                      stats.val_kl, stats.val_active_units, self.latent_dim,
+                      stats.val_within_units, stats.val_r2, stats.val_r2_subject, twin,
+                      stats.sigma, "*" if self.bad == 0 else " ", stats.volumes_per_s)
         if self.stopped:
             self.log.info("early stop after epoch %d: no improvement for %d epochs (best %d)",
                           stats.epoch, cfg.patience, self.best_epoch)
         return stats
 
+    def beta_at(self, epoch: int) -> float:
+        """The KL weight of (0-based) ``epoch``: beta, ramped linearly over ``kl_warmup``."""
+        warm = self.cfg.kl_warmup
+        return self.cfg.beta * (min(1.0, (epoch + 1) / warm) if warm > 0 else 1.0)
+
+    def selection_score(self, stats: EpochStats) -> float:
+        """Lower is better. ``r2_subject`` (ours): minus the validation subject R^2, a fixed
+        criterion that does not move with beta, the likelihood or the KL (the validation loss
+        charges the KL of the posterior means and favours wide, uninformative posteriors);
+        ``loss``: the validation loss. Without validation R^2 the loss decides."""
+        if self.cfg.selection == "r2_subject" and math.isfinite(stats.val_r2_subject):
+            return -stats.val_r2_subject
+        return stats.val_loss
+
     def _pass(self, data: SubjectBatches, epoch: int,
-              optimizer: torch.optim.Optimizer | None, desc: str, **kw: Any) -> PassStats:
+              optimizer: torch.optim.Optimizer | None, desc: str, *,
+              beta: float | None = None, **kw: Any) -> PassStats:
         """One pass over ``data`` (training when ``optimizer`` is given); the hook where
         :class:`vaefusion.training.distributed.DistributedTrainer` shards and reduces."""
-        return _run_epoch(self.model, data, epoch, self.cfg.beta, self.device, self.bf16,
-                          optimizer, desc, self.chunk, **kw)
+        return _run_epoch(self.model, data, epoch, self.cfg.beta if beta is None else beta,
+                          self.device, self.bf16, optimizer, desc, self.chunk, **kw)
 
     def _save_best(self, stats: EpochStats) -> None:
         cfg, val = self.cfg, self.val_data
@@ -485,6 +549,9 @@ class Trainer:
                          "val_kl_per_volume": stats.val_kl, "val_r2": stats.val_r2,
                          "val_r2_subject": stats.val_r2_subject,
                          "val_active_units": stats.val_active_units,
+                         "val_within_units": stats.val_within_units,
+                         "selection": cfg.selection, "kl_warmup": cfg.kl_warmup,
+                         "free_bits": cfg.free_bits, "linear_twins": self.twins,
                          "train_loss": stats.train_loss, "lr": cfg.lr, "beta": cfg.beta,
                          "batch_subjects": cfg.batch_subjects, "augment": cfg.augment,
                          "n_train": self.train_data.n_subjects,
@@ -509,7 +576,8 @@ class Trainer:
                              best_epoch=self.best_epoch, best_val_loss=self.best_loss,
                              epochs_run=len(self.history), stopped_early=self.stopped,
                              resumed_from=self.resumed_from, device=self.device,
-                             history=list(self.history), likelihood=self.cfg.likelihood)
+                             history=list(self.history), likelihood=self.cfg.likelihood,
+                             twins=dict(self.twins), modalities=list(self.baseline.names))
         self._warn_unconverged(result)
         return result
 
@@ -549,6 +617,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
             "epoch": self.epochs_done - 1,  # 0-based index of the last completed epoch
             "history": [asdict(h) for h in self.history], "best_loss": self.best_loss,
+            "best_score": self.best_score,
             "best_epoch": self.best_epoch, "bad": self.bad, "stopped": self.stopped,
             "signature": self.signature,
         }
@@ -565,6 +634,7 @@ class Trainer:
         self.history = [EpochStats(**h) for h in state["history"]]
         self.epochs_done = int(state["epoch"]) + 1
         self.best_loss, self.best_epoch = float(state["best_loss"]), int(state["best_epoch"])
+        self.best_score = float(state.get("best_score", self.best_loss))
         self.bad, self.stopped = int(state["bad"]), bool(state["stopped"])
 
     def save_state(self) -> Path:
