@@ -439,14 +439,17 @@ def test_baselines_not_available_beyond_training_samples(method: str) -> None:
     n, n_mod, n_vox = 12, 3, 50
     data = _subjects(n, n_mod, n_vox)
     y = _labels(6, 6)
-    folds = make_folds(y, 3, 0)  # 8 training subjects per fold, 24 training volumes
+    # 8 train + validation subjects per fold; the PCA is fit on the 6 training subjects (the
+    # VAE's), 18 training volumes
+    folds = make_folds(y, 3, 0)
+    assert all(f.train.size == 6 for f in folds)
     calls: list[int] = []
 
     def load(i: int) -> np.ndarray:
         calls.append(i)
         return data[i]
 
-    limits = {"pca-early": 8, "pca-late": 8, "pca-shared": 24}
+    limits = {"pca-early": 6, "pca-late": 6, "pca-shared": 18}
     res = evaluate_pca_baselines(method, load, y, folds, limits[method] + 1, "sklearn")
     assert isinstance(res, NotAvailable) and res.limit == limits[method]
     assert "not available" in str(res)

@@ -12,8 +12,10 @@ They see the VAE's data: the cached stacks reduced by ``--downsample`` with the 
 the VAE's data loader uses (:func:`vaefusion.model.network.downsample_volumes`, area
 averaging), before the brain mask and any PCA; :func:`analysis_grid` names that grid.
 
-In every fold the PCA is fitted on the train + validation subjects only and then applied to
-all subjects, so a test subject never shapes the components. When ``l`` exceeds what the
+In every fold the PCA is fitted on the fold's training subjects only, the same subjects the
+VAE is fitted on (validation subjects only select the VAE's epoch), and then applied to all
+subjects, so neither a test nor a validation subject shapes the components; the classifier is
+then trained on train + validation for every method alike. When ``l`` exceeds what the
 training data allow (scikit-learn's rule ``n_components <= min(n_samples, n_features)``) the
 method is "not available" (the paper's "X"): :class:`NotAvailable`.
 
@@ -361,14 +363,17 @@ def evaluate_pca_baselines(method: str, subject_arrays: SubjectArrays, labels: n
     load = _as_loader(subject_arrays, y.size)
     n_mod, n_vox = load(0).shape
     for fold in folds:  # before reading any data: "not available" is decided by sizes alone
-        limit = pca_component_limit(method, fold.fit.size, n_mod, n_vox)
+        limit = pca_component_limit(method, fold.train.size, n_mod, n_vox)
         if latent_dim > limit:
             return NotAvailable(method, latent_dim, limit)
     if method != "pca-shared" and grams is None:
         grams = modality_grams(load, y.size)
     metrics = []
     for fold in folds:
-        features = pca_features(method, load, y.size, fold.fit, latent_dim, grams=grams,
+        # the unsupervised part on the VAE's subjects (the fold's training subjects, not its
+        # validation subjects, which only select the VAE's epoch); the classifier then uses
+        # train + validation for every method alike
+        features = pca_features(method, load, y.size, fold.train, latent_dim, grams=grams,
                                 seed=seed)
         metrics.append(evaluate_fold(features, y, fold, backend, svm_c, partition_seed))
     return metrics

@@ -35,7 +35,8 @@ class Fold:
 
     @property
     def fit(self) -> np.ndarray:
-        """Train + validation subjects: what the classifier and the PCA baselines are fit on."""
+        """Train + validation subjects: what the classifier is fit on (the unsupervised part of
+        every method, VAE and PCA alike, is fit on ``train`` only)."""
         return np.sort(np.concatenate([self.train, self.val]))
 
 
