@@ -15,12 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-#: Planted patient effects: wider and stronger than the simulator's defaults, so that 40
-#: subjects at the demo's coarse VAE grid (12 mm voxels) show them; ICN45 (ACC, DM) and
-#: ICN27 (insula, CC) lose 80% of their strength within ~20 mm of their peaks, and gray matter
-#: drops by half around the left insula.
-DEMO_EFFECTS = ["--icn-effect", "45:-0.8:20", "--icn-effect", "27:-0.8:20",
-                "--gm-effect=-38,12,0:20:-0.5"]
+#: Planted patient effects: the simulator's defaults (ICN45 and ICN27 weaker in a secondary
+#: node, placed off each map's peak so that max-abs scaling keeps them local; GM lower in the
+#: left anterior insula and superior temporal gyrus) at 1.6 times their size (ICNs -80 %, GM
+#: -40 % at the centre), so that 40 subjects at the demo's 12 mm VAE grid show them.
+DEMO_EFFECTS = ["--effect-size", "1.6"]
 #: The cost knobs (the issue-8 acceptance settings but latent dim 8): 12 mm voxels inside the
 #: VAE and for the baselines, 1/8 of the channels, 20 epochs; every other setting is the default.
 DEMO_KNOBS = ["--downsample", "4", "--width", "0.125", "--epochs", "20", "--folds", "3",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -97,7 +98,7 @@ def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: 
         history=[asdict(h) for h in result.history], likelihood=result.likelihood,
         sigma=result.sigma, active_units=result.active_units,
         kl_per_volume=result.kl_per_volume, recon_r2=result.recon_r2,
-        recon_r2_subject=result.recon_r2_subject)
+        recon_r2_subject=result.recon_r2_subject, **_learning(result))
     return FoldResult(
         method="vae", latent_dim=latent_dim, seed=seed, fold=fold, roc_auc=metrics.roc_auc,
         n_train=metrics.n_train, n_test=metrics.n_test, backend=metrics.backend, repeat=repeat,
@@ -189,3 +190,18 @@ def run_pca_baseline(cfg: Config, runtime: Runtime, manifest: Manifest, method: 
     if isinstance(result, NotAvailable):
         LOG.info("%s with %d components: not available (%s)", method, latent_dim, result)
     return rows
+
+
+def _learning(result) -> dict:
+    """The kept epoch's subject-level learning figures (see training/metrics.py, twin.py)."""
+    best = result.best
+    if best is None:
+        return {}
+    r2 = dict(zip(result.modalities, best.val_r2_modality, strict=False))
+    finite = [v for v in r2.values() if math.isfinite(v)]
+    twins = result.twins
+    return {"within_units": best.val_within_units,
+            "min_modality_r2": min(finite) if finite else None,
+            "undrawn": [m for m, v in r2.items() if math.isfinite(v) and v <= 0],
+            "twin_r2_subject": twins.get("pca-shared", {}).get("r2_subject"),
+            "late_r2_subject": twins.get("pca-late", {}).get("r2_subject")}

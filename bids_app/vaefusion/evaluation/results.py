@@ -32,6 +32,11 @@ class VAETraining:
     kl_per_volume: float | None = None  # nats
     recon_r2: float | None = None  # R^2 against the training subjects' modality mean levels
     recon_r2_subject: float | None = None  # R^2 against their modality mean maps
+    within_units: int | None = None  # latent dims varying across subjects within modalities
+    min_modality_r2: float | None = None  # the worst modality's R^2 (<= 0: not drawn)
+    undrawn: list[str] = field(default_factory=list)  # modalities with validation R^2 <= 0
+    twin_r2_subject: float | None = None  # pca-shared's subject R^2, same subjects and l
+    late_r2_subject: float | None = None  # pca-late's
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VAETraining:

@@ -27,7 +27,8 @@ from vaefusion.evaluation.statistics import CorrectedT, corrected_resampled_t, p
 REFERENCE = "vae"
 
 #: The VAE's learning diagnostics averaged over folds into the summary (VAETraining fields).
-VAE_DIAGNOSTICS = ("active_units", "kl_per_volume", "recon_r2", "recon_r2_subject")
+VAE_DIAGNOSTICS = ("active_units", "within_units", "kl_per_volume", "recon_r2",
+                   "recon_r2_subject", "twin_r2_subject", "late_r2_subject", "min_modality_r2")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

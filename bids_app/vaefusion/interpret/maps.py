@@ -6,9 +6,12 @@
 * the decoded difference, controls minus patients (``decodedHCminusSZ`` with the default
   labels), and the voxelwise mean difference of the preprocessed inputs (``inputHCminusSZ``);
 * their spatial correlation per modality inside the brain mask (voxels nonzero in any input);
-* the top-5 map: the decoded differences of the five most important modalities, each
-  thresholded at the 99th percentile of its values inside the mask (voxels below it are 0),
-  then summed.
+* on simulated data (a ``code/expected_difference.nii.gz`` written by ``vaefusion-simulate``),
+  the decoded difference's correlation with the known expected difference after
+  preprocessing, the truth the input difference only estimates;
+* the top-5 map: the decoded differences of the five most important modalities, each kept
+  where its absolute value reaches the 99th percentile of absolute values inside the mask,
+  sign kept (a decrease in patients is as much a finding as an increase), then summed.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class GroupMaps:
     mask: np.ndarray  # (X, Y, Z) bool
     top_modalities: list[str] = field(default_factory=list)
     top_map: np.ndarray | None = None  # (X, Y, Z)
+    expected_difference: np.ndarray | None = None  # simulated data: the known truth
 
     @property
     def decoded_difference(self) -> np.ndarray:
@@ -64,6 +68,16 @@ class GroupMaps:
         """Per modality: the spatial correlation of decoded and input differences."""
         diff = self.decoded_difference
         return [spatial_correlation(diff[i], self.input_difference[i], self.mask)
+                for i in range(len(self.modalities))]
+
+    @property
+    def expected_correlations(self) -> list[float]:
+        """Per modality: the spatial correlation of the decoded difference with the simulated
+        expected difference (NaN where there is none, or no planted difference)."""
+        if self.expected_difference is None:
+            return [float("nan")] * len(self.modalities)
+        diff = self.decoded_difference
+        return [spatial_correlation(diff[i], self.expected_difference[i], self.mask)
                 for i in range(len(self.modalities))]
 
 
@@ -79,13 +93,36 @@ def spatial_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float
 
 def threshold_sum(volumes: np.ndarray, mask: np.ndarray,
                   percentile: float = PERCENTILE) -> np.ndarray:
-    """Each volume kept where it reaches its ``percentile`` of values inside ``mask`` (0
-    elsewhere and outside the mask), then summed: ``(k, X, Y, Z)`` -> ``(X, Y, Z)``."""
+    """Each volume kept where its absolute value reaches its ``percentile`` of absolute values
+    inside ``mask``, with its sign (0 elsewhere and outside the mask), then summed:
+    ``(k, X, Y, Z)`` -> ``(X, Y, Z)``."""
     out = np.zeros(volumes.shape[1:], dtype=np.float64)
     for vol in np.asarray(volumes, dtype=np.float64):
-        cut = np.percentile(vol[mask], percentile)
-        out += np.where(mask & (vol >= cut), vol, 0.0)
+        cut = np.percentile(np.abs(vol[mask]), percentile)
+        out += np.where(mask & (np.abs(vol) >= cut), vol, 0.0)
     return out.astype(np.float32)
+
+
+def expected_difference(bids_dir: Path | None, modalities: list[str],
+                        grid: tuple[int, ...]) -> np.ndarray | None:
+    """The simulator's expected HC - SZ difference for ``modalities`` (``vaefusion-simulate``
+    writes it to ``code/``), or None for real data or a grid it was not made for."""
+    if bids_dir is None:
+        return None
+    truth = Path(bids_dir) / "code" / "simulation.json"
+    if not truth.is_file():
+        return None
+    try:
+        import json
+
+        entry = json.loads(truth.read_text())["expected_difference"]
+        data = np.asarray(nib.load(Path(bids_dir) / entry["file"]).dataobj, dtype=np.float32)
+        names = list(entry["modalities"])
+    except (KeyError, OSError, ValueError):
+        return None
+    if data.shape[:3] != tuple(grid) or not all(m in names for m in modalities):
+        return None
+    return np.stack([data[..., names.index(m)] for m in modalities])
 
 
 def group_centres(latents: dict[str, np.ndarray], keys: list[str], labels: list[int]
@@ -129,8 +166,10 @@ def decode_to_grid(model, z: np.ndarray, grid: tuple[int, int, int]) -> np.ndarr
 
 # --------------------------------------------------------------------------- compute
 def compute_group_maps(model, explained: ExplainedModel, manifest: Manifest,
-                       top_modalities: list[str], negative: str, positive: str) -> GroupMaps:
-    """Every map of one explained model, from the classified subjects of ``manifest``."""
+                       top_modalities: list[str], negative: str, positive: str,
+                       bids_dir: Path | None = None) -> GroupMaps:
+    """Every map of one explained model, from the classified subjects of ``manifest``
+    (and, on simulated data in ``bids_dir``, the expected difference)."""
     idx = manifest.classified
     keys = [manifest.keys[i] for i in idx]
     labels = [manifest.labels[i] for i in idx]
@@ -145,7 +184,9 @@ def compute_group_maps(model, explained: ExplainedModel, manifest: Manifest,
                      negative=negative, positive=positive, n_negative=n_neg, n_positive=n_pos,
                      centre_negative=c_neg, centre_positive=c_pos,
                      decoded_negative=decoded[:n_mod], decoded_positive=decoded[n_mod:],
-                     input_difference=diff_in, mask=mask)
+                     input_difference=diff_in, mask=mask,
+                     expected_difference=expected_difference(bids_dir, list(manifest.modalities),
+                                                             grid))
     top = [m for m in top_modalities if m in maps.modalities][:TOP_K]
     rows = [maps.modalities.index(m) for m in top]
     top_map = threshold_sum(maps.decoded_difference[rows], mask) if rows else None
@@ -242,7 +283,13 @@ def write_group_maps(group: Path, maps: GroupMaps, explained: ExplainedModel,
          "SpatialCorrelationWithInput": {m: None if np.isnan(c) else round(c, 6)
                                          for m, c in zip(maps.modalities, corr, strict=True)},
          "SpatialCorrelationMask": "voxels nonzero in any input volume of the classified "
-                                   "subjects"})
+                                   "subjects",
+         **({"SpatialCorrelationWithExpected": {
+             m: None if np.isnan(c) else round(c, 6)
+             for m, c in zip(maps.modalities, maps.expected_correlations, strict=True)},
+             "Expected": "the simulator's expected difference after preprocessing "
+                         "(code/expected_difference.nii.gz of the input dataset)"}
+            if maps.expected_difference is not None else {})})
     files["input_difference"] = put(
         naming.group_map(group, naming.map_desc("input", neg, pos), res, "effect"),
         maps.input_difference,
@@ -254,9 +301,10 @@ def write_group_maps(group: Path, maps: GroupMaps, explained: ExplainedModel,
         top = put(naming.group_map(group, naming.map_desc(f"top{TOP_K}"), res, "effect"),
                   maps.top_map,
                   {"Description": f"Sum of the decoded {neg}-minus-{pos} differences of the "
-                   f"{len(maps.top_modalities)} most important modalities, each kept where it "
-                   f"reaches its {PERCENTILE:g}th percentile of values inside the brain mask "
-                   f"(0 elsewhere).", "Modalities": maps.top_modalities,
+                   f"{len(maps.top_modalities)} most important modalities, each kept where its "
+                   f"absolute value reaches its {PERCENTILE:g}th percentile of absolute values "
+                   f"inside the brain mask, sign kept (0 elsewhere).",
+                   "Modalities": maps.top_modalities,
                    "Percentile": PERCENTILE})
     mask = naming.group_map(group, naming.map_desc(MASK_DESC), res, suffix="mask")
     write_nifti_atomic(mask, nib.Nifti1Image(maps.mask.astype(np.uint8), maps.affine))

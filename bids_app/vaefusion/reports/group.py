@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vaefusion.config import Config
 from vaefusion.disk import naming
 from vaefusion.evaluation.manifest import Manifest
@@ -98,12 +100,18 @@ def _explain(cfg: Config, manifest: Manifest, results: list[FoldResult],
     model, _ = load_model(explained.model_dir, cfg.device)
     order = [r.modality for r in out.ranking]
     out.maps = compute_group_maps(model, explained, manifest, order, cfg.negative_label,
-                                  cfg.positive_label)
+                                  cfg.positive_label, cfg.bids_dir)
     out.map_files = write_group_maps(group, out.maps, explained, model.grid)
     corr = dict(zip(out.maps.modalities, out.maps.correlations, strict=True))
     LOG.info("Maps: %d modalities in %s; spatial r (decoded vs input difference) of the top "
              "5: %s", len(out.maps.modalities), naming.maps_dir(group),
              ", ".join(f"{m} {_r(corr[m])}" for m in out.maps.top_modalities))
+    if out.maps.expected_difference is not None:
+        exp = dict(zip(out.maps.modalities, out.maps.expected_correlations, strict=True))
+        planted = [m for i, m in enumerate(out.maps.modalities)
+                   if np.abs(out.maps.expected_difference[i]).max() > 1e-4]
+        LOG.info("Maps: spatial r (decoded vs the simulator's expected difference) of the "
+                 "planted modalities: %s", ", ".join(f"{m} {_r(exp[m])}" for m in planted))
     labels = {r.modality: r.label for r in out.ranking}
     out.figures["maps"] = maps_figure(out.maps, out.maps.top_modalities, labels)
     modalities = {manifest.keys[i]: read_meta(Path(f)).modalities

@@ -253,10 +253,19 @@ def _maps(interp, group: Path) -> Section:
     s.add(_fig(interp, "maps", "group maps", "Top modalities: input difference, decoded "
                "difference and glass brain; last row: the top-5 map."))
     rank = {r.modality: r.rank for r in interp.ranking}
-    rows = [{"rank": rank.get(m), "modality": m, "name": modality_name(m), "spatial r": c}
-            for m, c in zip(maps.modalities, maps.correlations, strict=True)]
+    rows = [{"rank": rank.get(m), "modality": m, "name": modality_name(m), "spatial r": c,
+             "r with truth": e}
+            for m, c, e in zip(maps.modalities, maps.correlations, maps.expected_correlations,
+                               strict=True)]
     rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0))
-    s.add(html.table(rows[:SHOWN_ROWS], ["rank", "modality", "name", "spatial r"]))
+    columns = ["rank", "modality", "name", "spatial r"]
+    if maps.expected_difference is not None:
+        columns.append("r with truth")
+        s.add(html.para("Simulated data: \"r with truth\" correlates the decoded difference "
+                        "with the simulator's expected difference after preprocessing "
+                        "(code/expected_difference.nii.gz), the truth the input difference "
+                        "only estimates; it is n/a where nothing was planted."))
+    s.add(html.table(rows[:SHOWN_ROWS], columns))
     if len(rows) > SHOWN_ROWS:
         s.add(html.para(f"{len(rows) - SHOWN_ROWS} more in the decoded difference's sidecar "
                         f"(SpatialCorrelationWithInput)."))
@@ -294,6 +303,8 @@ def _training(results: list[FoldResult], interp) -> Section:
              "sigma": r.training.sigma, "active units": r.training.active_units,
              "KL/volume": r.training.kl_per_volume, "R²": r.training.recon_r2,
              "subject R²": r.training.recon_r2_subject,
+             "within-modality units": r.training.within_units,
+             "pca-shared subject R²": r.training.twin_r2_subject,
              "device": r.training.device} for r in vae if r.training is not None]
     s.add(html.table(rows, list(rows[0])))
     return s
@@ -320,6 +331,25 @@ def learning_warnings(results: list[FoldResult], interp) -> list[str]:
         items.append(f"{len(bad_r2)} VAE folds reconstruct worse than each modality's mean "
                      f"intensity (R² < 0): the decoder does not yet draw the modalities' maps; "
                      f"train longer (--epochs, --lr) or check --likelihood.")
+    undrawn = [r for r in vae if r.training is not None and r.training.undrawn]
+    if undrawn:
+        names = sorted({m for r in undrawn if r.training for m in r.training.undrawn})
+        items.append(f"In {len(undrawn)} of {len(vae)} VAE folds the decoder does not draw "
+                     f"{len(names)} modalities (validation R² ≤ 0: no better than the "
+                     f"modality's mean intensity, e.g. decoded as zeros): "
+                     f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}; their maps "
+                     f"say nothing. Train longer or use the default --likelihood.")
+    below = [r for r in vae if r.training is not None
+             and r.training.twin_r2_subject is not None
+             and r.training.recon_r2_subject is not None
+             and r.training.recon_r2_subject < r.training.twin_r2_subject]
+    if below:
+        t = below[0].training
+        items.append(f"In {len(below)} of {len(vae)} VAE folds the VAE reconstructs the "
+                     f"validation subjects worse than its linear twin (pca-shared at the same "
+                     f"latent size; subject R² e.g. {t.recon_r2_subject:.3f} against "
+                     f"{t.twin_r2_subject:.3f}): it has learned less subject-level detail than "
+                     f"a PCA would, so read its maps and importance with care.")
     unconverged = [r for r in vae if r.training is not None and not r.training.stopped_early
                    and r.training.best_epoch == r.training.epochs_run]
     if unconverged:
