@@ -119,8 +119,9 @@ def eligible(row: dict[str, object]) -> bool:
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    head = ("| arm | candidate | seed | kept epoch / run | val R^2 (min modality) | val subject "
-            "R^2 | pca-shared | pca-late | VAE - pca-shared | within-modality units | dead head | s |")
+    head = ("| arm | candidate | seed | kept epoch / run | val R^2 (min modality) | val "
+            "subject R^2 | pca-shared | pca-late | VAE - pca-shared | within-modality units | "
+            "dead head | s |")
     lines = [head, "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
