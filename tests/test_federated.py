@@ -347,7 +347,9 @@ def test_a_site_missing_a_modality_in_its_bids_data_is_named(site_dirs, tmp_path
     sites = {f"site-{i}": SiteRunner(f"site-{i}", d, tmp_path / f"o{i}", tmp_path / f"w{i}",
                                      threads=1)
              for i, d in ((1, site_dirs[0]), (2, ds))}
-    with pytest.raises(FederationError, match="site-2 at prepare: No selected subject has both"):
+    # no selection was given: missing input, naming where the site looked (exit 66)
+    with pytest.raises(FederationError, match="site-2 at prepare: No subject with both "
+                                              "NeuroMark ICN maps and a GMV volume"):
         run_in_process(settings(rounds=1), sites, tmp_path / "out")
 
 
