@@ -129,7 +129,8 @@ class Config:
     width: float = field(default=1.0, metadata=METHOD)
     downsample: int = field(default=1, metadata=METHOD)
     augment: bool = field(default=False, metadata=METHOD)
-    likelihood: str = field(default="sigma", metadata=METHOD)
+    # ours, chosen by benchmarks/recipe.py on validation data (docs/method.md)
+    likelihood: str = field(default="volume", metadata=METHOD)
     kl_warmup: int = field(default=0, metadata=METHOD)  # epochs of linear beta warm-up
     free_bits: float = field(default=0.0, metadata=METHOD)  # nats per latent dimension
     decoder_head: str = field(default="leaky", metadata=METHOD)  # config file only

@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "mask = one calibrated variance shared over the brain mask, sigma = one "
                    "shared over the whole box (Rybkin et al. 2021), unit = the fixed unit "
                    "variance of earlier versions, which collapses the posterior on data in "
-                   "[-1, 1] (sigma)")
+                   "[-1, 1] (volume; the paper's objective is sigma)")
     g.add_argument("--kl-warmup", type=int, default=None, metavar="E",
                    help="[ours] raise the KL weight linearly from beta/E to beta over the "
                    "first E epochs (0 = none; 0)")
