@@ -180,7 +180,7 @@ def _weak_maps(decoded_scale: float):
         modalities=["ICN01", "GMV"], decoded_negative=np.full((2, 2, 2, 2), 0.1),
         decoded_difference=np.full((2, 2, 2, 2), decoded_scale), input_difference=np.ones(
             (2, 2, 2, 2)), mask=mask, negative="HC", positive="SZ", n_negative=4, n_positive=4,
-        correlations=[0.0, 0.0])
+        correlations=[0.0, 0.0], expected_correlations=[None, None], expected_difference=None)
 
 
 def test_overview_opens_with_the_verdict_and_the_learning_warnings(tmp_path):
@@ -260,7 +260,8 @@ def test_overview_says_when_training_had_not_converged(tmp_path):
 
     def fold(best: int, stopped: bool):
         training = SimpleNamespace(best_epoch=best, epochs_run=20, stopped_early=stopped,
-                                   active_units=4, recon_r2=0.1, likelihood="sigma")
+                                   active_units=4, recon_r2=0.1, likelihood="sigma",
+                                   undrawn=[], recon_r2_subject=0.2, twin_r2_subject=0.1)
         return SimpleNamespace(method="vae", training=training)
 
     results = [fold(20, False), fold(20, False), fold(12, True)]
