@@ -19,7 +19,7 @@ the device (one host sync per pass), and :class:`PassStats` reports per volume:
   ``1 - SSE_m / sum ||x - meanmap_m||^2``, averaged over modalities alike: above 0 only when
   the reconstruction carries subject-specific detail beyond the modality's group template.
   Its ceiling is the share of between-subject variation that is not measurement noise: on
-  the simulator's calibrated data the noiseless truth reaches about 0.5 at 12 mm (measured by
+  the simulator's calibrated data the noiseless truth reaches about 0.13 at 12 mm (measured by
   ``benchmarks/r2_ceiling.py``, see docs/simulation.md); the linear twin (``pca-shared`` at
   the same latent size, :mod:`vaefusion.training.twin`) is the reference a VAE should reach;
 * ``sigma``: the decoder's standard deviation used (batch-volume weighted RMS; 1 for ``unit``).
