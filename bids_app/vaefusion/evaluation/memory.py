@@ -63,7 +63,7 @@ def vae_need(n_volumes: int, batch_volumes: int, grid: Sequence[int], width: flo
 
     from vaefusion.model.flops import activation_count, count_parameters
     from vaefusion.model.network import VAE
-    from vaefusion.training.trainer import CPU_CHUNK_ACTIVATIONS
+    from vaefusion.training.passes import CPU_CHUNK_ACTIVATIONS
 
     vox = math.prod(grid)
     batch = batch_volumes * vox * 4

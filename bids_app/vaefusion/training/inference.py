@@ -16,7 +16,7 @@ from vaefusion.inputs.cache import SubjectMeta, read_meta
 from vaefusion.model.checkpoint import load_model
 from vaefusion.model.network import VAE
 from vaefusion.training.data import SubjectDataset
-from vaefusion.training.trainer import chunk_volumes
+from vaefusion.training.passes import chunk_volumes
 
 LOG = logging.getLogger("vaefusion.inference")
 

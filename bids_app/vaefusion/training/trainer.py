@@ -24,28 +24,26 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from vaefusion import __version__
 from vaefusion.config import Config, Runtime
-from vaefusion.disk.io import full_disk
 from vaefusion.errors import DataError, VaefusionError
-from vaefusion.inputs.cache import read_meta
 from vaefusion.model.checkpoint import load_model, save_model
-from vaefusion.model.flops import activation_count
-from vaefusion.model.likelihood import MASKED, calibrated_sigma2, loss_terms, squared_error
 from vaefusion.model.network import VAE, volume_size
+from vaefusion.training.checkpoints import (
+    CHECKPOINT,
+    _load_checkpoint,
+    _save_checkpoint,
+    _signature,
+    clear_checkpoint,
+)
 from vaefusion.training.data import SubjectBatches
 from vaefusion.training.device import (
     configure_threads,
@@ -54,309 +52,26 @@ from vaefusion.training.device import (
     set_rng_state,
     set_seed,
 )
-from vaefusion.training.metrics import ModalityMeans, PassAccumulator, PassStats, modality_means
+from vaefusion.training.metrics import PassStats, modality_means
+from vaefusion.training.passes import (
+    CPU_CHUNK_ACTIVATIONS,
+    _autocast,
+    _modalities,
+    _run_epoch,
+    chunk_volumes,
+    make_optimizer,
+)
+from vaefusion.training.results import EpochStats, TrainResult
 from vaefusion.training.speed import apply_switches, resolve_bf16
 from vaefusion.training.twin import linear_twins
 
 LOGGER = logging.getLogger("vaefusion.training")
 
-
-CHECKPOINT = "checkpoint.pt"
-
-
-#: Layer-output elements per forward/backward chunk on CPU (~one full-grid volume). Measured on
-#: 2 cores at 53x63x52: CPU time per volume is flat from 1 to 4 volumes per pass while page
-#: faults (kernel time) and memory grow with the chunk, so one 54-volume subject is processed
-#: as 54 chunks, ~100 MB each instead of ~6 GB at once; tiny grids get the whole batch at once.
-CPU_CHUNK_ACTIVATIONS = 16_000_000
-
-
-#: Fraction of free GPU memory one chunk may use (bytes estimated as 4 x activations x 4 B).
-GPU_CHUNK_FRACTION = 0.5
-
-
-# --------------------------------------------------------------------------- results
-@dataclass
-class EpochStats:
-    """One line of the training history (stored in the checkpoint as a plain dict).
-
-    Losses are per volume, true negative ELBO terms with constants (``*_recon`` the Gaussian
-    NLL, ``*_kl`` the KL); ``sigma`` the decoder SD of the epoch (the training pass's, also
-    used for validation; 1 for ``unit``); R^2, active units and per-dimension KL as in
-    :mod:`vaefusion.training.metrics`. Without validation subjects the ``val_*`` values are the
-    training pass's.
-    """
-
-    epoch: int
-    train_loss: float
-    train_recon: float
-    train_kl: float
-    val_loss: float
-    val_recon: float
-    val_kl: float
-    volumes_per_s: float
-    seconds: float
-    sigma: float = 1.0
-    train_r2: float = math.nan
-    val_r2: float = math.nan
-    train_active_units: int = 0
-    val_active_units: int = 0
-    train_kl_dims: list[float] = field(default_factory=list)
-    val_kl_dims: list[float] = field(default_factory=list)
-    train_r2_subject: float = math.nan
-    val_r2_subject: float = math.nan
-    train_within_units: int = 0
-    val_within_units: int = 0
-    val_r2_modality: list[float] = field(default_factory=list)
-    val_r2_subject_modality: list[float] = field(default_factory=list)
-    val_dead_head: list[float] = field(default_factory=list)
-    beta: float = math.nan  # the KL weight of the training pass (the warm-up's)
-
-    @classmethod
-    def from_passes(cls, epoch: int, train: PassStats, val: PassStats,
-                    seconds: float, beta: float = math.nan) -> EpochStats:
-        """The one place where an epoch's numbers are collected."""
-        return cls(epoch, train.loss, train.recon, train.kl, val.loss, val.recon, val.kl,
-                   train.volumes / seconds, seconds, sigma=train.sigma, train_r2=train.r2,
-                   val_r2=val.r2, train_active_units=train.active_units,
-                   val_active_units=val.active_units, train_kl_dims=list(train.kl_dims),
-                   val_kl_dims=list(val.kl_dims), train_r2_subject=train.r2_subject,
-                   val_r2_subject=val.r2_subject, train_within_units=train.within_units,
-                   val_within_units=val.within_units, val_r2_modality=list(val.r2_modality),
-                   val_r2_subject_modality=list(val.r2_subject_modality),
-                   val_dead_head=list(val.dead_head), beta=beta)
-
-
-@dataclass
-class TrainResult:
-    """What :meth:`Trainer.fit` returns; ``model`` is the best checkpoint, in eval mode."""
-
-    model: VAE
-    meta: dict[str, Any]
-    best_dir: Path
-    best_epoch: int
-    best_val_loss: float
-    epochs_run: int
-    stopped_early: bool
-    resumed_from: int | None  # epochs already completed when this call resumed a run
-    device: torch.device
-    history: list[EpochStats] = field(default_factory=list)
-    likelihood: str = "unit"
-    #: the linear twins' validation R^2 (training/twin.py): {"pca-shared": {...}, ...}
-    twins: dict[str, dict[str, Any]] = field(default_factory=dict)
-    modalities: list[str] = field(default_factory=list)
-
-    @property
-    def best(self) -> EpochStats | None:
-        """The history line of the best epoch (the model kept)."""
-        return next((h for h in self.history if h.epoch == self.best_epoch), None)
-
-    @property
-    def sigma(self) -> float:
-        """The decoder SD of the best epoch (1 for ``unit``)."""
-        return self.best.sigma if self.best else math.nan
-
-    @property
-    def active_units(self) -> int | None:
-        """Validation active units at the best epoch."""
-        return self.best.val_active_units if self.best else None
-
-    @property
-    def kl_per_volume(self) -> float:
-        """Validation KL per volume (nats) at the best epoch."""
-        return self.best.val_kl if self.best else math.nan
-
-    @property
-    def recon_r2(self) -> float:
-        """Validation reconstruction R^2 (against modality mean intensities) at the best
-        epoch."""
-        return self.best.val_r2 if self.best else math.nan
-
-    @property
-    def recon_r2_subject(self) -> float:
-        """Validation R^2 against the modality mean maps at the best epoch."""
-        return self.best.val_r2_subject if self.best else math.nan
-
-    @property
-    def within_units(self) -> int | None:
-        """Validation within-modality active units at the best epoch."""
-        return self.best.val_within_units if self.best else None
-
-
-# --------------------------------------------------------------------------- checkpoints
-def _signature(cfg: Config, latent_dim: int, seed: int, train: Sequence[Path],
-               val: Sequence[Path]) -> dict[str, Any]:
-    """Settings a resumed run must share with the run it continues (epochs may grow)."""
-    return {
-        "latent_dim": int(latent_dim), "seed": int(seed), "width": float(cfg.width),
-        "downsample": int(cfg.downsample), "lr": float(cfg.lr), "beta": float(cfg.beta),
-        "batch_subjects": int(cfg.batch_subjects), "augment": bool(cfg.augment),
-        "likelihood": str(cfg.likelihood), "kl_warmup": int(cfg.kl_warmup),
-        "free_bits": float(cfg.free_bits), "decoder_head": str(cfg.decoder_head),
-        "selection": str(cfg.selection),
-        "train": [Path(p).stem for p in train], "val": [Path(p).stem for p in val],
-    }
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomic write (temp file + rename) so a kill never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.part")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:  # e.g. a full disk: no half-written file stays behind
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
-            exc.filename = str(path)
-        # torch reports a full disk as a RuntimeError ("unexpected pos"): say what it is
-        full = full_disk(exc, path, _nbytes(state))
-        if full is not None:
-            raise full from exc
-        raise
-
-
-def _nbytes(state: Any) -> int:
-    """Bytes of the tensors in a nested state dict (what a checkpoint takes on disk)."""
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    if isinstance(state, Mapping):
-        return sum(_nbytes(v) for v in state.values())
-    if isinstance(state, (list, tuple)):
-        return sum(_nbytes(v) for v in state)
-    return 0
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt checkpoint costs a restart, not the run
-        LOGGER.warning("ignoring unreadable checkpoint %s (%s); starting over", path, exc)
-        return None
-
-
-def clear_checkpoint(out_dir: Path) -> None:
-    """Remove the resumable checkpoint of a finished run (the best model stays)."""
-    shutil.rmtree(Path(out_dir) / "last", ignore_errors=True)
-
-
-# --------------------------------------------------------------------------- training
-def _modalities(paths: Sequence[Path]) -> list[str]:
-    return list(read_meta(Path(paths[0])).modalities) if paths else []
-
-
-def _autocast(device: torch.device, bf16: bool):
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam; the fused kernel where this torch has it (CPU since torch 2.4): one pass over the
-    22 M parameters instead of several, ~5x faster steps on CPU, same update rule."""
-    try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(model.parameters(), lr=lr)
-
-
-def chunk_volumes(grid: Sequence[int], width: float, latent_dim: int,
-                  device: torch.device) -> int:
-    """Volumes per forward/backward pass inside a batch (gradient accumulation).
-
-    A batch stays the whole subjects of ``--batch-subjects`` (one optimizer step, the same
-    gradient up to float summation order); the chunk only bounds memory: ~16 M activations on
-    CPU, half the free memory on CUDA (where bigger passes are also faster).
-    """
-    acts = activation_count(grid, width, latent_dim)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return max(1, int(GPU_CHUNK_FRACTION * free) // (16 * acts))
-    return max(1, CPU_CHUNK_ACTIVATIONS // acts)
-
-
-def _batch_sigma2(model: VAE, parts: Sequence[torch.Tensor], n_values: int,
-                  device: torch.device, bf16: bool, mask: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The calibrated variance of a batch processed in several chunks, before any backward.
-
-    A gradient-free pass draws each chunk's reparameterization noise (in the order the
-    training pass would) and sums the squared errors; the training pass then decodes the same
-    z with this variance, so the gradient is that of the whole batch in one pass.
-    """
-    sse = torch.zeros((), dtype=torch.float64, device=device)
-    noise = []
-    with torch.no_grad():
-        for part in parts:
-            eps = torch.randn(part.shape[0], model.latent_dim, device=device)
-            with _autocast(device, bf16):
-                recon, _, _ = model(part, eps=eps)
-            sse += squared_error(recon, part, mask).double().sum()
-            noise.append(eps)
-    return calibrated_sigma2(sse, n_values), noise
-
-
-def _run_epoch(model: VAE, data: SubjectBatches, epoch: int, beta: float, device: torch.device,
-               bf16: bool, optimizer: torch.optim.Optimizer | None, desc: str,
-               chunk: int | None = None, *, likelihood: str = "sigma",
-               sigma2: float | None = None, baseline: ModalityMeans | None = None,
-               mask: torch.Tensor | None = None, free_bits: float = 0.0) -> PassStats:
-    """One pass; trains when ``optimizer`` is given. Returns its :class:`PassStats`.
-
-    Each batch is one optimizer step on the mean loss of its volumes, computed in chunks of
-    ``chunk`` volumes whose gradients are accumulated (see :func:`chunk_volumes`). With
-    ``likelihood="sigma"`` training uses each batch's calibrated variance, and ``sigma2``
-    (validation: the training epoch's) fixes it instead. ``baseline`` enables R^2 (and, in
-    evaluation passes, the decoder head's dead-channel shares). ``mask`` (the brain mask) is
-    what the ``mask`` and ``volume`` likelihoods count; ``free_bits`` as in ``loss_terms``.
-    """
-    train = optimizer is not None
-    model.train(train)
-    if chunk is None:
-        chunk = chunk_volumes(model.grid, model.width, model.latent_dim, device)
-    # sums stay on the device: one host sync per pass, not per batch
-    masked = likelihood in MASKED
-    n_voxels = int(mask.sum()) if masked and mask is not None else volume_size(model.grid)
-    acc = PassAccumulator(model.latent_dim, n_voxels, beta, device, baseline,
-                          box_sse=not masked)
-    head: list[torch.Tensor] = []
-    hook = (model.head.register_forward_hook(lambda _m, _i, out: head.append(out))
-            if not train and baseline is not None else None)
-    subjects = data.batch_lists(epoch, shuffle=train)
-    mods = data.dataset.modalities
-    bar = tqdm(data.epoch(epoch, shuffle=train), total=len(data), desc=desc, leave=False,
-               unit="batch", disable=not sys.stderr.isatty())
-    with torch.set_grad_enabled(train):
-        for x, batch in zip(bar, subjects, strict=True):
-            b = x.shape[0]
-            rows = (baseline.index([m for s in batch for m in mods[s]])
-                    if baseline is not None else None)
-            parts = x.split(chunk)
-            s2, noise = sigma2, [None] * len(parts)
-            if train and likelihood in ("sigma", "mask") and len(parts) > 1:
-                s2, noise = _batch_sigma2(model, parts, b * n_voxels, device, bf16,
-                                          mask if masked else None)
-            if train:
-                optimizer.zero_grad(set_to_none=True)
-            for i, (part, eps) in enumerate(zip(parts, noise, strict=True)):
-                with _autocast(device, bf16):
-                    recon, mu, logvar = model(part, eps=eps)
-                terms = loss_terms(recon, part, mu, logvar, beta, likelihood, s2,
-                                   mask if masked else None, free_bits)
-                if train:
-                    # the chunk's share of the batch mean: accumulated grads = full-batch grads
-                    (terms.loss * (part.shape[0] / b)).backward()
-                part_rows = None if rows is None else rows[i * chunk:i * chunk + part.shape[0]]
-                acc.add(part, recon, mu, logvar, terms, part_rows)
-                if head and part_rows is not None:
-                    acc.add_head(head.pop(), part_rows)
-            if train:
-                optimizer.step()
-    if hook is not None:
-        hook.remove()
-    return acc.result()
+# Moved out (issue 18): results, checkpoints and one pass over the data live in their own
+# modules; the names stay importable from here for callers and tests.
+__all__ = ["CHECKPOINT", "CPU_CHUNK_ACTIVATIONS", "EpochStats", "TrainResult", "Trainer",
+           "_autocast", "_run_epoch", "_save_checkpoint", "chunk_volumes", "clear_checkpoint",
+           "make_optimizer", "train_vae"]
 
 
 # --------------------------------------------------------------------------- trainer
