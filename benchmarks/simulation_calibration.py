@@ -7,7 +7,8 @@ It simulates the default amplitude arm with two sessions per subject (test-retes
 traits, fresh measurement noise) and its noiseless twin (``--noise 0``), preprocesses every
 session as vaefusion does, and prints each figure at the native grid and at ``--downsample 4``
 (12 mm, the grid of the demo and the CPU studies) beside the published range. Exit 1 when a
-figure at the native grid falls outside its published range.
+figure at the native grid falls outside its published range (the full run only: ``--quick``
+reads 9 mm maps, whose noise is averaged away, and only checks that the figures compute).
 """
 
 from __future__ import annotations
@@ -130,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
               + f" | {lo:.2f}-{hi:.2f} | {source} |")
         if not lo <= values[0] <= hi:
             bad.append(key)
-    if bad:
+    if bad and args.quick:
+        # 9 mm voxels average the 14 mm noise away: the published ranges apply at 3 mm (the
+        # full run, and tests/test_simulate_structure.py); quick checks only that it runs
+        print(f"(quick, 9 mm: {', '.join(bad)} outside the 3 mm ranges, as expected)")
+    elif bad:
         print(f"outside the published range at {heads[0]}: {', '.join(bad)}", file=sys.stderr)
         return 1
     return 0
