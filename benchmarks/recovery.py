@@ -1,15 +1,20 @@
 """Recovery of planted effects: every method on simulated arms with known answers.
 
-    python benchmarks/recovery.py --quick             # CI: 3 arms x N=16 at tiny knobs
-    python benchmarks/recovery.py --out recovery.md   # 3 arms x N in {60, 120}, --downsample 4
+    python benchmarks/recovery.py --quick             # CI: 4 arms x N=16 at tiny knobs
+    python benchmarks/recovery.py --out recovery.md   # 4 arms x N in {60, 120}, --downsample 4
+    python benchmarks/recovery.py --methods pca-early pca-late pca-shared -- --cv-repeats 3
 
 For each arm of ``vaefusion-simulate`` (``null``: no effect, every method must land at chance;
-``amplitude``: local amplitude changes of two ICNs and of gray matter; ``shift``: patients' ICNs
-displaced by a few millimetres, which a linear model captures poorly) and each number of
+``amplitude``: local amplitude changes of two ICNs and of gray matter, away from each map's
+peak; ``shift``: patients' ICNs displaced by a few millimetres, which a linear model captures
+poorly; ``fusion``: patients differ in one shared subject factor that loads weakly on many ICNs
+and on gray matter, so no single modality separates the groups well) and each number of
 subjects, it simulates a dataset, runs ``vaefusion ... group`` with the same knobs for every
 method (same grid, folds, classifier protocol), and reads ``group/summary.json``: ROC-AUC mean
 with its 95% CI (corrected resampled t) per method, and the VAE's active units, KL per volume
 and both reconstruction R^2 (fold means), plus the paired VAE-minus-baseline comparisons.
+``--methods`` runs (and tabulates) only some methods, e.g. the PCA baselines alone; the VAE
+columns are then left out.
 
 Nothing is tuned per arm: the knobs are fixed below, before any result is seen.
 """
@@ -24,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ARMS = ("null", "amplitude", "shift")
+ARMS = ("null", "amplitude", "shift", "fusion")
 METHODS = ("vae", "pca-early", "pca-late", "pca-shared")
 FULL = {"n": (60, 120), "knobs": ["--downsample", "4", "--width", "0.125", "--epochs", "20",
                                   "--folds", "3", "--latent-dim", "16"]}
@@ -34,9 +39,12 @@ QUICK = {"n": (16,), "knobs": ["--downsample", "2", "--width", "0.125", "--epoch
 
 
 def arm_args(arm: str, quick: bool) -> list[str]:
-    """Simulator options of an arm (fixed in advance; the quick mode uses 4 ICNs)."""
-    if arm == "null":
-        return ["--arm", "null"]
+    """Simulator options of an arm (fixed in advance; the quick mode uses 4 ICNs).
+
+    The fusion factor is drawn among the ICNs written, so with 4 ICNs it loads on some of
+    those and on gray matter: the arm needs no quick-mode override."""
+    if arm in ("null", "fusion"):
+        return ["--arm", arm]
     if arm == "shift":
         return ["--arm", "shift"] + (["--shift-icn", "2", "--shift-icn", "3"] if quick else [])
     return ["--arm", "amplitude"] + (["--icn-effect", "2:-0.6:15"] if quick else [])
@@ -76,11 +84,14 @@ def _num(value: object, fmt: str) -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
-def table(cells: list[dict]) -> str:
-    """A markdown table: one row per arm and N."""
-    head = ("| arm | N | " + " | ".join(f"{m} AUC [95% CI]" for m in METHODS)
-            + " | VAE active units | VAE KL/volume | VAE R^2 | VAE subject R^2 "
-            "| VAE - best PCA (p) | time (s) |")
+def table(cells: list[dict], methods_run: tuple[str, ...] | list[str] = METHODS) -> str:
+    """A markdown table: one row per arm and N, columns for the methods run (the VAE's own
+    columns only when it ran)."""
+    shown = [m for m in METHODS if m in methods_run]
+    with_vae = "vae" in shown
+    head = ("| arm | N | " + " | ".join(f"{m} AUC [95% CI]" for m in shown)
+            + (" | VAE active units | VAE KL/volume | VAE R^2 | VAE subject R^2 "
+               "| VAE - best PCA (p)" if with_vae else "") + " | time (s) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in cells:
         s = c["summary"]
@@ -96,11 +107,13 @@ def table(cells: list[dict]) -> str:
                        or 0.0)
         comp = ("n/a" if best is None else
                 f"{best['mean_difference']:+.2f} vs {best['baseline']} (p={best['p_value']:.2f})")
+        vae_cols = (f" | {_num(vae.get('active_units'), '.1f')}"
+                    f" | {_num(vae.get('kl_per_volume'), '.2f')}"
+                    f" | {_num(vae.get('recon_r2'), '.3f')}"
+                    f" | {_num(vae.get('recon_r2_subject'), '.3f')} | {comp}")
         lines.append(
-            f"| {c['arm']} | {c['n']} | " + " | ".join(_auc(methods.get(m)) for m in METHODS)
-            + f" | {_num(vae.get('active_units'), '.1f')} | {_num(vae.get('kl_per_volume'), '.2f')}"
-            + f" | {_num(vae.get('recon_r2'), '.3f')} | {_num(vae.get('recon_r2_subject'), '.3f')}"
-            + f" | {comp} | {c['seconds']:.0f} |")
+            f"| {c['arm']} | {c['n']} | " + " | ".join(_auc(methods.get(m)) for m in shown)
+            + (vae_cols if with_vae else "") + f" | {c['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -112,25 +125,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     p.add_argument("--json", type=Path, default=None, help="write every cell's summary here")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                   help="methods to run and tabulate (passed to vaefusion --methods)")
     p.add_argument("--keep", type=Path, default=None, help="keep the datasets and outputs here")
     p.add_argument("--datasets", type=Path, default=None,
                    help="reuse the simulated datasets of an earlier --keep folder (same seed)")
     p.add_argument("extra", nargs="*", help="more vaefusion options after --, e.g. -- --nprocs 2")
     args = p.parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    methods = [m for m in METHODS if m in args.methods]
+    extra = [*args.extra, *([] if methods == list(METHODS) else ["--methods", *methods])]
     root = args.keep or Path(tempfile.mkdtemp(prefix="vaefusion-recovery-"))
     cells = []
     try:
         for arm in args.arms:
             for n in args.n or cfg["n"]:
                 print(f"[recovery] {arm} N={n}", flush=True)
-                cells.append(run_cell(arm, n, args.seed, root, args.quick, args.extra,
+                cells.append(run_cell(arm, n, args.seed, root, args.quick, extra,
                                       args.datasets))
-                print(table(cells[-1:]), flush=True)
+                print(table(cells[-1:], methods), flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
-    text = table(cells)
+    text = table(cells, methods)
     print(text)
     if args.out:
         args.out.write_text(text)
