@@ -6,9 +6,10 @@
 
 For each arm of ``vaefusion-simulate`` (``null``: no effect, every method must land at chance;
 ``amplitude``: local amplitude changes of two ICNs and of gray matter, away from each map's
-peak; ``shift``: patients' ICNs displaced by a few millimetres, which a linear model captures
-poorly; ``fusion``: patients differ in one shared subject factor that loads weakly on many ICNs
-and on gray matter, so no single modality separates the groups well) and each number of
+peak; ``shift``: patients' ICNs displaced by 8 mm and widened, meant as a non-linear change,
+though after max-abs scaling the widening is largely linear (see benchmarks/README.md);
+``fusion``: patients differ in one shared subject factor that loads weakly on many ICNs and on
+gray matter, so no single modality separates the groups well) and each number of
 subjects, it simulates a dataset, runs ``vaefusion ... group`` with the same knobs for every
 method (same grid, folds, classifier protocol), and reads ``group/summary.json``: ROC-AUC mean
 with its 95% CI (corrected resampled t) per method, and the VAE's active units, KL per volume
