@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{d.shift_direction})")
     g.add_argument("--widen", type=_number(float), metavar="F",
                    help="shift arm: also widen a patient's ICN about its peak by the factor "
-                   f"1 + F (0.1 = 10%%; default {d.widen:g} = no widening)")
+                   f"1 + F (0.1 = 10%%; default {d.widen:g}; 0 = no widening)")
 
     g = p.add_argument_group("amplitude arm (SZ only)")
     g.add_argument("--icn-effect", dest="icn_effects", action="append", type=parse_icn_effect,
