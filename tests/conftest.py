@@ -82,10 +82,12 @@ PLANTED_GROUP = ["--downsample", "1", "--width", "0.125", "--epochs", "40", "--p
 
 @pytest.fixture(scope="session")
 def planted_bids(tmp_path_factory) -> Path:
-    """24 subjects with strong planted ICN02/ICN03 effects (read-only)."""
+    """24 subjects with strong planted ICN02/ICN03 effects and a third of the default noise
+    (read-only): what the interpretation must find when the effect is clean."""
     ds = simulate(tmp_path_factory.mktemp("planted") / "ds", "--n-subjects", "24", "--seed",
                   "3", "--n-components", str(PLANTED_COMPONENTS), "--icn-effect",
-                  "2:-0.6:15", "--icn-effect", "3:-0.6:15", "--effect-size", "1.5")
+                  "2:-0.6:10", "--icn-effect", "3:-0.6:10", "--effect-size", "1.5",
+                  "--noise", "0.3")
     make_read_only(ds)
     return ds
 

@@ -17,10 +17,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def strong(tmp_path_factory) -> Path:
-    """16 subjects with strong planted ICN and GM effects (read-only)."""
+    """16 subjects with strong planted ICN and GM effects and a third of the default noise
+    (read-only): a clean effect that the whole pipeline must find."""
     ds = simulate(tmp_path_factory.mktemp("strong") / "ds", "--n-subjects", "16", "--seed", "3",
-                  "--icn-effect", "2:-0.6:15", "--icn-effect", "3:-0.6:15",
-                  "--effect-size", "1.5")
+                  "--icn-effect", "2:-0.6:10", "--icn-effect", "3:-0.6:10",
+                  "--effect-size", "1.5", "--noise", "0.3")
     make_read_only(ds)
     return ds
 

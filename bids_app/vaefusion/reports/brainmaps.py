@@ -124,6 +124,7 @@ def maps_figure(maps: GroupMaps, modalities: list[str], labels: dict[str, str]) 
             last[3].text(0.02, 0.5, f"Top-{len(maps.top_modalities)} map: the decoded "
                          f"{what} of\n" + "\n".join(
                 f"{k + 1}. {labels.get(m, m)}" for k, m in enumerate(maps.top_modalities))
-                + f"\neach kept above its {PERCENTILE:g}th percentile, summed",
+                + f"\neach kept where |value| reaches its {PERCENTILE:g}th"
+                "\npercentile, sign kept, summed",
                 va="center", fontsize=9)
     return render(fig)
