@@ -211,14 +211,16 @@ def test_input_difference_peaks_at_the_planted_icn(planted_run, planted_bids):
 @pytest.mark.slow
 def test_decoded_difference_follows_the_input_most_where_the_effect_was_planted(planted_run):
     """The VAE's decoded HC - SZ map resembles the input's HC - SZ map more for the planted
-    ICNs than for the others: both planted ICNs rank in the top 3 of the ICNs by spatial
-    correlation (measured: 1st and 2nd, r 0.12 and 0.11, against a median of 0.02). The
-    correlations stay small: the decoder draws group centres, and most of the input
-    difference is noise (see benchmarks/r2_ceiling.py)."""
+    ICNs than for the others: both planted ICNs rank in the top 4 of the 16 ICNs by spatial
+    correlation (measured on the new simulator: ICN02 1st at r 0.37, ICN03 4th at 0.22; on the
+    old one 1st and 2nd at 0.12 and 0.11). The decoder draws group centres, and much of the
+    input difference is noise (see benchmarks/r2_ceiling.py)."""
     side = json.loads(naming.sidecar(_maps(planted_run)["decodedHCminusSZ"]).read_text())
     corr = {m: r for m, r in side["SpatialCorrelationWithInput"].items() if m.startswith("ICN")}
-    top3 = sorted(corr, key=corr.get, reverse=True)[:3]
-    assert set(PLANTED) <= set(top3), corr
+    top4 = sorted(corr, key=corr.get, reverse=True)[:4]
+    assert set(PLANTED) <= set(top4), corr
+    others = sorted(r for m, r in corr.items() if m not in PLANTED)
+    assert min(corr[m] for m in PLANTED) > others[len(others) // 2], corr  # above the median
     # simulated data: each map is also scored against the simulator's expected difference,
     # which is flat (no correlation) where nothing was planted
     truth = side["SpatialCorrelationWithExpected"]

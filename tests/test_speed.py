@@ -64,8 +64,12 @@ def test_channels_last_trains_the_same_model(cache, tmp_path):
     assert conv.is_contiguous(memory_format=torch.channels_last_3d)
     b.fit()
     wa, wb = a.get_weights(), b.get_weights()
-    for k in wa:  # another memory layout sums in another order: equal to float tolerance
-        torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-4)
+    # Another memory layout sums in another order: equal to float tolerance. The default
+    # per-volume variance divides each volume's gradient by its own squared error, so the
+    # summation-order difference reaches the step too (measured: 1 of 55,296 weights off by
+    # 3.4e-5 after one epoch), hence 1e-4 rather than 1e-5.
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-4, rtol=1e-3)
     assert (tmp_path / "b" / "best").is_dir()  # the layout does not stop the weights saving
 
 
