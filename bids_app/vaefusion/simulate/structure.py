@@ -120,7 +120,7 @@ class Factor:
         }
 
 
-def _draw_factor(rng: np.random.Generator, name: str, strength: float, n_icn: int,
+def _draw_factor(rng: np.random.Generator, name: str, strength: float,
                  templates: np.ndarray, grid: Grid, gm_points: np.ndarray, n_domains: int,
                  per_domain: int, n_gm: int, gm_scale: float = 1.0) -> Factor:
     table = reference.icns()[:templates.shape[0]]
@@ -129,7 +129,8 @@ def _draw_factor(rng: np.random.Generator, name: str, strength: float, n_icn: in
     for d in rng.permutation(domains)[:n_domains]:
         members = [t.index - 1 for t in table if t.domain == d]
         chosen += [int(c) for c in rng.permutation(members)[:per_domain]]
-    chosen = sorted(chosen)[:n_icn] if n_icn else sorted(chosen)
+    # only the simulated ICNs (the table is cut to the templates): nothing to filter later
+    chosen = sorted(chosen)
     weights = tuple(round(float(rng.choice([-1.0, 1.0]) * rng.uniform(0.6, 1.0)), 3)
                     for _ in chosen)
     centers = tuple(away_from_peak(templates[c], grid, FACTOR_RADIUS_MM, rng) for c in chosen)
@@ -153,7 +154,6 @@ class FactorModel:
     def __init__(self, rng: np.random.Generator, templates: np.ndarray, icn_grid: Grid,
                  gm_template: np.ndarray, gm_work_grid: Grid, n_factors: int,
                  strength: float, fusion_strength: float) -> None:
-        n_icn = templates.shape[0]
         world = gm_work_grid.world()
         gm_peak = world[np.unravel_index(int(np.argmax(gm_template)), gm_template.shape)]
         # Cortical-looking gray matter far from the GM map's maximum.
@@ -163,16 +163,12 @@ class FactorModel:
         self.factors: list[Factor] = []
         for k in range(n_factors):
             if k == 0:
-                f = _draw_factor(rng, "fusion", fusion_strength, 0, templates, icn_grid,
+                f = _draw_factor(rng, "fusion", fusion_strength, templates, icn_grid,
                                  gm_points, n_domains=7, per_domain=2, n_gm=3,
                                  gm_scale=FUSION_GM_SCALE)
             else:
-                f = _draw_factor(rng, f"trait{k}", strength, 0, templates, icn_grid, gm_points,
+                f = _draw_factor(rng, f"trait{k}", strength, templates, icn_grid, gm_points,
                                  n_domains=int(rng.integers(2, 4)), per_domain=3, n_gm=2)
-            f = Factor(f.name, f.strength, tuple(c for c in f.icns if c < n_icn),
-                       *(tuple(v for c, v in zip(f.icns, vals, strict=True) if c < n_icn)
-                         for vals in (f.weights, f.centers_mm)),
-                       f.gm_centers_mm, f.gm_weights)
             self.factors.append(f)
         # Loading maps: per ICN a list of (factor, map); gray matter one map per factor.
         self.icn_loadings: dict[int, list[tuple[int, np.ndarray]]] = {}
