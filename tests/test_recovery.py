@@ -166,7 +166,10 @@ def test_signal_stops_the_whole_run(tiny_bids, tmp_path, how):
     name, target, mode = how.split("-")
     sig = getattr(signal, name)
     procs = ["--nprocs", "2"] if mode == "multiproc" else ["--nprocs", "1"]
-    proc = start(tiny_bids, tmp_path, "group", *GROUP, "--epochs", "200", *procs)
+    # patience as long as the training: early stopping must not end (and clear) the unit
+    # whose checkpoint this test watches before the signal arrives on a slow machine
+    proc = start(tiny_bids, tmp_path, "group", *GROUP, "--epochs", "200", "--patience", "200",
+                 *procs)
     ckpt = wait_for(proc, "work/training/*/last/checkpoint.pt", tmp_path)
     # the status file follows the run: phase, units and the training epoch
     deadline = time.monotonic() + 30
