@@ -131,7 +131,7 @@ def test_graph_sees_type_checking_imports(tmp_path):
     assert "b" not in _imports(module, "m", type_checking=False)
     assert "a" in _imports(module, "m", type_checking=False)
     graph = import_graph()
-    assert "vaefusion.workflows.status" in graph["vaefusion.cli.run"]  # a TYPE_CHECKING import
+    assert "vaefusion.workflows.status" in graph["vaefusion.cli.ending"]  # a TYPE_CHECKING import
 
 
 def test_package_has_no_import_cycles():

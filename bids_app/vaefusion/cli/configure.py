@@ -1,0 +1,54 @@
+"""The one configuration of a run, built from the command line: defaults, then
+``--config-file`` TOML, then the options given (which win); resolved once, here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vaefusion.cli.parser import ANALYSIS_LEVELS
+from vaefusion.cli.paths import default_work_dir
+from vaefusion.config import Config, load_toml
+from vaefusion.errors import EXIT_UNKNOWN_LEVEL, VaefusionError
+
+#: CLI destinations that map one-to-one onto Config fields.
+_DIRECT = ("participant_label", "session_label", "bids_filter_file", "skip_bids_validation",
+           "missing_modality", "n_components", "label_column", "positive_label",
+           "negative_label", "work_dir", "nprocs", "omp_nthreads", "mem_gb", "use_plugin",
+           "config_file", "device", "gpus", "bf16", "stop_on_first_crash", "verbose", "latent_dims",
+           "seeds", "folds", "epochs", "patience", "batch_subjects", "lr", "beta", "width",
+           "downsample", "augment", "model", "methods", "likelihood", "kl_warmup", "free_bits",
+           "cv_seed", "cv_repeats",
+           "svm_c", "explain_fold")
+
+
+def build_config(args) -> Config:
+    """Defaults, then ``--config-file`` TOML, then the command line (which wins)."""
+    data = load_toml(args.config_file) if args.config_file else {}
+    cfg = Config.from_dict(data, source=f"--config-file {args.config_file}")
+    cfg.bids_dir = args.bids_dir
+    cfg.output_dir = args.output_dir
+    cfg.analysis_level = args.analysis_level
+    for name in _DIRECT:
+        value = getattr(args, name)
+        if value is not None:
+            setattr(cfg, name, value)
+    if args.derivatives:
+        cfg.derivatives = dict(args.derivatives)
+    if cfg.analysis_level not in ANALYSIS_LEVELS:
+        raise VaefusionError(
+            f"Unknown analysis level '{cfg.analysis_level}'; use participant or group.",
+            EXIT_UNKNOWN_LEVEL,
+        )
+    cfg.bids_dir = Path(cfg.bids_dir).expanduser().resolve()
+    cfg.output_dir = Path(cfg.output_dir).expanduser().resolve()
+    cfg.work_dir = (Path(cfg.work_dir).expanduser().resolve() if cfg.work_dir
+                    else default_work_dir(cfg.output_dir))
+    for name in ("bids_filter_file", "use_plugin", "model"):
+        value = getattr(cfg, name)
+        if value is not None:
+            # absolute, but a link is kept as given, so that a message names what the user gave
+            setattr(cfg, name, Path(os.path.abspath(Path(value).expanduser())))
+    cfg.validate()
+    # "auto" values (device, threads, memory) become concrete once, here in the parent process
+    return cfg.resolve()
