@@ -47,6 +47,7 @@ CANDIDATES: dict[str, dict[str, object]] = {
     # a lighter KL (the authors' later code weights it lightly): more subject detail kept
     "volume-beta0.5-nowarm": {"likelihood": "volume", "beta": 0.5},
     "volume-beta0.25": {"likelihood": "volume", "beta": 0.25},
+    "volume-beta0.1": {"likelihood": "volume", "beta": 0.1},
 }
 SCREEN = list(CANDIDATES)
 KNOBS = {"downsample": 4, "width": 0.125, "folds": 3, "cv_seed": 0, "patience": 1000}

@@ -51,6 +51,7 @@ def test_shards_and_noise_chunks():
     assert split_subjects(paths, 0.1, 0) == (train, val)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_train_the_single_process_model(cache, tmp_path):
     out = tmp_path / "ddp"
     run = torchrun(["-m", "vaefusion.cli.train_ddp"], str(cache), str(out), "--device=cpu",

@@ -226,6 +226,11 @@ def test_decoded_difference_follows_the_input_most_where_the_effect_was_planted(
     truth = side["SpatialCorrelationWithExpected"]
     assert all(truth[m] is not None for m in PLANTED), truth
     assert all(truth[m] is None for m in truth if m not in PLANTED and m != "GMV"), truth
+    # the input difference is scored the same way: the yardstick for the decoded one
+    inp = json.loads(naming.sidecar(_maps(planted_run)["inputHCminusSZ"]).read_text())
+    inp_truth = inp["SpatialCorrelationWithExpected"]
+    assert all(inp_truth[m] > 0.3 for m in PLANTED), inp_truth
+    assert all(inp_truth[m] is None for m in inp_truth if m not in PLANTED and m != "GMV")
 
 
 def test_the_domain_order_names_the_label_file_domains():

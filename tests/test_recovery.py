@@ -110,6 +110,7 @@ def reference(tiny_bids, tmp_path_factory) -> Path:
 
 
 # --------------------------------------------------------------------------- kill and resume
+@pytest.mark.slow
 def test_kill_during_training_resumes_to_the_same_results(tiny_bids, reference, tmp_path):
     proc = start(tiny_bids, tmp_path, "group", *GROUP)
     ckpt = wait_for(proc, "work/training/*/last/checkpoint.pt", tmp_path)
@@ -128,6 +129,7 @@ def test_kill_during_training_resumes_to_the_same_results(tiny_bids, reference, 
     assert status(tmp_path)["state"] == "succeeded"
 
 
+@pytest.mark.slow
 def test_kill_during_preprocessing_then_rerun_completes(tiny_bids, tmp_path):
     proc = start(tiny_bids, tmp_path, "participant", "--n-components", "4",
                  "--skip-bids-validation")
@@ -158,6 +160,7 @@ def test_kill_during_preprocessing_then_rerun_completes(tiny_bids, tmp_path):
 
 
 # --------------------------------------------------------------------------- signals
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGINT-group-multiproc", "SIGTERM-pid-serial"])
 def test_signal_stops_the_whole_run(tiny_bids, tmp_path, how):
     """Ctrl-C reaches the whole process group (MultiProc workers included); SIGTERM from a

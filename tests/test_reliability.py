@@ -941,6 +941,7 @@ def test_derivative_without_its_sidecar_is_rewritten(tiny_bids, tmp_path):
     assert other.stat().st_mtime_ns == other_before  # a complete subject is left alone
 
 
+@pytest.mark.slow
 def test_full_disk_in_a_training_worker(tiny_bids, tmp_path, caplog, monkeypatch):
     """A node in a MultiProc worker hits the full disk: the parent exits 73, not 1."""
     import errno
@@ -1034,6 +1035,7 @@ def test_failure_after_the_results_leaves_no_summary(tiny_bids, tmp_path, caplog
         "failed", 1, str(crash))
 
 
+@pytest.mark.slow
 def test_crash_that_nipype_lets_pass_is_no_success(tiny_bids, tmp_path, caplog, monkeypatch):
     """MultiProc runs the derivatives sink in the main process and, when it fails, writes a
     crash file but reports success; the run must still fail (exit 1), naming the file."""

@@ -180,7 +180,8 @@ def _weak_maps(decoded_scale: float):
         modalities=["ICN01", "GMV"], decoded_negative=np.full((2, 2, 2, 2), 0.1),
         decoded_difference=np.full((2, 2, 2, 2), decoded_scale), input_difference=np.ones(
             (2, 2, 2, 2)), mask=mask, negative="HC", positive="SZ", n_negative=4, n_positive=4,
-        correlations=[0.0, 0.0], expected_correlations=[None, None], expected_difference=None)
+        correlations=[0.0, 0.0], expected_correlations=[None, None],
+        input_expected_correlations=[None, None], expected_difference=None)
 
 
 def test_overview_opens_with_the_verdict_and_the_learning_warnings(tmp_path):

@@ -38,6 +38,7 @@ def test_smooth_fields_have_unit_variance_and_the_requested_smoothness() -> None
     assert near > 0.9 and abs(far) < 0.15
 
 
+@pytest.mark.slow
 def test_calibration_figures_fall_in_the_published_ranges(tmp_path) -> None:
     # 3 mm (the published figures' grid), 8 networks, 12 subjects with test-retest sessions.
     kw = {"n_subjects": 12, "seed": 3, "n_components": 8, "sessions": 2}
@@ -92,6 +93,7 @@ def test_expected_difference_matches_the_data(tmp_path) -> None:
         assert r > 0.3, (m, r)
 
 
+@pytest.mark.slow
 def test_fusion_arm_needs_several_modalities(tmp_path) -> None:
     truth = simulate_dataset(tmp_path / "fusion", n_subjects=60, seed=1, arm="fusion",
                              **GRID9)

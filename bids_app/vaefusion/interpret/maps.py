@@ -80,6 +80,16 @@ class GroupMaps:
         return [spatial_correlation(diff[i], self.expected_difference[i], self.mask)
                 for i in range(len(self.modalities))]
 
+    @property
+    def input_expected_correlations(self) -> list[float]:
+        """Per modality: how well the *input* difference of these subjects follows the
+        expected difference: with noise and few subjects even the data fall short of the
+        truth, and a decoded map is read against this, not against 1."""
+        if self.expected_difference is None:
+            return [float("nan")] * len(self.modalities)
+        return [spatial_correlation(self.input_difference[i], self.expected_difference[i],
+                                    self.mask) for i in range(len(self.modalities))]
+
 
 # --------------------------------------------------------------------------- pure maths
 def spatial_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -295,7 +305,11 @@ def write_group_maps(group: Path, maps: GroupMaps, explained: ExplainedModel,
         maps.input_difference,
         {"Description": f"Voxelwise mean of the preprocessed inputs of the {neg} subjects minus "
          f"that of the {pos} subjects, one volume per modality.",
-         "Modalities": maps.modalities, "Domains": domains})
+         "Modalities": maps.modalities, "Domains": domains,
+         **({"SpatialCorrelationWithExpected": {
+             m: None if np.isnan(c) else round(c, 6)
+             for m, c in zip(maps.modalities, maps.input_expected_correlations, strict=True)}}
+            if maps.expected_difference is not None else {})})
     top = None
     if maps.top_map is not None:
         top = put(naming.group_map(group, naming.map_desc(f"top{TOP_K}"), res, "effect"),

@@ -110,8 +110,10 @@ def _explain(cfg: Config, manifest: Manifest, results: list[FoldResult],
         exp = dict(zip(out.maps.modalities, out.maps.expected_correlations, strict=True))
         planted = [m for i, m in enumerate(out.maps.modalities)
                    if np.abs(out.maps.expected_difference[i]).max() > 1e-4]
-        LOG.info("Maps: spatial r (decoded vs the simulator's expected difference) of the "
-                 "planted modalities: %s", ", ".join(f"{m} {_r(exp[m])}" for m in planted))
+        inp = dict(zip(out.maps.modalities, out.maps.input_expected_correlations, strict=True))
+        LOG.info("Maps: spatial r with the simulator's expected difference of the planted "
+                 "modalities, decoded (input): %s",
+                 ", ".join(f"{m} {_r(exp[m])} ({_r(inp[m])})" for m in planted))
     labels = {r.modality: r.label for r in out.ranking}
     out.figures["maps"] = maps_figure(out.maps, out.maps.top_modalities, labels)
     modalities = {manifest.keys[i]: read_meta(Path(f)).modalities

@@ -254,17 +254,21 @@ def _maps(interp, group: Path) -> Section:
                "difference and glass brain; last row: the top-5 map."))
     rank = {r.modality: r.rank for r in interp.ranking}
     rows = [{"rank": rank.get(m), "modality": m, "name": modality_name(m), "spatial r": c,
-             "r with truth": e}
-            for m, c, e in zip(maps.modalities, maps.correlations, maps.expected_correlations,
-                               strict=True)]
+             "r with truth": e, "input r with truth": i}
+            for m, c, e, i in zip(maps.modalities, maps.correlations,
+                                  maps.expected_correlations, maps.input_expected_correlations,
+                                  strict=True)]
     rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0))
     columns = ["rank", "modality", "name", "spatial r"]
     if maps.expected_difference is not None:
-        columns.append("r with truth")
+        columns += ["r with truth", "input r with truth"]
         s.add(html.para("Simulated data: \"r with truth\" correlates the decoded difference "
                         "with the simulator's expected difference after preprocessing "
                         "(code/expected_difference.nii.gz), the truth the input difference "
-                        "only estimates; it is n/a where nothing was planted."))
+                        "only estimates; it is n/a where nothing was planted. \"input r with "
+                        "truth\" is the same for the input difference: with noise and few "
+                        "subjects the data themselves fall short of the truth, so read the "
+                        "decoded map against it."))
     s.add(html.table(rows[:SHOWN_ROWS], columns))
     if len(rows) > SHOWN_ROWS:
         s.add(html.para(f"{len(rows) - SHOWN_ROWS} more in the decoded difference's sidecar "
