@@ -137,14 +137,27 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def choose(rows: list[dict[str, object]]) -> str | None:
-    """The winner by the fixed criterion (mean ratio over arms and seeds, eligible only)."""
+def choose(rows: list[dict[str, object]]) -> tuple[str | None, bool]:
+    """The winner by the fixed criterion (mean over arms and seeds) and whether it qualified.
+
+    Only the candidates with the most runs (the finalists confirmed at every seed) compete. A
+    candidate qualifies when every one of its runs is eligible. When none does (runs cut
+    short of convergence, with a modality not yet drawn in some run), the leader by the mean
+    criterion is returned as a provisional choice, flagged as such (the rule since the first
+    screen: see benchmarks/README.md)."""
     by: dict[str, list[dict[str, object]]] = {}
     for r in rows:
         by.setdefault(str(r["candidate"]), []).append(r)
-    ok = {name: statistics.fmean(ratio(r) for r in rs) for name, rs in by.items()
-          if all(eligible(r) for r in rs) and all(math.isfinite(ratio(r)) for r in rs)}
-    return max(ok, key=ok.__getitem__) if ok else None
+    # only the confirmed: a candidate screened at one seed is not compared with the means of
+    # finalists run at three (its one lucky or unlucky seed would decide)
+    most = max((len(rs) for rs in by.values()), default=0)
+    by = {name: rs for name, rs in by.items() if len(rs) == most}
+    means = {name: statistics.fmean(ratio(r) for r in rs) for name, rs in by.items()
+             if all(math.isfinite(ratio(r)) for r in rs)}
+    ok = {name: m for name, m in means.items() if all(eligible(r) for r in by[name])}
+    if ok:
+        return max(ok, key=ok.__getitem__), True
+    return (max(means, key=means.__getitem__), False) if means else (None, False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="grid factor: 4 for 3 mm data; 2 for data simulated at 6 mm (the same "
                    "12 mm network grid, simulated 8x faster)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="no training: merge the --json files of earlier runs (the screen and the "
+                   "confirmation) into one table and one choice")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads per training (0: all); 1 leaves the other cores free")
     args = p.parse_args(argv)
@@ -171,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     # the trainers' epoch lines (within-modality units, subject R^2 against the twin) on stderr
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
+    if args.merge:
+        rows = [row for f in args.merge for row in json.loads(f.read_text())["rows"]]
+        rows.sort(key=lambda r: (str(r["candidate"]), str(r["arm"]), int(r["seed"])))  # type: ignore[call-overload]
+        return report(rows, args.json)
     if args.quick:
         args.n, args.epochs, args.candidates = 16, 2, ["paper", "volume-warm"]
     KNOBS["downsample"] = args.downsample
@@ -197,13 +217,27 @@ def main(argv: list[str] | None = None) -> int:
                     row["arm"] = arm
                     rows.append(row)
                     print(table([row]).splitlines()[-1], flush=True)
+    return report(rows, args.json)
+
+
+def report(rows: list[dict[str, object]], out: Path | None) -> int:
+    """The table, each candidate's mean criterion and the choice (and ``out`` as JSON)."""
     print()
     print(table(rows))
-    winner = choose(rows)
+    winner, qualified = choose(rows)
+    by_mean = {}
+    for r in rows:
+        by_mean.setdefault(str(r["candidate"]), []).append(ratio(r))
+    for name, vals in by_mean.items():
+        print(f"{name}: mean VAE - pca-shared {statistics.fmean(vals):.3f} over {len(vals)} "
+              f"run(s); eligible {sum(eligible(r) for r in rows if r['candidate'] == name)}"
+              f"/{len(vals)}")
     print(f"\nchosen (mean validation subject R^2 - pca-shared's, >= {MIN_WITHIN_UNITS} "
-          f"within-modality units, every modality R^2 > 0): {winner or 'none qualifies'}")
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "chosen": winner}, indent=2))
+          f"within-modality units, every modality R^2 > 0): "
+          f"{winner if qualified else f'none qualifies; provisional leader {winner}'}")
+    if out:
+        out.write_text(json.dumps({"rows": rows, "chosen": winner, "qualified": qualified},
+                                  indent=2))
     return 0
 
 

@@ -76,7 +76,8 @@ PLANTED_COMPONENTS = 16
 PLANTED_GROUP = ["--downsample", "1", "--width", "0.125", "--epochs", "40", "--patience", "40",
                  "--lr", "1e-3",
                  "--folds", "3", "--latent-dim", "4", "--n-components", str(PLANTED_COMPONENTS),
-                 "--skip-bids-validation", "--likelihood", "sigma", "--methods", "vae",
+                 "--skip-bids-validation", "--likelihood", "sigma", "--beta", "1",
+                 "--methods", "vae",
                  "pca-shared", "--seed", "1",
                  # the three folds train side by side, one thread each: on a 2-core machine the
                  # small 3-D convolutions gain more from two processes than from two threads

@@ -125,7 +125,9 @@ class Config:
     patience: int = field(default=20, metadata=METHOD)
     batch_subjects: int = field(default=1, metadata=METHOD)
     lr: float = field(default=1e-3, metadata=METHOD)
-    beta: float = field(default=1.0, metadata=METHOD)
+    # the recipe study (benchmarks/recipe.py): 0.25 led the validation criterion over 3 seeds
+    # and both arms; the paper's ELBO is beta 1
+    beta: float = field(default=0.25, metadata=METHOD)
     width: float = field(default=1.0, metadata=METHOD)
     downsample: int = field(default=1, metadata=METHOD)
     augment: bool = field(default=False, metadata=METHOD)

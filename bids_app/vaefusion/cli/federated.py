@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=_positive(float), metavar="W", help="channel multiplier (1)")
     g.add_argument("--downsample", type=_positive(int), metavar="F", help="grid factor (1)")
     g.add_argument("--lr", type=_positive(float), help="Adam learning rate (1e-4)")
-    g.add_argument("--beta", type=float, help="KL weight (1.0)")
+    g.add_argument("--beta", type=float,
+                   help="KL weight (vaefusion's default, 0.25; the paper's ELBO is 1)")
     g.add_argument("--likelihood", choices=LIKELIHOODS, help="decoder likelihood")
     g.add_argument("--batch-subjects", type=_positive(int), metavar="B",
                    help="whole subjects per batch (1)")

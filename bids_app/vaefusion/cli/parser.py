@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-subjects", type=_positive_int, default=None, metavar="B",
                    help="whole subjects per training batch ([ours] 1)")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate ([ours] 1e-3)")
-    g.add_argument("--beta", type=float, default=None, help="KL weight ([ours] 1.0)")
+    g.add_argument("--beta", type=float, default=None,
+                   help="KL weight ([ours] 0.25; the paper's ELBO is 1)")
     g.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
                    help="[ours] decoder likelihood: volume = a calibrated variance per volume "
                    "over the brain mask (each map's error counts relative to its own size), "

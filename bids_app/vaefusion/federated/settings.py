@@ -33,7 +33,7 @@ class FederatedSettings:
     width: float = 1.0
     downsample: int = 1
     lr: float = 1e-4
-    beta: float = 1.0
+    beta: float = dataclasses.field(default_factory=lambda: Config().beta)
     likelihood: str = dataclasses.field(default_factory=lambda: Config().likelihood)
     batch_subjects: int = 1
     seed: int = 0
