@@ -272,3 +272,30 @@ def test_overview_says_when_training_had_not_converged(tmp_path):
     assert "kept their last epoch" not in _overview(
         Config(output_dir=tmp_path), {"methods": {}}, [fold(12, True)],
         SimpleNamespace(maps=None, explained=None)).render()
+
+
+def test_planted_modalities_are_listed_below_the_cut(tmp_path):
+    """Simulated data: a planted modality ranked below the table's cut still gets its row, so
+    its "r with truth" (and the input's) is never hidden; unplanted ones stay cut."""
+    from types import SimpleNamespace
+
+    from vaefusion.reports.group_page import SHOWN_ROWS, _maps
+
+    n = SHOWN_ROWS + 5
+    mods = [f"ICN{i:02d}" for i in range(1, n + 1)]
+    truth = [float("nan")] * n
+    truth[-1] = 0.42  # the last-ranked modality is the planted one
+    maps = SimpleNamespace(
+        modalities=mods, decoded_negative=np.zeros((n, 2, 2, 2)),
+        decoded_difference=np.full((n, 2, 2, 2), 0.5), input_difference=np.ones((n, 2, 2, 2)),
+        mask=np.ones((2, 2, 2), dtype=bool), negative="HC", positive="SZ", n_negative=4,
+        n_positive=4, correlations=[0.1] * n, expected_correlations=truth,
+        input_expected_correlations=[0.3 if t == t else float("nan") for t in truth],
+        expected_difference=np.zeros((n, 2, 2, 2)))
+    ranking = [SimpleNamespace(modality=m, rank=i + 1) for i, m in enumerate(mods)]
+    files = SimpleNamespace(all=lambda: [], centres=tmp_path / "centres.tsv")
+    interp = SimpleNamespace(maps=maps, map_files=files, ranking=ranking, figures={})
+    text = _maps(interp, tmp_path).render()
+    assert mods[-1] in text and "0.42" in text and "input r with truth" in text
+    assert mods[-2] not in text  # below the cut and not planted
+    assert "4 more in the decoded difference" in text
