@@ -36,14 +36,16 @@ from pathlib import Path
 #: Candidate -> Config overrides. ``paper`` is the paper's objective at the channel floor
 #: (shared variance over the box, ReLU head, beta 1, no warm-up).
 CANDIDATES: dict[str, dict[str, object]] = {
-    "paper": {"likelihood": "sigma", "decoder_head": "relu"},
-    "sigma": {"likelihood": "sigma"},
-    "mask": {"likelihood": "mask"},
-    "volume": {"likelihood": "volume"},
-    "volume-warm": {"likelihood": "volume", "kl_warmup": 10},
-    "volume-warm-fb": {"likelihood": "volume", "kl_warmup": 10, "free_bits": 0.25},
+    # every candidate names its beta: a change of the default must not change a candidate
+    # (it did once, mid-study: a run of "volume" trained at the new default's beta)
+    "paper": {"likelihood": "sigma", "decoder_head": "relu", "beta": 1.0},
+    "sigma": {"likelihood": "sigma", "beta": 1.0},
+    "mask": {"likelihood": "mask", "beta": 1.0},
+    "volume": {"likelihood": "volume", "beta": 1.0},
+    "volume-warm": {"likelihood": "volume", "kl_warmup": 10, "beta": 1.0},
+    "volume-warm-fb": {"likelihood": "volume", "kl_warmup": 10, "free_bits": 0.25, "beta": 1.0},
     "volume-beta0.5": {"likelihood": "volume", "kl_warmup": 10, "beta": 0.5},
-    "volume-lr3e-4": {"likelihood": "volume", "kl_warmup": 10, "lr": 3e-4},
+    "volume-lr3e-4": {"likelihood": "volume", "kl_warmup": 10, "lr": 3e-4, "beta": 1.0},
     # a lighter KL (the authors' later code weights it lightly): more subject detail kept
     "volume-beta0.5-nowarm": {"likelihood": "volume", "beta": 0.5},
     "volume-beta0.25": {"likelihood": "volume", "beta": 0.25},
@@ -99,7 +101,8 @@ def run(name: str, paths: list[Path], labels: list[int], seed: int, epochs: int,
     late = result.twins.get("pca-late", {})
     r2_mod = [v for v in best.val_r2_modality if math.isfinite(v)]
     return {
-        "candidate": name, "seed": seed, "best_epoch": result.best_epoch,
+        "candidate": name, "beta": cfg.beta, "likelihood": cfg.likelihood,
+        "kl_warmup": cfg.kl_warmup, "seed": seed, "best_epoch": result.best_epoch,
         "epochs": result.epochs_run, "seconds": round(time.monotonic() - t0, 1),
         "val_r2": best.val_r2, "val_r2_subject": best.val_r2_subject,
         "twin_r2_subject": twin.get("r2_subject", math.nan),
