@@ -103,7 +103,7 @@ def finish(record: RunRecord, cfg: Config | None, level: str, code: int,
     return code
 
 
-def _input_unreadable(cfg: Config | None, exc: OSError) -> VaefusionError | None:
+def input_read_error(cfg: Config | None, exc: OSError) -> VaefusionError | None:
     """Exit 66 for an input file that cannot be read (gone, a dangling link, no permission,
     a folder) wherever it was read, when the file is in BIDS_DIR or a ``--derivatives`` path:
     the checks at discovery name such files first; this is the net under them."""
@@ -117,7 +117,7 @@ def _input_unreadable(cfg: Config | None, exc: OSError) -> VaefusionError | None
     return unreadable_error(exc)
 
 
-def _after_success(record: RunRecord, cfg: Config | None, level: str, code: int) -> int:
+def after_success(record: RunRecord, cfg: Config | None, level: str, code: int) -> int:
     """Success, unless a crash file appeared in OUTPUT_DIR/logs during the run."""
     from vaefusion.workflows.base import crash_files
 
@@ -129,7 +129,7 @@ def _after_success(record: RunRecord, cfg: Config | None, level: str, code: int)
     return finish(record, cfg, level, code)
 
 
-def _drop_interrupt_crash_files(cfg: Config | None, since: float) -> None:
+def drop_interrupt_crash_files(cfg: Config | None, since: float) -> None:
     """nipype writes a crash file for the node an interrupt stopped (Linear plugin): not a
     crash, so it goes."""
     from vaefusion.workflows.base import crash_files
@@ -142,7 +142,7 @@ def _drop_interrupt_crash_files(cfg: Config | None, since: float) -> None:
             continue
 
 
-def _crashed(record: RunRecord, cfg: Config | None, level: str, exc: Exception) -> int:
+def crashed(record: RunRecord, cfg: Config | None, level: str, exc: Exception) -> int:
     from vaefusion.workflows.base import NodeCrash
 
     if isinstance(exc, NodeCrash) and exc.crash_files:

@@ -21,11 +21,11 @@ from vaefusion.cli.configure import build_config
 from vaefusion.cli.ending import (
     ENDING,
     RunRecord,
-    _after_success,
-    _crashed,
-    _drop_interrupt_crash_files,
-    _input_unreadable,
+    after_success,
+    crashed,
+    drop_interrupt_crash_files,
     finish,
+    input_read_error,
     summary_path,
 )
 from vaefusion.cli.parser import build_parser
@@ -151,13 +151,13 @@ def _main(args, record: RunRecord, level: str) -> int:
             code = run(record.cfg, latent_dims_given=args.latent_dims is not None,
                        record=record)
         except OSError as exc:  # a full disk in this process is the user's to fix
-            full = disk_full_error(exc) or _input_unreadable(record.cfg, exc)
+            full = disk_full_error(exc) or input_read_error(record.cfg, exc)
             if full is None:
                 raise
             raise full from None
-        return _after_success(record, record.cfg, level, code)
+        return after_success(record, record.cfg, level, code)
     except Interrupted as exc:
-        _drop_interrupt_crash_files(record.cfg, record.started)
+        drop_interrupt_crash_files(record.cfg, record.started)
         return finish(record, record.cfg, level, exc.code, f"interrupted by {exc.signame}",
                       interrupted=exc)
     except KeyboardInterrupt:  # SIGINT where no handler could be set (not the main thread)
@@ -167,7 +167,7 @@ def _main(args, record: RunRecord, level: str) -> int:
         LOG.error("%s", exc.message)
         return finish(record, record.cfg, level, exc.code, exc.message)
     except Exception as exc:  # a bug, not a user error: keep the traceback in a crash file
-        return _crashed(record, record.cfg, level, exc)
+        return crashed(record, record.cfg, level, exc)
 
 
 if __name__ == "__main__":
