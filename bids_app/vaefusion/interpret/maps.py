@@ -74,21 +74,20 @@ class GroupMaps:
     def expected_correlations(self) -> list[float]:
         """Per modality: the spatial correlation of the decoded difference with the simulated
         expected difference (NaN where there is none, or no planted difference)."""
-        if self.expected_difference is None:
-            return [float("nan")] * len(self.modalities)
-        diff = self.decoded_difference
-        return [spatial_correlation(diff[i], self.expected_difference[i], self.mask)
-                for i in range(len(self.modalities))]
+        return self._with_expected(self.decoded_difference)
 
     @property
     def input_expected_correlations(self) -> list[float]:
         """Per modality: how well the *input* difference of these subjects follows the
         expected difference: with noise and few subjects even the data fall short of the
         truth, and a decoded map is read against this, not against 1."""
+        return self._with_expected(self.input_difference)
+
+    def _with_expected(self, diff: np.ndarray) -> list[float]:
         if self.expected_difference is None:
             return [float("nan")] * len(self.modalities)
-        return [spatial_correlation(self.input_difference[i], self.expected_difference[i],
-                                    self.mask) for i in range(len(self.modalities))]
+        return [spatial_correlation(diff[i], self.expected_difference[i], self.mask)
+                for i in range(len(self.modalities))]
 
 
 # --------------------------------------------------------------------------- pure maths
