@@ -51,6 +51,16 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "volume-beta0.25": {"likelihood": "volume", "beta": 0.25},
     "volume-beta0.1": {"likelihood": "volume", "beta": 0.1},
 }
+# voxelwise standardisation inside the network (vaefusion.model.scaling): the encoder sees each
+# voxel's departure from its modality's training mean in SDs, the decoder draws that departure
+CANDIDATES["voxelwise-beta0.25"] = {"likelihood": "volume", "beta": 0.25, "scaling": "voxelwise"}
+CANDIDATES["voxelwise-beta1"] = {"likelihood": "volume", "beta": 1.0, "scaling": "voxelwise"}
+CANDIDATES["voxelwise-beta0.1"] = {"likelihood": "volume", "beta": 0.1, "scaling": "voxelwise"}
+CANDIDATES["voxelwise-beta0.25-warm"] = {"likelihood": "volume", "beta": 0.25,
+                                         "kl_warmup": 10, "scaling": "voxelwise"}
+# every candidate names its scaling too, for the same reason as its beta
+for _c in CANDIDATES.values():
+    _c.setdefault("scaling", "maxabs")
 SCREEN = list(CANDIDATES)
 KNOBS = {"downsample": 4, "width": 0.125, "folds": 3, "cv_seed": 0, "patience": 1000}
 LATENT = 16
@@ -102,6 +112,7 @@ def run(name: str, paths: list[Path], labels: list[int], seed: int, epochs: int,
     r2_mod = [v for v in best.val_r2_modality if math.isfinite(v)]
     return {
         "candidate": name, "beta": cfg.beta, "likelihood": cfg.likelihood,
+        "scaling": cfg.scaling,
         "kl_warmup": cfg.kl_warmup, "seed": seed, "best_epoch": result.best_epoch,
         "epochs": result.epochs_run, "seconds": round(time.monotonic() - t0, 1),
         "val_r2": best.val_r2, "val_r2_subject": best.val_r2_subject,

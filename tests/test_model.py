@@ -194,7 +194,7 @@ def test_format_1_models_load_as_they_were_trained(tmp_path):
     old = VAE((8, 9, 8), 4, 0.125, channel_floor=1, decoder_head="relu")
     save_model(old, tmp_path / "m", {})
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert meta["format"] == 2 and meta["channel_floor"] == 1
+    assert meta["format"] == 3 and meta["channel_floor"] == 1 and meta["scaling"] == "maxabs"
     for key in ("channel_floor", "decoder_head"):  # what a format-1 model.json lacks
         del meta[key]
     meta["format"] = 1

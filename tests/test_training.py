@@ -215,7 +215,8 @@ def test_chunked_batches_give_the_full_batch_gradient(cache, likelihood):
         torch.manual_seed(0)
         model = VAE(GRID, 8, 0.25)
         # decode mu: no sampling, so both runs see the same function
-        model.forward = lambda x, sample=None, eps=None, m=model: VAE.forward(m, x, sample=False)
+        model.forward = lambda x, sample=None, eps=None, rows=None, m=model: VAE.forward(
+            m, x, sample=False, rows=rows)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps .grad after the step
         loss = trainer._run_epoch(model, data, 0, 1.0, torch.device("cpu"), False, opt, "t",
                                   chunk=chunk, likelihood=likelihood).loss

@@ -30,6 +30,10 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 LIKELIHOODS: tuple[str, ...] = ("volume", "mask", "sigma", "unit")
 #: Activations of the decoder's two stride-1 layers (vaefusion.model.network).
 DECODER_HEADS: tuple[str, ...] = ("leaky", "relu")
+
+#: The network's scalings (vaefusion.model.scaling): the paper's max-abs volumes only, or
+#: voxelwise standardisation by each modality's training mean and SD maps.
+SCALINGS: tuple[str, ...] = ("maxabs", "voxelwise")
 #: What picks the kept epoch and drives early stopping (vaefusion.training.trainer).
 SELECTIONS: tuple[str, ...] = ("r2_subject", "loss")
 
@@ -133,6 +137,9 @@ class Config:
     augment: bool = field(default=False, metadata=METHOD)
     # ours, chosen by benchmarks/recipe.py on validation data (docs/method.md)
     likelihood: str = field(default="volume", metadata=METHOD)
+    # the network's input/output scaling (vaefusion.model.scaling): the paper's max-abs only,
+    # or voxelwise standardisation by the fold's training mean and SD maps
+    scaling: str = field(default="maxabs", metadata=METHOD)
     kl_warmup: int = field(default=0, metadata=METHOD)  # epochs of linear beta warm-up
     free_bits: float = field(default=0.0, metadata=METHOD)  # nats per latent dimension
     decoder_head: str = field(default="leaky", metadata=METHOD)  # config file only
@@ -190,6 +197,9 @@ class Config:
         if self.likelihood not in LIKELIHOODS:
             raise UsageError(f"--likelihood {self.likelihood} is unknown; use "
                              f"{' or '.join(LIKELIHOODS)}.")
+        if self.scaling not in SCALINGS:
+            raise UsageError(f"--scaling {self.scaling} is unknown; use "
+                             f"{' or '.join(SCALINGS)}.")
         if self.device not in DEVICES:
             raise UsageError(f"--device {self.device} is unknown; use auto, cpu or cuda.")
         parse_gpus(self.gpus)

@@ -17,7 +17,8 @@ _DIRECT = ("participant_label", "session_label", "bids_filter_file", "skip_bids_
            "negative_label", "work_dir", "nprocs", "omp_nthreads", "mem_gb", "use_plugin",
            "config_file", "device", "gpus", "bf16", "stop_on_first_crash", "verbose", "latent_dims",
            "seeds", "folds", "epochs", "patience", "batch_subjects", "lr", "beta", "width",
-           "downsample", "augment", "model", "methods", "likelihood", "kl_warmup", "free_bits",
+           "downsample", "augment", "model", "methods", "likelihood", "scaling", "kl_warmup",
+           "free_bits",
            "cv_seed", "cv_repeats",
            "svm_c", "explain_fold")
 

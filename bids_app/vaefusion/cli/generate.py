@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--group", default=None, help="the point's group in a centres TSV")
     s.add_argument("--scale", type=float, default=1.0,
                    help="SD of the samples around the point (1.0, the prior's)")
+    for sp in (d, i, s):
+        sp.add_argument("--as-modality", default=None, metavar="M",
+                        help="a model trained with --scaling voxelwise draws every point as a "
+                        "map of modality M (default: the point's own modality, where the "
+                        "table or --modality names it); a max-abs model ignores it")
     return p
 
 
@@ -81,6 +86,7 @@ def _decode(gen, args) -> tuple[np.ndarray, list[str], dict[str, Any]]:
     from vaefusion.interpret.generate import read_latent_table
 
     table = read_latent_table(args.latents, gen.latent_dim)
+    args.own_modalities = table.modalities()
     return table.z, table.labels(), {"Source": str(args.latents)}
 
 
@@ -98,6 +104,7 @@ def _interpolate(gen, args) -> tuple[np.ndarray, list[str], dict[str, Any]]:
     z0 = point_of(gen, args.source, args.modality, args.group)
     z1 = point_of(gen, target, target_modality, args.group)
     z, alpha = interpolate(z0, z1, args.steps)
+    args.own_modalities = [args.modality] * len(z)
     return z, [f"alpha={a:.3f}" for a in alpha], {
         "From": f"{args.source}:{args.modality}", "To": f"{target}:{target_modality}",
         "Alpha": [float(a) for a in alpha]}
@@ -118,6 +125,7 @@ def _sample(gen, args) -> tuple[np.ndarray, list[str], dict[str, Any]]:
     else:
         extra["Around"] = "the prior N(0, I)"
     z = sample(args.n, gen.latent_dim, args.seed, centre, args.scale)
+    args.own_modalities = [args.modality] * len(z) if args.modality else None
     return z, [f"sample{k + 1}" for k in range(len(z))], extra
 
 
@@ -139,8 +147,12 @@ def run(args) -> Path:
     if why:
         raise OutputError(f"Cannot write OUT_DIR {out_dir} ({why}); give a writable folder.")
     kind, command = COMMANDS[args.command]
+    args.own_modalities = None
     z, labels, extra = command(gen, args)
-    volumes = gen.decode(z)
+    drawn = [args.as_modality] * len(z) if args.as_modality else args.own_modalities
+    volumes = gen.decode(z, drawn if gen.voxelwise else None)
+    if gen.voxelwise:
+        extra["DrawnAs"] = drawn
     path = naming.generated_image(out_dir, kind)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from vaefusion import __version__
-from vaefusion.config import ALL_METHODS, DEVICES, LIKELIHOODS, MISSING_POLICIES
+from vaefusion.config import ALL_METHODS, DEVICES, LIKELIHOODS, MISSING_POLICIES, SCALINGS
 from vaefusion.errors import EXIT_CODES, EXIT_USAGE
 
 ANALYSIS_LEVELS = ("participant", "group")
@@ -159,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "shared over the whole box (Rybkin et al. 2021), unit = the fixed unit "
                    "variance of earlier versions, which collapses the posterior on data in "
                    "[-1, 1] (volume; the paper's objective is sigma)")
+    g.add_argument("--scaling", choices=SCALINGS, default=None,
+                   help="[ours] what the network sees and draws: maxabs = the max-abs scaled "
+                   "volumes (the paper's), voxelwise = each voxel standardised by its "
+                   "modality's mean and SD over the fold's training subjects, the decoder "
+                   "drawing the departure from the mean map (maxabs)")
     g.add_argument("--kl-warmup", type=int, default=None, metavar="E",
                    help="[ours] raise the KL weight linearly from beta/E to beta over the "
                    "first E epochs (0 = none; 0)")

@@ -102,6 +102,10 @@ class FederatedSettings:
             patience=self.epochs + 1, batch_subjects=self.batch_subjects, lr=self.lr,
             beta=self.beta, width=self.width, downsample=self.downsample,
             likelihood=self.likelihood, methods=["vae"],
+            # max-abs, whatever the default: voxelwise statistics would have to be pooled over
+            # the sites (a secure sum of per-site sums and squares), and the server's network
+            # (server.py) has no scaling to average
+            scaling="maxabs",
         )
 
     # ----------------------------------------------------------------- serialization

@@ -20,7 +20,7 @@ def check_model(cfg: Config, latent_dims_given: bool = False) -> dict[str, Any]:
     from safetensors import safe_open
 
     from vaefusion.model.checkpoint import META_FILE, WEIGHTS_FILE, read_model_meta
-    from vaefusion.model.network import VAE
+    from vaefusion.model.network import VAE, layout_of
 
     assert cfg.model is not None
     for name in (META_FILE, WEIGHTS_FILE):  # there but unusable (a dangling link): exit 66
@@ -46,8 +46,7 @@ def check_model(cfg: Config, latent_dims_given: bool = False) -> dict[str, Any]:
             f"model folder again from the group run that wrote it."
         ) from None
     with torch.device("meta"):  # shapes only: no memory, no initialisation
-        net = VAE(grid, latent_dim, width, channel_floor=int(meta.get("channel_floor", 1)),
-                  decoder_head=str(meta.get("decoder_head", "relu")))
+        net = VAE(grid, latent_dim, width, **layout_of(meta))
         expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     if shapes != expected:
         bad = sorted(set(shapes) ^ set(expected)) or sorted(

@@ -91,9 +91,34 @@ class Generator:
         return model_grid_affine(base, self.input_shape, self.grid)
 
     # ----------------------------------------------------------------- the network
-    def encode(self, volumes: np.ndarray) -> np.ndarray:
+    @property
+    def voxelwise(self) -> bool:
+        """The model standardises each modality: it encodes and draws a volume only as a map
+        of a named modality (its departure from that modality's training mean map)."""
+        return getattr(self.model, "scaling", None) is not None
+
+    def rows(self, modalities: list[str] | None, n: int):
+        """The network's ``rows`` for ``n`` volumes of these modalities (None: max-abs)."""
+        if not self.voxelwise:
+            return None
+        if modalities is None:
+            raise UsageError(f"{self.model_dir} standardises each modality (scaling "
+                             f"voxelwise), so it draws a point only as a map of a named "
+                             f"modality; give --as-modality M.")
+        known = self.model.scaling.names
+        for m in modalities:
+            if m not in known:
+                raise UsageError(f"modality {m} is not one {self.model_dir} was trained on; "
+                                 f"choose one of {', '.join(known[:8])}"
+                                 f"{' ...' if len(known) > 8 else ''}.")
+        if len(modalities) != n:
+            raise UsageError(f"{n} points but {len(modalities)} modalities to draw them as.")
+        return list(modalities)
+
+    def encode(self, volumes: np.ndarray, modalities: list[str] | None = None) -> np.ndarray:
         """Posterior means ``(n, latent_dim)`` of volumes ``(n, X, Y, Z)`` on the input grid
-        (reduced by the model's ``downsample`` first, as in training)."""
+        (reduced by the model's ``downsample`` first, as in training); ``modalities`` (one per
+        volume) are needed by a voxelwise model."""
         import torch
 
         from vaefusion.model.network import downsample_volumes, downsampled_grid
@@ -106,19 +131,22 @@ class Generator:
                 f"this model.")
         x = downsample_volumes(torch.from_numpy(vols)[:, None], self.downsample)
         device = next(self.model.parameters()).device
+        names = self.rows(modalities, len(vols))
+        rows = None if names is None else self.model.modality_rows(names, device)
         with torch.inference_mode():
-            mu, _ = self.model.encode(x.to(device))
+            mu, _ = self.model.encode(x.to(device), rows)
         return mu.float().cpu().numpy()
 
-    def decode(self, z: np.ndarray) -> np.ndarray:
-        """Volumes ``(n, X, Y, Z)`` on the model grid from latent points ``(n, latent_dim)``."""
+    def decode(self, z: np.ndarray, modalities: list[str] | None = None) -> np.ndarray:
+        """Volumes ``(n, X, Y, Z)`` on the model grid from latent points ``(n, latent_dim)``;
+        a voxelwise model draws point i as a map of ``modalities[i]``."""
         from vaefusion.training.inference import decode_latents
 
         z = np.asarray(z, dtype=np.float32)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise DataError(f"latent points of shape {z.shape} do not fit the model's latent "
                             f"dim {self.latent_dim}.")
-        return decode_latents(self.model, z)
+        return decode_latents(self.model, z, modalities=self.rows(modalities, len(z)))
 
     def image(self, volumes: np.ndarray) -> nib.Nifti1Image:
         """A 4D NIfTI (one volume per point) on the model grid and affine."""
@@ -165,6 +193,12 @@ class LatentTable:
     path: Path
     z: np.ndarray  # (n, latent_dim)
     rows: list[dict[str, str]]
+
+    def modalities(self) -> list[str] | None:
+        """Each point's modality, where the table has a modality column."""
+        if not self.rows or not all(r.get("modality") for r in self.rows):
+            return None
+        return [r["modality"] for r in self.rows]
 
     def labels(self) -> list[str]:
         """A name per point: its modality (and group or participant) where the table has them,
@@ -261,4 +295,4 @@ def point_of(gen: Generator, source: Path, modality: str, group: str | None = No
     if modality not in modalities:
         raise UsageError(f"modality {modality} is not in {source}; choose one of "
                          f"{', '.join(modalities[:8])}{' ...' if len(modalities) > 8 else ''}.")
-    return gen.encode(vols[[modalities.index(modality)]])[0]
+    return gen.encode(vols[[modalities.index(modality)]], [modality])[0]

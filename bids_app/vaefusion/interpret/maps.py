@@ -161,14 +161,16 @@ def input_difference(files: list[str], labels: list[int]) -> tuple[np.ndarray, n
     return diff.astype(np.float32), mask
 
 
-def decode_to_grid(model, z: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
-    """Decode latent points ``(m, latent_dim)`` and resize to ``grid``: ``(m, X, Y, Z)``."""
+def decode_to_grid(model, z: np.ndarray, grid: tuple[int, int, int],
+                   modalities: list[str]) -> np.ndarray:
+    """Decode latent points ``(m, latent_dim)`` of these modalities (one per point) and resize
+    to ``grid``: ``(m, X, Y, Z)``."""
     import torch
 
     from vaefusion.model.network import resize_volumes
     from vaefusion.training.inference import decode_latents
 
-    vols = decode_latents(model, z)
+    vols = decode_latents(model, z, modalities=modalities)
     full = resize_volumes(torch.from_numpy(vols)[:, None], grid)[:, 0]
     return full.numpy().astype(np.float32)
 
@@ -187,7 +189,8 @@ def compute_group_maps(model, explained: ExplainedModel, manifest: Manifest,
     meta = read_meta(Path(files[0]))
     grid = tuple(int(n) for n in meta.shape)
     n_mod = len(manifest.modalities)
-    decoded = decode_to_grid(model, np.concatenate([c_neg, c_pos]), grid)  # type: ignore[arg-type]
+    decoded = decode_to_grid(model, np.concatenate([c_neg, c_pos]), grid,  # type: ignore[arg-type]
+                             list(manifest.modalities) * 2)
     diff_in, mask = input_difference(files, labels)
     maps = GroupMaps(modalities=list(manifest.modalities), affine=np.asarray(meta.affine),
                      negative=negative, positive=positive, n_negative=n_neg, n_positive=n_pos,

@@ -18,10 +18,12 @@ from vaefusion import __version__
 from vaefusion.disk.io import atomic_write_text, full_disk
 from vaefusion.errors import DataError, MissingInputError, VaefusionError
 from vaefusion.model.flops import count_parameters
-from vaefusion.model.network import VAE
+from vaefusion.model.network import MODEL_FORMAT, VAE, layout_of
 
-#: Version of the model.json layout, bumped when it changes incompatibly.
-MODEL_FORMAT: int = 2  # 2: channel floor and leaky decoder head (model.network)
+# MODEL_FORMAT (model.network): the model.json layout, bumped when it changes incompatibly;
+# 2: channel floor and leaky decoder head, 3: scaling (maxabs or voxelwise)
+__all__ = ["META_FILE", "MODEL_FORMAT", "WEIGHTS_FILE", "load_model", "read_model_meta",
+           "save_model"]
 
 
 WEIGHTS_FILE = "model.safetensors"
@@ -96,10 +98,8 @@ def load_model(directory: Path, device: torch.device | str = "cpu"
             f"{directory}/{META_FILE} has format {meta['format']}, newer than this vaefusion "
             f"({__version__}) reads; upgrade vaefusion."
         )
-    # Format 1 models had no channel floor (1) and a ReLU decoder head: rebuilt as trained.
-    model = VAE(meta["grid"], int(meta["latent_dim"]), float(meta["width"]),
-                channel_floor=int(meta.get("channel_floor", 1)),
-                decoder_head=str(meta.get("decoder_head", "relu")))
+    # older formats are rebuilt as they were trained (layout_of)
+    model = VAE(meta["grid"], int(meta["latent_dim"]), float(meta["width"]), **layout_of(meta))
     try:  # safetensors parses a JSON header and raw tensors: no pickle, no code is run
         state = load_file(str(Path(directory) / WEIGHTS_FILE), device="cpu")
         model.load_state_dict(state, strict=True)

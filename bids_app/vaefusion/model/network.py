@@ -27,6 +27,13 @@ Model format 2 (this version) differs from format 1 in two ways, both stored in
   gradient reaches the layers that could draw that map (the "zeros plateau"). A leaky head
   always passes a gradient. The paper's channel list and layer order are unchanged.
 
+Format 3 adds ``scaling``: ``maxabs`` (formats 1 and 2, the paper's) or ``voxelwise``, where
+the encoder sees each volume standardised voxel by voxel with its modality's training mean and
+SD maps and the decoder's linear output is mapped back by them
+(:mod:`vaefusion.model.scaling`; ``scaling_modalities`` in ``model.json`` names the rows).
+Such a network needs each volume's modality (``rows``) in :meth:`VAE.encode`,
+:meth:`VAE.decode` and ``forward``.
+
 Loss (:mod:`vaefusion.model.likelihood`): the negative ELBO per volume, constants included,
 ``0.5 * N * log(2 pi sigma^2) + SSE / (2 sigma^2) + beta * KL``. The decoder is a Gaussian with
 one shared variance (``--likelihood sigma``): sigma^2 is the batch's mean squared error, its
@@ -50,6 +57,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vaefusion.model.scaling import VoxelScaling
 
 Grid = tuple[int, int, int]
 
@@ -77,7 +86,7 @@ LEAKY_SLOPE: float = 0.1
 
 
 #: The model format this version writes (see the module doc).
-MODEL_FORMAT: int = 2
+MODEL_FORMAT: int = 3
 
 
 KERNEL: int = 3
@@ -168,7 +177,8 @@ class VAE(nn.Module):
 
     def __init__(self, grid: Sequence[int] = (53, 63, 52), latent_dim: int = 128,
                  width: float = 1.0, channel_floor: int = CHANNEL_FLOOR,
-                 decoder_head: str = "leaky") -> None:
+                 decoder_head: str = "leaky",
+                 scaling_modalities: Sequence[str] | None = None) -> None:
         super().__init__()
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be positive, got {latent_dim}")
@@ -201,11 +211,33 @@ class VAE(nn.Module):
         # reach 53x63x52 from 4x4x4 without a crop).
         self.head = nn.Conv3d(dec[-1], head, KERNEL, stride=1, padding=1)
         self.out = nn.Conv3d(head, 1, KERNEL, stride=1, padding=1, bias=False)
+        # voxelwise: statistics set by the trainer (fit) or loaded with the weights
+        self.scaling: VoxelScaling | None = (
+            VoxelScaling(scaling_modalities, self.grid) if scaling_modalities else None)
+
+    @property
+    def scaling_name(self) -> str:
+        """``voxelwise`` when the network standardises per modality, else ``maxabs``."""
+        return "maxabs" if self.scaling is None else "voxelwise"
+
+    def modality_rows(self, modalities: Sequence[str], device: torch.device | str | None = None
+                      ) -> torch.Tensor | None:
+        """The ``rows`` argument for volumes of these modalities (``None`` for a max-abs
+        network, which does not need them)."""
+        return None if self.scaling is None else self.scaling.rows(modalities, device)
+
+    def _need_rows(self, rows: torch.Tensor | None) -> torch.Tensor | None:
+        if self.scaling is not None and rows is None:
+            raise ValueError("this network standardises each modality (scaling voxelwise): "
+                             "pass the volumes' modality rows")
+        return rows
 
     def config(self) -> dict[str, Any]:
         """What is needed to rebuild this network."""
         return {"grid": list(self.grid), "latent_dim": self.latent_dim, "width": self.width,
                 "channel_floor": self.channel_floor, "decoder_head": self.decoder_head,
+                "scaling": self.scaling_name,
+                "scaling_modalities": list(self.scaling.names) if self.scaling else [],
                 "format": MODEL_FORMAT}
 
     def head_activation(self, h: torch.Tensor) -> torch.Tensor:
@@ -214,40 +246,60 @@ class VAE(nn.Module):
             return F.relu(h)
         return F.leaky_relu(h, LEAKY_SLOPE)
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior parameters ``(mu, logvar)``, each ``(N, latent_dim)``."""
-        h = x
+    def encode(self, x: torch.Tensor, rows: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior parameters ``(mu, logvar)``, each ``(N, latent_dim)``; ``rows`` (the
+        volumes' modalities, :meth:`modality_rows`) only for a voxelwise network."""
+        rows = self._need_rows(rows)
+        h = x if self.scaling is None else self.scaling.standardise(x, rows)
         for conv in self.encoder:
             h = F.relu(conv(h))
         h = h.flatten(1)
         return self.fc_mu(h), self.fc_logvar(h)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Volumes ``(N, 1, X, Y, Z)`` in (-1, 1) from latent points ``(N, latent_dim)``."""
+    def decode(self, z: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Volumes ``(N, 1, X, Y, Z)`` from latent points ``(N, latent_dim)``: in (-1, 1)
+        through tanh (max-abs), or the modality's mean + SD times a linear output (voxelwise,
+        which needs ``rows``)."""
+        rows = self._need_rows(rows)
         h = F.relu(self.fc_decode(z)).view(z.shape[0], *self.bottleneck)
         # walk the encoder shapes backwards: 4x4x4 -> 7x8x7 -> ... -> the input grid
         targets = self.shapes[-2::-1]
         for deconv, size in zip(self.decoder, targets, strict=True):
             h = F.relu(deconv(h, output_size=size))
         h = self.head_activation(self.head(h))
-        return torch.tanh(self.out(h))
+        if self.scaling is None:
+            return torch.tanh(self.out(h))
+        return self.scaling.restore(self.out(h), rows)
 
     def forward(self, x: torch.Tensor, sample: bool | None = None,
-                eps: torch.Tensor | None = None
+                eps: torch.Tensor | None = None, rows: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(recon, mu, logvar)``.
 
         ``sample`` defaults to ``self.training``: training draws ``z = mu + sigma * eps`` (the
         reparameterization trick); evaluation decodes mu, so validation is deterministic.
         ``eps`` (``(N, latent_dim)``) replaces the draw, so that two passes over a batch can
-        decode the same z (the calibrated variance of a batch processed in chunks).
+        decode the same z (the calibrated variance of a batch processed in chunks). ``rows``:
+        the volumes' modalities, for a voxelwise network.
         """
-        mu, logvar = self.encode(x)
+        mu, logvar = self.encode(x, rows)
         if eps is not None:
             z = mu + torch.exp(0.5 * logvar) * eps
         elif self.training if sample is None else sample:
             z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         else:
             z = mu
-        return self.decode(z), mu, logvar
+        return self.decode(z, rows), mu, logvar
+
+
+def layout_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :class:`VAE` beyond grid, latent dim and width, from a
+    ``model.json``: keys missing in older formats get the values those formats were trained
+    with (format 1: no channel floor, a ReLU head; formats 1-2: max-abs scaling)."""
+    mods = meta.get("scaling_modalities") or []
+    return {"channel_floor": int(meta.get("channel_floor", 1)),
+            "decoder_head": str(meta.get("decoder_head", "relu")),
+            "scaling_modalities": [str(m) for m in mods]
+            if meta.get("scaling", "maxabs") == "voxelwise" else None}
 

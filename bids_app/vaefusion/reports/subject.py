@@ -118,7 +118,7 @@ def _session(meta: SubjectMeta, cache: Path, mods: list[str], mu: np.ndarray, si
     idx = [mods.index(m) for m in shown]
     stack = np.asarray(load_stack(cache), dtype=np.float32)
     inputs = stack[idx]
-    recons = decode_to_grid(model, mu[idx], tuple(stack.shape[1:]))  # type: ignore[arg-type]
+    recons = decode_to_grid(model, mu[idx], tuple(stack.shape[1:]), shown)  # type: ignore[arg-type]
     corr = [spatial_correlation(x, xr, x != 0) for x, xr in zip(inputs, recons, strict=True)]
     title = meta.key.replace("_", " ")
     where = (f"out of fold: the model of fold {side.get('Fold')} never saw this subject"

@@ -195,14 +195,16 @@ def sharded_pass(tr: DistributedTrainer, data: SubjectBatches, epoch: int,
     with torch.set_grad_enabled(train):
         for mine, offset, n_batch in shards:
             x = next(loads) if mine else None
-            rows = (baseline.index([m for s in mine for m in mods[s]])
-                    if baseline is not None and mine else None)
+            names = [m for s in mine for m in mods[s]]
+            rows = baseline.index(names) if baseline is not None and mine else None
+            # a voxelwise network's rows (None for max-abs)
+            net = model.modality_rows(names, tr.device) if mine else None
             if train:
-                _train_step(tr, x, rows, offset, n_batch, lik, acc)
+                _train_step(tr, x, rows, net, offset, n_batch, lik, acc)
             elif x is not None:
                 for i, part in enumerate(x.split(tr.chunk)):
                     with _autocast(tr.device, tr.bf16):
-                        recon, mu, logvar = model(part)
+                        recon, mu, logvar = model(part, rows=_rows(net, i, tr.chunk, part))
                     terms = loss_terms(recon, part, mu, logvar, beta, likelihood, sigma2,
                                        lik.mask, free_bits)
                     acc.add(part, recon, mu, logvar, terms, _rows(rows, i, tr.chunk, part))
@@ -226,8 +228,10 @@ def _rows(rows: torch.Tensor | None, i: int, chunk: int, part: torch.Tensor
 
 
 def _train_step(tr: DistributedTrainer, x: torch.Tensor | None, rows: torch.Tensor | None,
-                offset: int, n_batch: int, lik: _Lik, acc: PassAccumulator) -> None:
-    """One optimizer step on this rank's shard of a batch of ``n_batch`` volumes."""
+                net: torch.Tensor | None, offset: int, n_batch: int, lik: _Lik,
+                acc: PassAccumulator) -> None:
+    """One optimizer step on this rank's shard of a batch of ``n_batch`` volumes (``rows``:
+    the R^2 baseline's, ``net``: a voxelwise network's modality rows)."""
     model, device, chunk = tr.model, tr.device, tr.chunk
     n = 0 if x is None else x.shape[0]
     eps = batch_noise(n_batch, chunk, model.latent_dim, device)[offset:offset + n]
@@ -236,22 +240,25 @@ def _train_step(tr: DistributedTrainer, x: torch.Tensor | None, rows: torch.Tens
     if lik.likelihood in ("sigma", "mask"):  # the global batch's variance, before any backward
         sse = torch.zeros((), dtype=torch.float64, device=device)
         with torch.no_grad():
-            for part, e in parts:
+            for i, (part, e) in enumerate(parts):
                 with _autocast(device, tr.bf16):
-                    recon, _, _ = model(part, eps=e)
+                    recon, _, _ = model(part, eps=e, rows=_rows(net, i, chunk, part))
                 sse += squared_error(recon, part, lik.mask).double().sum()
         dist.all_reduce(sse)
         s2 = calibrated_sigma2(sse, n_batch * lik.n_voxels)
     tr.optimizer.zero_grad(set_to_none=True)
     if not parts:  # an empty shard still joins DDP's gradient all-reduce, with zeros
         dummy = torch.zeros((1, 1, *model.grid), device=device)
-        recon, mu, logvar = tr.ddp(dummy, eps=torch.zeros(1, model.latent_dim, device=device))
+        first = None if model.scaling is None else torch.zeros(1, dtype=torch.long,
+                                                                 device=device)
+        recon, mu, logvar = tr.ddp(dummy, eps=torch.zeros(1, model.latent_dim, device=device),
+                                   rows=first)
         (0.0 * (recon.sum() + mu.sum() + logvar.sum())).backward()
     for i, (part, e) in enumerate(parts):
         last = i == len(parts) - 1
         with (nullcontext() if last else tr.ddp.no_sync()):
             with _autocast(device, tr.bf16):
-                recon, mu, logvar = tr.ddp(part, eps=e)
+                recon, mu, logvar = tr.ddp(part, eps=e, rows=_rows(net, i, chunk, part))
             terms = loss_terms(recon, part, mu, logvar, lik.beta, lik.likelihood, s2, lik.mask,
                                lik.free_bits)
             # this chunk's share of the global mean, times W (DDP averages over the W ranks)

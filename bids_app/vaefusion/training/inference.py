@@ -50,7 +50,9 @@ def embed(model: VAE, paths: Sequence[Path], device: torch.device | str | None =
     out = np.empty((len(ds), counts.pop(), model.latent_dim), dtype=np.float32)
     for i in range(len(ds)):
         x = ds.load(i)
-        mus = [model.encode(x[j:j + batch_volumes].to(device))[0].float().cpu()
+        rows = model.modality_rows(ds.modalities[i], device)
+        mus = [model.encode(x[j:j + batch_volumes].to(device),
+                            None if rows is None else rows[j:j + batch_volumes])[0].float().cpu()
                for j in range(0, x.shape[0], batch_volumes)]
         out[i] = torch.cat(mus).numpy()
     return out
@@ -58,16 +60,23 @@ def embed(model: VAE, paths: Sequence[Path], device: torch.device | str | None =
 
 @torch.inference_mode()
 def decode_latents(model: VAE, z: np.ndarray | torch.Tensor,
-                   batch_volumes: int | None = None) -> np.ndarray:
+                   batch_volumes: int | None = None,
+                   modalities: Sequence[str] | None = None) -> np.ndarray:
     """Decode latent points ``(n, latent_dim)`` to volumes ``(n, X, Y, Z)`` float32 at the
-    model's grid (see :func:`vaefusion.model.resize_volumes` to go back to the full grid)."""
+    model's grid (see :func:`vaefusion.model.resize_volumes` to go back to the full grid).
+    A voxelwise model draws each point as a map of its modality (``modalities``, one per
+    point); a max-abs model ignores them."""
     model.eval()
     device = next(model.parameters()).device
     if batch_volumes is None:
         batch_volumes = INFER_CHUNK_FACTOR * chunk_volumes(model.grid, model.width,
                                                            model.latent_dim, device)
     z = torch.as_tensor(np.asarray(z, dtype=np.float32)).reshape(-1, model.latent_dim)
-    vols = [model.decode(z[j:j + batch_volumes].to(device)).float().cpu()
+    rows = None if modalities is None else model.modality_rows(list(modalities), device)
+    if rows is not None and rows.shape[0] != z.shape[0]:
+        raise ValueError(f"{z.shape[0]} latent points but {rows.shape[0]} modalities")
+    vols = [model.decode(z[j:j + batch_volumes].to(device),
+                         None if rows is None else rows[j:j + batch_volumes]).float().cpu()
             for j in range(0, z.shape[0], batch_volumes)]
     return torch.cat(vols)[:, 0].numpy()
 

@@ -98,11 +98,18 @@ class ModalityMeans:
         return torch.tensor(idx, dtype=torch.long, device=self.means.device)
 
 
-def modality_means(data: SubjectBatches) -> ModalityMeans:
-    """Per-modality mean volumes of ``data``'s subjects (unaugmented, float64 sums)."""
+def modality_names(data: SubjectBatches) -> list[str]:
+    """``data``'s modalities in order of first appearance (the rows of :class:`ModalityMeans`
+    and of a voxelwise network's statistics)."""
     names: list[str] = []
     for mods in data.dataset.modalities:
         names.extend(m for m in mods if m not in names)
+    return names
+
+
+def modality_means(data: SubjectBatches) -> ModalityMeans:
+    """Per-modality mean volumes of ``data``'s subjects (unaugmented, float64 sums)."""
+    names = modality_names(data)
     rows = {n: i for i, n in enumerate(names)}
     sums = torch.zeros((len(names) + 1, 1, *data.grid), dtype=torch.float64, device=data.device)
     counts = torch.zeros(len(names) + 1, dtype=torch.float64, device=data.device)
@@ -113,6 +120,21 @@ def modality_means(data: SubjectBatches) -> ModalityMeans:
                                               device=data.device))
     means = sums / counts.clamp_min(1.0).view(-1, 1, 1, 1, 1)
     return ModalityMeans(tuple(names), means.float())
+
+
+def modality_sds(data: SubjectBatches, baseline: ModalityMeans) -> torch.Tensor:
+    """Per-modality voxelwise SDs of ``data``'s subjects around ``baseline``'s means,
+    ``(n_modalities, 1, X, Y, Z)`` (float64 sums; the voxelwise scaling's statistics)."""
+    n = len(baseline.names)
+    sq = torch.zeros((n + 1, 1, *data.grid), dtype=torch.float64, device=data.device)
+    counts = torch.zeros(n + 1, dtype=torch.float64, device=data.device)
+    means = baseline.means.to(data.device).double()
+    for s, mods in enumerate(data.dataset.modalities):
+        idx = baseline.index(mods).to(data.device)
+        sq.index_add_(0, idx, (data.subject_volumes(s).double() - means[idx]).pow(2))
+        counts.index_add_(0, idx, torch.ones(len(mods), dtype=torch.float64,
+                                             device=data.device))
+    return (sq[:n] / counts[:n].clamp_min(1.0).view(-1, 1, 1, 1, 1)).sqrt().float()
 
 
 class PassAccumulator:

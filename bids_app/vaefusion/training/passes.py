@@ -64,7 +64,8 @@ def chunk_volumes(grid: Sequence[int], width: float, latent_dim: int,
 
 
 def _batch_sigma2(model: VAE, parts: Sequence[torch.Tensor], n_values: int,
-                  device: torch.device, bf16: bool, mask: torch.Tensor | None = None
+                  device: torch.device, bf16: bool, mask: torch.Tensor | None = None,
+                  rows: Sequence[torch.Tensor | None] | None = None
                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The calibrated variance of a batch processed in several chunks, before any backward.
 
@@ -75,13 +76,22 @@ def _batch_sigma2(model: VAE, parts: Sequence[torch.Tensor], n_values: int,
     sse = torch.zeros((), dtype=torch.float64, device=device)
     noise = []
     with torch.no_grad():
-        for part in parts:
+        for part, r in zip(parts, rows or [None] * len(parts), strict=True):
             eps = torch.randn(part.shape[0], model.latent_dim, device=device)
             with _autocast(device, bf16):
-                recon, _, _ = model(part, eps=eps)
+                recon, _, _ = model(part, eps=eps, rows=r)
             sse += squared_error(recon, part, mask).double().sum()
             noise.append(eps)
     return calibrated_sigma2(sse, n_values), noise
+
+
+def net_rows(model: torch.nn.Module, modalities: Sequence[str], device: torch.device,
+             chunk: int, n_parts: int) -> list[torch.Tensor | None]:
+    """The ``rows`` argument of each chunk of a batch whose volumes have these modalities:
+    ``None`` for every chunk of a max-abs network (also through a DDP or compile wrapper)."""
+    net = getattr(model, "module", getattr(model, "_orig_mod", model))
+    rows = net.modality_rows(modalities, device)
+    return [None] * n_parts if rows is None else list(rows.split(chunk))
 
 
 def _run_epoch(model: VAE, data: SubjectBatches, epoch: int, beta: float, device: torch.device,
@@ -120,15 +130,18 @@ def _run_epoch(model: VAE, data: SubjectBatches, epoch: int, beta: float, device
             rows = (baseline.index([m for s in batch for m in mods[s]])
                     if baseline is not None else None)
             parts = x.split(chunk)
+            # a voxelwise network standardises each volume by its modality's statistics
+            mrows = net_rows(model, [m for s in batch for m in mods[s]], device, chunk,
+                             len(parts))
             s2, noise = sigma2, [None] * len(parts)
             if train and likelihood in ("sigma", "mask") and len(parts) > 1:
                 s2, noise = _batch_sigma2(model, parts, b * n_voxels, device, bf16,
-                                          mask if masked else None)
+                                          mask if masked else None, mrows)
             if train:
                 optimizer.zero_grad(set_to_none=True)
             for i, (part, eps) in enumerate(zip(parts, noise, strict=True)):
                 with _autocast(device, bf16):
-                    recon, mu, logvar = model(part, eps=eps)
+                    recon, mu, logvar = model(part, eps=eps, rows=mrows[i])
                 terms = loss_terms(recon, part, mu, logvar, beta, likelihood, s2,
                                    mask if masked else None, free_bits)
                 if train:

@@ -52,7 +52,7 @@ from vaefusion.training.device import (
     set_rng_state,
     set_seed,
 )
-from vaefusion.training.metrics import PassStats, modality_means
+from vaefusion.training.metrics import PassStats, modality_means, modality_names, modality_sds
 from vaefusion.training.passes import (
     CPU_CHUNK_ACTIVATIONS,
     _autocast,
@@ -101,15 +101,21 @@ class Trainer:
         val_paths = [Path(p) for p in val_paths]
         self.train_data, self.val_data = self._make_data(train_paths, val_paths,
                                                          runtime.data_budget_bytes)
+        voxelwise = cfg.scaling == "voxelwise"
         self.model = VAE(self.train_data.grid, self.latent_dim, cfg.width,
-                         decoder_head=cfg.decoder_head).to(self.device)
+                         decoder_head=cfg.decoder_head,
+                         scaling_modalities=modality_names(self.train_data) if voxelwise
+                         else None).to(self.device)
+        # the R^2 baseline: training subjects only (no RNG drawn)
+        self.baseline = modality_means(self.train_data)
+        if self.model.scaling is not None:  # the fold's training statistics, in the model
+            self.model.scaling.fit(self.baseline.means[:-1].to(self.device),
+                                   modality_sds(self.train_data, self.baseline).to(self.device))
         # speed switches (training/speed.py): off by default, no RNG drawn
         self.bf16 = resolve_bf16(cfg.bf16, self.device, log=self.log)
         apply_switches(self.model, self.device, channels_last=cfg.channels_last,
                        compile=cfg.compile, cuda_graphs=cfg.cuda_graphs, log=self.log)
         self.optimizer = make_optimizer(self.model, cfg.lr)
-        # the R^2 baseline: training subjects only (no RNG drawn)
-        self.baseline = modality_means(self.train_data)
         # the brain mask: voxels where any training volume is non-zero (the mean of non-negative
         # values can cancel only for signed maps, whose voxels are then non-zero elsewhere)
         self.mask = (self.baseline.means[:-1].abs() > 0).any(dim=0)
