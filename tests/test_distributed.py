@@ -52,12 +52,13 @@ def test_shards_and_noise_chunks():
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_train_the_single_process_model(cache, tmp_path):
+@pytest.mark.parametrize("scaling", ["maxabs", "voxelwise"])
+def test_two_gloo_ranks_train_the_single_process_model(cache, tmp_path, scaling):
     out = tmp_path / "ddp"
     run = torchrun(["-m", "vaefusion.cli.train_ddp"], str(cache), str(out), "--device=cpu",
-                   "--latent-dim=8", *FLAGS)
+                   "--latent-dim=8", f"--scaling={scaling}", *FLAGS)
     assert run.returncode == 0, run.stderr[-3000:]
-    cfg = Config(device="cpu", **OPTIONS).resolve()
+    cfg = Config(device="cpu", scaling=scaling, **OPTIONS).resolve()
     train, val = split_subjects(sorted(cache.glob("*.npy")), cfg.val_fraction, cfg.cv_seed)
     single = Trainer(cfg, cfg.runtime(), 8, 0, train, val, tmp_path / "one")
     single.fit()
@@ -77,7 +78,7 @@ def test_two_gloo_ranks_train_the_single_process_model(cache, tmp_path):
     assert state["epoch"] == 1 and (out / "best").is_dir()
     # resumable: the same command with more epochs continues after epoch 2
     again = torchrun(["-m", "vaefusion.cli.train_ddp"], str(cache), str(out), "--device=cpu",
-                     "--latent-dim=8", *FLAGS, "--epochs=3")
+                     "--latent-dim=8", f"--scaling={scaling}", *FLAGS, "--epochs=3")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming" in again.stderr and "epoch 3/3" in again.stderr
 

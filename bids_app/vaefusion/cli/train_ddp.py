@@ -20,14 +20,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from vaefusion.config import LIKELIHOODS, Config, load_toml
+from vaefusion.config import LIKELIHOODS, SCALINGS, Config, load_toml
 from vaefusion.errors import UsageError, VaefusionError
 
 LOG = logging.getLogger("vaefusion")
 
 #: Options that map one-to-one onto Config fields (None: not given).
 _FIELDS = ("epochs", "patience", "batch_subjects", "lr", "beta", "width", "downsample",
-           "likelihood", "val_fraction", "cv_seed", "omp_nthreads", "bf16")
+           "likelihood", "scaling", "val_fraction", "cv_seed", "omp_nthreads", "bf16")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         if name == "bf16":
             p.add_argument(flag, action="store_true", default=None)
-        elif name == "likelihood":
-            p.add_argument(flag, choices=LIKELIHOODS, default=None)
+        elif name in ("likelihood", "scaling"):
+            p.add_argument(flag, choices=LIKELIHOODS if name == "likelihood" else SCALINGS,
+                           default=None)
         else:
             kind = float if name in ("lr", "beta", "width", "val_fraction") else int
             p.add_argument(flag, type=kind, default=None)
