@@ -188,6 +188,7 @@ def test_one_site_fedavg_equals_centralised_training(caches, tmp_path):
 
     s = settings(rounds=3, folds=0)
     cfg = s.site_config(tmp_path, tmp_path / "c_out", tmp_path / "c_work")
+    assert cfg.scaling == "maxabs"  # whatever the default: the server's network has no scaling
     cfg.omp_nthreads = 1  # as the site's
     cfg = cfg.resolve()
     central = Trainer(cfg, cfg.runtime(), s.latent_dim, s.seed, caches[0], [], tmp_path / "c")
