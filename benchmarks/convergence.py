@@ -59,7 +59,7 @@ def run(files: list[Path], lr: float, cfg: dict, root: Path) -> list:
     train, val = sz[:k] + hc[:k], sz[k:k + v] + hc[k:k + v]
     c = Config(epochs=cfg["epochs"], patience=cfg["epochs"], width=0.125,
                downsample=cfg["downsample"], batch_subjects=1, lr=lr, device="cpu",
-               likelihood="sigma").resolve()
+               likelihood="sigma", beta=1.0, scaling="maxabs").resolve()  # as measured
     t = Trainer(c, c.runtime(), cfg["latent"], 0, train, val, root / f"lr{lr:g}")
     t0 = time.monotonic()
     while not t.done:

@@ -32,7 +32,8 @@ from pathlib import Path
 
 ARMS = ("null", "amplitude", "shift", "fusion")
 METHODS = ("vae", "pca-early", "pca-late", "pca-shared")
-FULL = {"n": (60, 120), "knobs": ["--downsample", "4", "--width", "0.125", "--epochs", "20",
+# the demo's knobs (cli/demo.py): 12 mm, width 0.125 at the channel floor, 40 epochs, 3 folds
+FULL = {"n": (60, 120), "knobs": ["--downsample", "4", "--width", "0.125", "--epochs", "40",
                                   "--folds", "3", "--latent-dim", "16"]}
 QUICK = {"n": (16,), "knobs": ["--downsample", "2", "--width", "0.125", "--epochs", "2",
                                "--folds", "2", "--latent-dim", "4", "--n-components", "4"],
@@ -70,7 +71,27 @@ def run_cell(arm: str, n: int, seed: int, root: Path, quick: bool, extra: list[s
     if code:
         raise SystemExit(f"vaefusion group failed ({code}) for {arm} N={n}")
     summary = json.loads((out / "group" / "summary.json").read_text())
-    return {"arm": arm, "n": n, "seconds": time.monotonic() - t0, "summary": summary}
+    return {"arm": arm, "n": n, "seconds": time.monotonic() - t0, "summary": summary,
+            "maps": map_scores(out / "group" / "maps")}
+
+
+def map_scores(maps: Path) -> dict[str, dict[str, float]]:
+    """The spatial r with the simulator's expected difference of every planted modality, for
+    the decoded and for the input HC - SZ difference (their sidecars); empty without truth."""
+    scores: dict[str, dict[str, float]] = {}
+    for kind in ("decoded", "input"):
+        for side in maps.glob(f"*desc-{kind}*minus*_statmap.json"):
+            r = json.loads(side.read_text()).get("SpatialCorrelationWithExpected") or {}
+            scores[kind] = {m: v for m, v in r.items() if v is not None}
+    return scores
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(values)
+    if not values:
+        return None
+    k = len(values) // 2
+    return values[k] if len(values) % 2 else (values[k - 1] + values[k]) / 2
 
 
 def _auc(info: dict | None) -> str:
@@ -91,8 +112,9 @@ def table(cells: list[dict], methods_run: tuple[str, ...] | list[str] = METHODS)
     shown = [m for m in METHODS if m in methods_run]
     with_vae = "vae" in shown
     head = ("| arm | N | " + " | ".join(f"{m} AUC [95% CI]" for m in shown)
-            + (" | VAE active units | VAE KL/volume | VAE R^2 | VAE subject R^2 "
-               "| VAE - best PCA (p)" if with_vae else "") + " | time (s) |")
+            + (" | VAE - best PCA (p) | VAE R^2 (worst modality) | VAE subject R^2 "
+               "(pca-shared) | within-modality units | decoded r with truth, median "
+               "(input's)" if with_vae else "") + " | time (s) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in cells:
         s = c["summary"]
@@ -108,10 +130,17 @@ def table(cells: list[dict], methods_run: tuple[str, ...] | list[str] = METHODS)
                        or 0.0)
         comp = ("n/a" if best is None else
                 f"{best['mean_difference']:+.2f} vs {best['baseline']} (p={best['p_value']:.2f})")
-        vae_cols = (f" | {_num(vae.get('active_units'), '.1f')}"
-                    f" | {_num(vae.get('kl_per_volume'), '.2f')}"
+        maps = c.get("maps") or {}
+        decoded, given = maps.get("decoded", {}), maps.get("input", {})
+        truth = ("n/a" if not decoded else
+                 f"{_num(_median(list(decoded.values())), '.2f')} "
+                 f"({_num(_median(list(given.values())), '.2f')}; {len(decoded)} planted)")
+        vae_cols = (f" | {comp}"
                     f" | {_num(vae.get('recon_r2'), '.3f')}"
-                    f" | {_num(vae.get('recon_r2_subject'), '.3f')} | {comp}")
+                    f" ({_num(vae.get('min_modality_r2'), '.3f')})"
+                    f" | {_num(vae.get('recon_r2_subject'), '.3f')}"
+                    f" ({_num(vae.get('twin_r2_subject'), '.3f')})"
+                    f" | {_num(vae.get('within_units'), '.1f')} | {truth}")
         lines.append(
             f"| {c['arm']} | {c['n']} | " + " | ".join(_auc(methods.get(m)) for m in shown)
             + (vae_cols if with_vae else "") + f" | {c['seconds']:.0f} |")

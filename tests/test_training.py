@@ -62,9 +62,10 @@ def cache(tmp_path_factory) -> list[Path]:
 
 
 def tiny_config(**kw) -> Config:
-    # beta 1: the settings these tiny tests were measured with (the default is now 0.25)
+    # beta 1 and max-abs: the settings these tiny tests were measured with (the defaults are
+    # now 0.25 and voxelwise; tests/test_scaling.py trains the voxelwise network)
     base = dict(epochs=3, patience=5, width=0.125, downsample=1, batch_subjects=2, lr=2e-3,
-                device="cpu", beta=1.0)
+                device="cpu", beta=1.0, scaling="maxabs")
     base.update(kw)
     return Config(**base).resolve()
 

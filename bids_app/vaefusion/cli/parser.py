@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="[ours] what the network sees and draws: maxabs = the max-abs scaled "
                    "volumes (the paper's), voxelwise = each voxel standardised by its "
                    "modality's mean and SD over the fold's training subjects, the decoder "
-                   "drawing the departure from the mean map (maxabs)")
+                   "drawing the departure from the mean map (voxelwise; the paper's is "
+                   "maxabs)")
     g.add_argument("--kl-warmup", type=int, default=None, metavar="E",
                    help="[ours] raise the KL weight linearly from beta/E to beta over the "
                    "first E epochs (0 = none; 0)")
