@@ -168,18 +168,24 @@ def test_interrupted_run_resumes_and_matches(cache, tmp_path):
     assert again.resumed_from == 3 and again.best_epoch == full.best_epoch
 
 
-def test_best_checkpoint_is_kept_and_early_stopping(cache, tmp_path, monkeypatch):
-    scripted = iter([5.0, 3.0, 4.0, 6.0, 7.0, 8.0])
+def scripted_validation(monkeypatch, losses: list[float], within_units: int) -> None:
+    """Validation passes report these losses, one per epoch, and this many within-modality
+    units (training is real)."""
+    scripted = iter(losses)
     real = trainer._run_epoch
 
     def fake(model, data, epoch, beta, device, bf16, optimizer, desc, chunk=None, **kw):
         out = real(model, data, epoch, beta, device, bf16, optimizer, desc, chunk, **kw)
-        if optimizer is None:  # validation: a scripted loss curve with its best at epoch 2
-            return out._replace(loss=next(scripted))
+        if optimizer is None:  # validation: a scripted loss curve
+            return out._replace(loss=next(scripted), within_units=within_units)
         return out
 
     monkeypatch.setattr(trainer, "_run_epoch", fake)
-    cfg = tiny_config(epochs=6, patience=2)
+
+
+def test_best_checkpoint_is_kept_and_early_stopping(cache, tmp_path, monkeypatch):
+    scripted_validation(monkeypatch, [5.0, 3.0, 4.0, 6.0, 7.0, 8.0], within_units=2)
+    cfg = tiny_config(epochs=6, patience=2, selection="loss")
     res = train_vae(cfg, cfg.runtime(), 8, 0, cache[:4], cache[4:], tmp_path / "run")
     assert res.best_epoch == 2 and res.best_val_loss == 3.0
     assert res.stopped_early and res.epochs_run == 4  # epochs 3 and 4 did not improve
@@ -191,6 +197,16 @@ def test_best_checkpoint_is_kept_and_early_stopping(cache, tmp_path, monkeypatch
     best, _ = load_model(tmp_path / "run" / "best")
     assert any(not torch.equal(best.state_dict()[k], last["model"][k]) for k in last["model"])
     assert all(torch.equal(best.state_dict()[k], v) for k, v in res.model.state_dict().items())
+
+
+def test_a_collapsed_posterior_is_not_stopped_early(cache, tmp_path, monkeypatch):
+    """No unit varies within a modality: the model has not started to learn, so epochs without
+    a new best do not count towards the patience (a voxelwise network sits there for the first
+    10-20 epochs, its selection score flat to rounding)."""
+    scripted_validation(monkeypatch, [3.0, 4.0, 5.0, 6.0, 7.0], within_units=0)
+    cfg = tiny_config(epochs=5, patience=2, selection="loss")
+    res = train_vae(cfg, cfg.runtime(), 8, 0, cache[:4], cache[4:], tmp_path / "run")
+    assert not res.stopped_early and res.epochs_run == 5 and res.best_epoch == 1
 
 
 def test_embed_shape_and_values(cache, tmp_path):

@@ -219,8 +219,11 @@ class Trainer:
             self.best_score, self.best_epoch, self.bad = score, stats.epoch, 0
             self.best_loss = stats.val_loss
             self._save_best(stats)
-        else:
+        elif stats.val_within_units > 0:
             self.bad += 1
+        # else: a collapsed posterior (no unit varies within a modality) has not started to
+        # learn, and its selection score only wanders by rounding (a voxelwise network draws
+        # the mean maps there, 10-20 epochs at N=60); patience counts from where it leaves
         self.stopped = self.bad >= cfg.patience
         self.save_state()
         twin = self.twins.get("pca-shared", {}).get("r2_subject", math.nan)
