@@ -97,8 +97,9 @@ class Generator:
         of a named modality (its departure from that modality's training mean map)."""
         return getattr(self.model, "scaling", None) is not None
 
-    def rows(self, modalities: list[str] | None, n: int):
-        """The network's ``rows`` for ``n`` volumes of these modalities (None: max-abs)."""
+    def _drawn_as(self, modalities: list[str] | None, n: int) -> list[str] | None:
+        """The checked modalities of ``n`` volumes for a voxelwise model (None: max-abs, which
+        needs none); a missing, unknown or miscounted list is a usage error."""
         if not self.voxelwise:
             return None
         if modalities is None:
@@ -131,7 +132,7 @@ class Generator:
                 f"this model.")
         x = downsample_volumes(torch.from_numpy(vols)[:, None], self.downsample)
         device = next(self.model.parameters()).device
-        names = self.rows(modalities, len(vols))
+        names = self._drawn_as(modalities, len(vols))
         rows = None if names is None else self.model.modality_rows(names, device)
         with torch.inference_mode():
             mu, _ = self.model.encode(x.to(device), rows)
@@ -146,7 +147,7 @@ class Generator:
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise DataError(f"latent points of shape {z.shape} do not fit the model's latent "
                             f"dim {self.latent_dim}.")
-        return decode_latents(self.model, z, modalities=self.rows(modalities, len(z)))
+        return decode_latents(self.model, z, modalities=self._drawn_as(modalities, len(z)))
 
     def image(self, volumes: np.ndarray) -> nib.Nifti1Image:
         """A 4D NIfTI (one volume per point) on the model grid and affine."""

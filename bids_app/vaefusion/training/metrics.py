@@ -41,7 +41,7 @@ here draws random numbers, so the metrics leave the training RNG (and determinis
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -107,34 +107,35 @@ def modality_names(data: SubjectBatches) -> list[str]:
     return names
 
 
-def modality_means(data: SubjectBatches) -> ModalityMeans:
-    """Per-modality mean volumes of ``data``'s subjects (unaugmented, float64 sums)."""
-    names = modality_names(data)
+def _modality_average(data: SubjectBatches, names: Sequence[str],
+                      value: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                      ) -> torch.Tensor:
+    """Per modality row (``names``, plus a zero row for unknown ones), the mean over ``data``'s
+    subjects of ``value(volumes, rows)`` (default: the volumes), from float64 sums."""
     rows = {n: i for i, n in enumerate(names)}
     sums = torch.zeros((len(names) + 1, 1, *data.grid), dtype=torch.float64, device=data.device)
     counts = torch.zeros(len(names) + 1, dtype=torch.float64, device=data.device)
     for s, mods in enumerate(data.dataset.modalities):
         idx = torch.tensor([rows[m] for m in mods], dtype=torch.long, device=data.device)
-        sums.index_add_(0, idx, data.subject_volumes(s).double())
+        vols = data.subject_volumes(s).double()
+        sums.index_add_(0, idx, vols if value is None else value(vols, idx))
         counts.index_add_(0, idx, torch.ones(len(mods), dtype=torch.float64,
                                               device=data.device))
-    means = sums / counts.clamp_min(1.0).view(-1, 1, 1, 1, 1)
-    return ModalityMeans(tuple(names), means.float())
+    return sums / counts.clamp_min(1.0).view(-1, 1, 1, 1, 1)
+
+
+def modality_means(data: SubjectBatches) -> ModalityMeans:
+    """Per-modality mean volumes of ``data``'s subjects (unaugmented, float64 sums)."""
+    names = modality_names(data)
+    return ModalityMeans(tuple(names), _modality_average(data, names).float())
 
 
 def modality_sds(data: SubjectBatches, baseline: ModalityMeans) -> torch.Tensor:
     """Per-modality voxelwise SDs of ``data``'s subjects around ``baseline``'s means,
     ``(n_modalities, 1, X, Y, Z)`` (float64 sums; the voxelwise scaling's statistics)."""
-    n = len(baseline.names)
-    sq = torch.zeros((n + 1, 1, *data.grid), dtype=torch.float64, device=data.device)
-    counts = torch.zeros(n + 1, dtype=torch.float64, device=data.device)
     means = baseline.means.to(data.device).double()
-    for s, mods in enumerate(data.dataset.modalities):
-        idx = baseline.index(mods).to(data.device)
-        sq.index_add_(0, idx, (data.subject_volumes(s).double() - means[idx]).pow(2))
-        counts.index_add_(0, idx, torch.ones(len(mods), dtype=torch.float64,
-                                             device=data.device))
-    return (sq[:n] / counts[:n].clamp_min(1.0).view(-1, 1, 1, 1, 1)).sqrt().float()
+    var = _modality_average(data, baseline.names, lambda v, idx: (v - means[idx]).pow(2))
+    return var[:-1].sqrt().float()
 
 
 class PassAccumulator:

@@ -127,12 +127,11 @@ def _run_epoch(model: VAE, data: SubjectBatches, epoch: int, beta: float, device
     with torch.set_grad_enabled(train):
         for x, batch in zip(bar, subjects, strict=True):
             b = x.shape[0]
-            rows = (baseline.index([m for s in batch for m in mods[s]])
-                    if baseline is not None else None)
+            names = [m for s in batch for m in mods[s]]
+            rows = baseline.index(names) if baseline is not None else None
             parts = x.split(chunk)
             # a voxelwise network standardises each volume by its modality's statistics
-            mrows = net_rows(model, [m for s in batch for m in mods[s]], device, chunk,
-                             len(parts))
+            mrows = net_rows(model, names, device, chunk, len(parts))
             s2, noise = sigma2, [None] * len(parts)
             if train and likelihood in ("sigma", "mask") and len(parts) > 1:
                 s2, noise = _batch_sigma2(model, parts, b * n_voxels, device, bf16,
