@@ -434,6 +434,24 @@ def test_shared_pca_matches_sklearn() -> None:
                                    atol=1e-4 * np.abs(ref).max())
 
 
+def test_voxelwise_shared_pca_standardises_with_the_training_statistics() -> None:
+    n, n_mod, n_vox, dim = 20, 3, 60, 3
+    data = _subjects(n, n_mod, n_vox, seed=6)
+    data = [d * np.linspace(0.1, 5.0, n_vox, dtype=np.float32) for d in data]  # unequal SDs
+    fit = np.arange(0, n, 2)
+    ours = shared_pca_scores(data, n, fit, dim, seed=0, voxelwise=True)
+    x = np.stack([data[i] for i in fit]).astype(np.float64)  # (fit, n_mod, V)
+    mean, sd = x.mean(0), x.std(0)
+    sd = np.maximum(sd, 0.05 * sd.mean(axis=1, keepdims=True))  # the network's floor
+    pca = PCA(dim, svd_solver="full").fit(((x - mean) / sd).reshape(-1, n_vox))
+    ref = np.stack([pca.transform((d - mean) / sd) for d in data])
+    ours = ours.reshape(n, n_mod, dim)
+    for j in range(dim):
+        sign = np.sign((ours[..., j] * ref[..., j]).sum())
+        np.testing.assert_allclose(sign * ours[..., j], ref[..., j],
+                                   atol=1e-4 * np.abs(ref).max())
+
+
 @pytest.mark.parametrize("method", PCA_METHODS)
 def test_baselines_not_available_beyond_training_samples(method: str) -> None:
     n, n_mod, n_vox = 12, 3, 50

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from sklearn.decomposition import PCA
 
 from test_training import GRID, make_cache, tiny_config  # noqa: F401  (fixtures' helpers)
 from vaefusion.model.likelihood import loss_terms
+from vaefusion.model.scaling import VoxelScaling
 from vaefusion.training import trainer
 from vaefusion.training.data import SubjectBatches
-from vaefusion.training.metrics import ModalityMeans, PassAccumulator, modality_means
+from vaefusion.training.metrics import (
+    ModalityMeans,
+    PassAccumulator,
+    modality_means,
+    modality_sds,
+)
 from vaefusion.training.twin import linear_twins
 
 
@@ -91,6 +99,38 @@ def test_linear_twins_score_like_the_metrics(cache):
     # subspace holds; with 1 component it explains less of the training-fold variation
     late1 = linear_twins(train, val, base, latent_dim=1)["pca-late"]
     assert late1.r2_subject <= twins["pca-late"].r2_subject + 1e-9
+
+
+def _volumes(data: SubjectBatches, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    xs = [data.subject_volumes(s).double().flatten(1).numpy()
+          for s in range(len(data.dataset.modalities))]
+    rows = [names.index(m) for mods in data.dataset.modalities for m in mods]
+    return np.concatenate(xs), np.array(rows)
+
+
+def test_the_voxelwise_twin_is_fitted_to_the_networks_standardised_volumes(cache):
+    train = SubjectBatches(cache[:6], batch_subjects=1)
+    val = SubjectBatches(cache[6:], batch_subjects=1)
+    base = modality_means(train)
+    scaling = VoxelScaling(base.names, train.grid)
+    scaling.fit(base.means[:-1], modality_sds(train, base))
+    fair = linear_twins(train, val, base, latent_dim=2, scaling=scaling)["pca-shared"]
+    # the same twin by hand: standardise with the network's statistics, PCA, restore
+    xt, rt = _volumes(train, base.names)
+    xv, rv = _volumes(val, base.names)
+    mean = scaling.mean.double().flatten(1).numpy()
+    sd = scaling.sd.double().flatten(1).numpy()
+
+    def z(x: np.ndarray, r: np.ndarray) -> np.ndarray:
+        return np.where(sd[r] > 0, (x - mean[r]) / np.where(sd[r] > 0, sd[r], 1.0), 0.0)
+
+    pca = PCA(2, svd_solver="full").fit(z(xt, rt))
+    recon = mean[rv] + sd[rv] * pca.inverse_transform(pca.transform(z(xv, rv)))
+    r2 = [1 - ((xv - recon)[rv == m] ** 2).sum() / ((xv - mean[m])[rv == m] ** 2).sum()
+          for m in range(len(base.names))]
+    assert fair.r2_subject == pytest.approx(float(np.mean(r2)), abs=1e-6)
+    global_mean = linear_twins(train, val, base, latent_dim=2)["pca-shared"]
+    assert fair.r2_subject != pytest.approx(global_mean.r2_subject, abs=1e-6)
 
 
 def test_trainer_records_learning_and_selects_on_subject_r2(cache, tmp_path):

@@ -6,7 +6,11 @@
   concatenated modality-major (``n_modalities * l`` features, like the VAE's).
 * ``pca-shared``: one PCA over all volumes of the training subjects as samples, ``l``
   components; every volume is projected and a subject's ``n_modalities`` score vectors are
-  concatenated modality-major: the linear twin of the shared VAE.
+  concatenated modality-major: the linear twin of the shared VAE. With ``--scaling
+  voxelwise`` it is fitted to what the network sees: every volume standardised voxel by voxel
+  with its modality's training-fold mean and (floored) SD, the rule of
+  :func:`vaefusion.model.scaling.floored_sds`. The fair twin gets the modality mean maps for
+  free, as the network does.
 
 They see the VAE's data: the cached stacks reduced by ``--downsample`` with the very function
 the VAE's data loader uses (:func:`vaefusion.model.network.downsample_volumes`, area
@@ -254,14 +258,31 @@ def _orthonormal(a: np.ndarray) -> np.ndarray:
     return q
 
 
+def voxelwise_statistics(load: Callable[[int], np.ndarray], fit_idx: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-modality mean maps and floored SD maps ``(n_mod, V)`` (float32) of the subjects
+    ``fit_idx``: the network's voxelwise statistics (two passes, float64 sums)."""
+    import torch
+
+    from vaefusion.model.scaling import floored_sds
+
+    total = sum(load(i).astype(np.float64) for i in fit_idx)
+    mean = total / fit_idx.size
+    var = sum((load(i) - mean) ** 2 for i in fit_idx) / fit_idx.size
+    sd = floored_sds(torch.from_numpy(np.sqrt(var))).numpy()
+    return mean.astype(np.float32), sd.astype(np.float32)
+
+
 def shared_pca_scores(subject_arrays: SubjectArrays, n_subjects: int, fit_idx: np.ndarray,
                       n_components: int, seed: int = 0, n_iter: int = 4,
-                      n_oversamples: int = 10) -> np.ndarray:
+                      n_oversamples: int = 10, voxelwise: bool = False) -> np.ndarray:
     """``pca-shared`` features (n_subjects, n_mod * n_components), the PCA fitted on ``fit_idx``.
 
-    The samples are the volumes of the training subjects. A randomized range finder with
-    ``n_iter`` QR-normalized power iterations and ``n_oversamples`` extra columns, as in
-    scikit-learn's randomized PCA, with every product against the centred data matrix
+    The samples are the volumes of the training subjects; with ``voxelwise`` each is first
+    standardised with its modality's training mean and SD maps
+    (:func:`voxelwise_statistics`), as the voxelwise network's input is. A randomized range
+    finder with ``n_iter`` QR-normalized power iterations and ``n_oversamples`` extra columns,
+    as in scikit-learn's randomized PCA, with every product against the centred data matrix
     accumulated subject by subject (float32 products, float64 accumulators).
     """
     load = _as_loader(subject_arrays, n_subjects)
@@ -271,13 +292,21 @@ def shared_pca_scores(subject_arrays: SubjectArrays, n_subjects: int, fit_idx: n
     rank = min(n_components + n_oversamples, n_samples, n_vox)
     rng = np.random.default_rng(seed)
 
-    total = np.zeros(n_vox)
-    for i in fit_idx:
-        total += load(i).sum(axis=0, dtype=np.float64)
-    mean = (total / n_samples).astype(np.float32)
+    if voxelwise:
+        # standardised training volumes have mean 0, so no further centring
+        means, sds = voxelwise_statistics(load, fit_idx)
+        inv = np.where(sds > 0, 1.0 / np.where(sds > 0, sds, 1.0), 0.0).astype(np.float32)
 
-    def centred(i: int) -> np.ndarray:
-        return load(i) - mean
+        def centred(i: int) -> np.ndarray:
+            return (load(i) - means) * inv
+    else:
+        total = np.zeros(n_vox)
+        for i in fit_idx:
+            total += load(i).sum(axis=0, dtype=np.float64)
+        mean = (total / n_samples).astype(np.float32)
+
+        def centred(i: int) -> np.ndarray:
+            return load(i) - mean
 
     def times(right: np.ndarray) -> np.ndarray:
         """Centred training data (n_samples, V) @ right (V, r)."""
@@ -325,8 +354,9 @@ def pca_component_limit(method: str, n_fit: int, n_modalities: int, n_voxels: in
 
 def pca_features(method: str, subject_arrays: SubjectArrays, n_subjects: int,
                  fit_idx: np.ndarray, latent_dim: int, *, grams: np.ndarray | None = None,
-                 seed: int = 0) -> np.ndarray:
-    """Features of all subjects from a ``method`` PCA fitted on subjects ``fit_idx`` only.
+                 seed: int = 0, voxelwise: bool = False) -> np.ndarray:
+    """Features of all subjects from a ``method`` PCA fitted on subjects ``fit_idx`` only
+    (``voxelwise``: ``pca-shared`` standardises as the voxelwise network does).
 
     Raises :class:`NotAvailable` when ``latent_dim`` exceeds the component limit.
     """
@@ -336,7 +366,8 @@ def pca_features(method: str, subject_arrays: SubjectArrays, n_subjects: int,
     if latent_dim > limit:
         raise NotAvailable(method, latent_dim, limit)
     if method == "pca-shared":
-        return shared_pca_scores(load, n_subjects, fit_idx, latent_dim, seed=seed)
+        return shared_pca_scores(load, n_subjects, fit_idx, latent_dim, seed=seed,
+                                 voxelwise=voxelwise)
     if grams is None:
         grams = modality_grams(load, n_subjects)
     if grams.shape != (n_mod, n_subjects, n_subjects):
@@ -349,14 +380,15 @@ def pca_features(method: str, subject_arrays: SubjectArrays, n_subjects: int,
 def evaluate_pca_baselines(method: str, subject_arrays: SubjectArrays, labels: np.ndarray,
                            folds: Sequence[Fold], latent_dim: int, backend: str, *,
                            grams: np.ndarray | None = None, seed: int = 0,
-                           svm_c: float | None = None,
-                           partition_seed: int = 0) -> list[FoldMetrics] | NotAvailable:
+                           svm_c: float | None = None, partition_seed: int = 0,
+                           voxelwise: bool = False) -> list[FoldMetrics] | NotAvailable:
     """Per-fold SVM metrics of one PCA baseline, or a :class:`NotAvailable` (returned, not
     raised) when ``latent_dim`` exceeds the component limit in any fold.
 
     ``grams`` (from :func:`modality_grams`) can be passed to share one pass over the data
     between ``pca-early``, ``pca-late`` and several latent dims; ``seed`` drives the random
-    projection of ``pca-shared``. ``svm_c`` and ``partition_seed`` go to the classifier
+    projection of ``pca-shared`` and ``voxelwise`` its standardisation (the VAE's
+    ``--scaling``). ``svm_c`` and ``partition_seed`` go to the classifier
     (:func:`vaefusion.evaluation.classifier.evaluate_fold`), as for the VAE.
     """
     y = check_labels(labels)
@@ -374,7 +406,7 @@ def evaluate_pca_baselines(method: str, subject_arrays: SubjectArrays, labels: n
         # validation subjects, which only select the VAE's epoch); the classifier then uses
         # train + validation for every method alike
         features = pca_features(method, load, y.size, fold.train, latent_dim, grams=grams,
-                                seed=seed)
+                                seed=seed, voxelwise=voxelwise)
         metrics.append(evaluate_fold(features, y, fold, backend, svm_c, partition_seed))
     return metrics
 

@@ -175,7 +175,8 @@ def run_pca_baseline(cfg: Config, runtime: Runtime, manifest: Manifest, method: 
     backend = choose_backend("auto" if runtime.device == "cuda" else "sklearn")
     result = evaluate_pca_baselines(method, load, y, folds, latent_dim, backend, grams=grams,
                                     seed=seed, svm_c=cfg.svm_c,
-                                    partition_seed=partition_seed(cfg.cv_seed, repeat))
+                                    partition_seed=partition_seed(cfg.cv_seed, repeat),
+                                    voxelwise=cfg.scaling == "voxelwise")
     rows = []
     for f in folds:
         m = None if isinstance(result, NotAvailable) else result[f.index]

@@ -37,6 +37,18 @@ SCALINGS: tuple[str, ...] = ("maxabs", "voxelwise")
 SD_FLOOR: float = 0.05
 
 
+def floored_sds(sds: torch.Tensor) -> torch.Tensor:
+    """Per-modality SD maps (modality first) floored at :data:`SD_FLOOR` of the modality's mean
+    in-mask SD; 0 stays 0 (outside that modality's non-zero voxels). The linear twin and the
+    ``pca-shared`` baseline standardise with the same rule as the network."""
+    floor = torch.zeros_like(sds)
+    for i in range(sds.shape[0]):
+        inside = sds[i] > 0
+        if inside.any():
+            floor[i] = SD_FLOOR * sds[i][inside].mean()
+    return torch.where(sds > 0, torch.maximum(sds, floor), sds)
+
+
 class VoxelScaling(nn.Module):
     """Per-modality mean and SD maps (buffers, ``(n_modalities, 1, X, Y, Z)``)."""
 
@@ -64,13 +76,8 @@ class VoxelScaling(nn.Module):
         """Set the statistics: ``means`` and ``sds`` ``(n_modalities, 1, X, Y, Z)`` (one
         fold's training subjects). Outside a modality's non-zero voxels the SD stays 0, so
         restored maps are exactly 0 there, as the inputs are."""
-        floor = torch.zeros_like(sds)
-        for i in range(sds.shape[0]):
-            inside = sds[i] > 0
-            if inside.any():
-                floor[i] = SD_FLOOR * sds[i][inside].mean()
         self.mean.copy_(means)
-        self.sd.copy_(torch.where(sds > 0, torch.maximum(sds, floor), sds))
+        self.sd.copy_(floored_sds(sds))
 
     def standardise(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """``(x - mean) / sd`` per voxel of each volume's modality; 0 where the SD is 0."""

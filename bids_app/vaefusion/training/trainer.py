@@ -121,7 +121,8 @@ class Trainer:
         self.mask = (self.baseline.means[:-1].abs() > 0).any(dim=0)
         # the linear twins' validation R^2 (no RNG drawn: exact SVD, or a restored RNG)
         self.twins = ({k: v.to_dict() for k, v in linear_twins(
-            self.train_data, self.val_data, self.baseline, self.latent_dim).items()}
+            self.train_data, self.val_data, self.baseline, self.latent_dim,
+            self.model.scaling).items()}
             if self.val_data is not None else {})
         flat = volume_size(self.model.bottleneck)
         if self.latent_dim > flat:

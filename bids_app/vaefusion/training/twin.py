@@ -5,7 +5,12 @@ between-subject variation is noise that no small latent can hold. Its linear twi
 the same training subjects at the same latent size and grid, say what a linear model gets:
 
 - ``pca-shared``: one PCA over every training volume as a sample (the shared VAE's linear
-  analogue: one encoder and one decoder for all modalities, ``l`` components);
+  analogue: one encoder and one decoder for all modalities, ``l`` components). It is given
+  what the network is given: with voxelwise scaling it is fitted to the same standardised
+  volumes, ``(x - mean_m) / sd_m`` with the network's own training statistics, and its
+  reconstruction is restored as ``mean_m + sd_m * z``. So the modality mean maps, which the
+  voxelwise network gets for free, are free for its twin too (a twin with one global mean
+  would have to spend components on them, and the VAE's lead over it would be an artefact);
 - ``pca-late``: one PCA per modality over the training subjects (``min(l, n_train - 1)``
   components each, so ``n x l`` numbers per subject as the VAE's features).
 
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vaefusion.model.scaling import VoxelScaling
 from vaefusion.training.data import SubjectBatches
 from vaefusion.training.metrics import ModalityMeans
 
@@ -89,9 +95,34 @@ def _pca_basis(x: torch.Tensor, k: int) -> torch.Tensor:
     return v[:, :k]
 
 
+def _shared_twin(xt: torch.Tensor, rt: torch.Tensor, xv: torch.Tensor, rv: torch.Tensor,
+                 latent_dim: int, scaling: VoxelScaling | None) -> torch.Tensor:
+    """``pca-shared``'s reconstruction of the validation volumes ``xv``."""
+    if scaling is None:  # max-abs: every volume a sample around one mean over all volumes
+        mean = xt.mean(0, keepdim=True)
+        basis = _pca_basis(xt - mean, latent_dim)
+        return mean + (xv - mean) @ basis @ basis.T
+    mean = scaling.mean.detach().double().flatten(1).cpu()
+    sd = scaling.sd.detach().double().flatten(1).cpu()
+
+    def standardise(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        # 0 where the SD is 0 (outside the modality's voxels), as the network's input
+        return torch.where(sd[rows] > 0, (x - mean[rows]) / sd[rows].clamp_min(1e-12), 0.0)
+
+    zt = standardise(xt, rt)
+    centre = zt.mean(0, keepdim=True)
+    basis = _pca_basis(zt - centre, latent_dim)
+    zv = centre + (standardise(xv, rv) - centre) @ basis @ basis.T
+    return mean[rv] + sd[rv] * zv
+
+
 def linear_twins(train: SubjectBatches, val: SubjectBatches, baseline: ModalityMeans,
-                 latent_dim: int) -> dict[str, TwinR2]:
-    """``pca-shared`` and ``pca-late`` validation R^2 (empty when the data are too large)."""
+                 latent_dim: int, scaling: VoxelScaling | None = None) -> dict[str, TwinR2]:
+    """``pca-shared`` and ``pca-late`` validation R^2 (empty when the data are too large).
+
+    ``scaling``: the network's voxelwise statistics (``None`` for max-abs), which
+    ``pca-shared`` standardises with as the network does; the modality rows of a model's
+    statistics are ``baseline.names``, in that order."""
     n_values = train.n_volumes * int(torch.tensor(train.grid).prod())
     if n_values > MAX_VALUES:
         LOGGER.info("linear twins skipped: %d training values exceed %d", n_values, MAX_VALUES)
@@ -100,10 +131,15 @@ def linear_twins(train: SubjectBatches, val: SubjectBatches, baseline: ModalityM
     xt, rt = _stack(train, names)
     xv, rv = _stack(val, names)
     out: dict[str, TwinR2] = {}
-    # pca-shared: every volume a sample, one mean over all volumes
-    mean = xt.mean(0, keepdim=True)
-    basis = _pca_basis(xt - mean, latent_dim)
-    out["pca-shared"] = _scores(xv, mean + (xv - mean) @ basis @ basis.T, rv, baseline)
+    if scaling is not None and scaling.names != names:
+        raise ValueError(f"scaling rows {scaling.names[:3]}... are not {names[:3]}...")
+    # a validation modality the training subjects lack (row len(names)) has no statistics:
+    # its reconstruction is left at 0, and _scores ignores that row
+    known_v = rv < len(names)
+    recon = torch.zeros_like(xv)
+    recon[known_v] = _shared_twin(xt[rt < len(names)], rt[rt < len(names)], xv[known_v],
+                                  rv[known_v], latent_dim, scaling)
+    out["pca-shared"] = _scores(xv, recon, rv, baseline)
     # pca-late: one PCA per modality over the training subjects
     recon = torch.zeros_like(xv)
     for m in range(len(names)):
