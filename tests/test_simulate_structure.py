@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from vaefusion.inputs.preprocess import scale_maxabs, stack_subject
 from vaefusion.simulate import calibration as cal
 from vaefusion.simulate import simulate_dataset
+from vaefusion.simulate.config import DEFAULT_GM_EFFECTS, DEFAULT_ICN_EFFECTS
 from vaefusion.simulate.grids import icn_grid
 from vaefusion.simulate.icn import icn_templates
 from vaefusion.simulate.structure import smooth_fields
@@ -73,12 +76,16 @@ def test_amplitude_arm_moves_no_scaled_maximum(tmp_path) -> None:
     # ... while the planted volumes do change (the check can fail)
     changed = np.abs(a - b).reshape(*a.shape[:2], -1).max(axis=2) / peak_b
     strong = np.array([p["effect_scale"] > 0.5 for p in amp["participants"]])
-    assert strong.sum() >= 2 and (changed[strong][:, [26, 44, 53]] > 0.1).all()
+    assert strong.sum() >= 2 and (changed[strong][:, [26, 44, 53]] > 0.02).all()
     assert (changed[~patient] == 0).all()
 
 
 def test_expected_difference_matches_the_data(tmp_path) -> None:
-    truth = simulate_dataset(tmp_path / "amp", n_subjects=40, seed=2, **GRID9)
+    # the default effects' places at strengths far above their realistic (d about 0.45) ones:
+    # 40 subjects then show the difference clearly enough to compare it with the truth
+    strong = {"icn_effects": tuple(replace(e, strength=-0.6) for e in DEFAULT_ICN_EFFECTS),
+              "gm_effects": tuple(replace(e, strength=-0.6) for e in DEFAULT_GM_EFFECTS)}
+    truth = simulate_dataset(tmp_path / "amp", n_subjects=40, seed=2, **strong, **GRID9)
     exp = nib.load(tmp_path / "amp" / truth["expected_difference"]["file"]).get_fdata()
     exp = np.moveaxis(exp, -1, 0)
     affected = {e["modality"] for e in truth["expected_difference"]["affected"]}
@@ -95,8 +102,10 @@ def test_expected_difference_matches_the_data(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_fusion_arm_needs_several_modalities(tmp_path) -> None:
+    # a 3 SD shift (the default is 2): at 60 subjects the best of 30 single-modality AUCs is
+    # inflated by chance, and the larger shift keeps the comparison decisive
     truth = simulate_dataset(tmp_path / "fusion", n_subjects=60, seed=1, arm="fusion",
-                             **GRID9)
+                             fusion_shift=3.0, **GRID9)
     assert truth["arm"]["name"] == "fusion" and truth["icn_effects"] == []
     exp = np.moveaxis(nib.load(tmp_path / "fusion" / truth["expected_difference"]["file"])
                       .get_fdata(), -1, 0)

@@ -54,16 +54,20 @@ class GmEffect:
 
 #: Defaults: reduced network strength in a secondary node of the anterior cingulate (DMN,
 #: ICN45) and the insula (CC, ICN27) networks, and reduced GM in the left anterior insula and
-#: left superior temporal gyrus, as often reported in schizophrenia.
+#: left superior temporal gyrus, as often reported in schizophrenia. The strengths are set so
+#: that each effect's Cohen's d after preprocessing, at the core of its blob, is about 0.45:
+#: the size published for the most affected regions (benchmarks/effect_sizes.py measures it;
+#: docs/simulation.md). An ICN's d depends on how noisy the map is where the blob sits, hence
+#: two strengths; GM is measured with far less noise, hence a much smaller change.
 DEFAULT_ICN_EFFECTS: tuple[IcnEffect, ...] = (
-    IcnEffect(45, -0.5, 8.0),
-    IcnEffect(27, -0.5, 8.0),
+    IcnEffect(45, -0.35, 8.0),
+    IcnEffect(27, -0.25, 8.0),
 )
 
 
 DEFAULT_GM_EFFECTS: tuple[GmEffect, ...] = (
-    GmEffect((-38.0, 12.0, 0.0), 12.0, -0.25),
-    GmEffect((-54.0, -20.0, 6.0), 12.0, -0.25),
+    GmEffect((-38.0, 12.0, 0.0), 12.0, -0.06),
+    GmEffect((-54.0, -20.0, 6.0), 12.0, -0.06),
 )
 
 
@@ -104,7 +108,7 @@ class SimulationConfig:
     subject_warp_mm: float = 1.0  # sd per axis of the displacement shared by a subject's ICNs
     n_factors: int = 5  # shared subject factors (factor 0 is the fusion arm's)
     factor_strength: float = 0.25  # multiplicative change per SD at a trait factor's bump centre
-    fusion_strength: float = 0.4  # the same for the (weak, widespread) fusion factor
+    fusion_strength: float = 0.13  # the same for the (weak, widespread) fusion factor
     fusion_shift: float = 2.0  # fusion arm: patients' mean of the fusion factor, in SDs
     site_field: float = 0.08  # sd of each site's smooth multiplicative field on ICN maps
     site_gm_field: float = 0.06  # the same on gray matter

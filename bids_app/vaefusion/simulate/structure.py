@@ -33,7 +33,12 @@ PEAK_CLEARANCE = 2.5
 #: The fusion factor's gray-matter bumps are this much weaker than its ICN bumps: gray matter
 #: is measured with far less noise than an ICN map, and at equal strength it alone would
 #: separate the groups (the fusion arm is the case where no single modality does).
-FUSION_GM_SCALE = 0.2
+FUSION_GM_SCALE = 0.15
+
+
+#: ICNs per domain that the fusion factor loads on (7 domains): many weak loadings, so that
+#: the modalities together separate the fusion arm's groups while none does alone.
+FUSION_PER_DOMAIN = 5
 
 
 #: Radius (half maximum, mm) of a factor's bump in an ICN and in gray matter.
@@ -122,7 +127,11 @@ class Factor:
 
 def _draw_factor(rng: np.random.Generator, name: str, strength: float,
                  templates: np.ndarray, grid: Grid, gm_points: np.ndarray, n_domains: int,
-                 per_domain: int, n_gm: int, gm_scale: float = 1.0) -> Factor:
+                 per_domain: int, n_gm: int, gm_scale: float = 1.0,
+                 even: bool = False) -> Factor:
+    """A factor's loadings. ``even``: every ICN loading has weight 1 (random sign) and sits at
+    the strongest qualifying point of its network (:func:`away_from_peak`), so each loaded
+    network carries about the same share of the factor, and no single one dominates it."""
     table = reference.icns()[:templates.shape[0]]
     domains = sorted({t.domain for t in table})
     chosen: list[int] = []
@@ -131,13 +140,16 @@ def _draw_factor(rng: np.random.Generator, name: str, strength: float,
         chosen += [int(c) for c in rng.permutation(members)[:per_domain]]
     # only the simulated ICNs (the table is cut to the templates): nothing to filter later
     chosen = sorted(chosen)
-    weights = tuple(round(float(rng.choice([-1.0, 1.0]) * rng.uniform(0.6, 1.0)), 3)
-                    for _ in chosen)
-    centers = tuple(away_from_peak(templates[c], grid, FACTOR_RADIUS_MM, rng) for c in chosen)
+    weights = tuple(round(float(rng.choice([-1.0, 1.0]) * (1.0 if even else rng.uniform(0.6,
+                                                                                          1.0))),
+                          3) for _ in chosen)
+    centers = tuple(away_from_peak(templates[c], grid, FACTOR_RADIUS_MM,
+                                   None if even else rng) for c in chosen)
     gm_idx = rng.choice(len(gm_points), size=min(n_gm, len(gm_points)), replace=False)
     gm_centers = tuple(tuple(round(float(v), 1) for v in gm_points[i]) for i in gm_idx)
-    gm_weights = tuple(round(float(rng.choice([-1.0, 1.0]) * gm_scale * rng.uniform(0.6, 1.0)),
-                             3) for _ in gm_idx)
+    gm_weights = tuple(round(float(rng.choice([-1.0, 1.0]) * gm_scale
+                                   * (1.0 if even else rng.uniform(0.6, 1.0))), 3)
+                       for _ in gm_idx)
     return Factor(name, strength, tuple(chosen), weights, centers,
                   gm_centers, gm_weights)  # type: ignore[arg-type]
 
@@ -164,8 +176,8 @@ class FactorModel:
         for k in range(n_factors):
             if k == 0:
                 f = _draw_factor(rng, "fusion", fusion_strength, templates, icn_grid,
-                                 gm_points, n_domains=7, per_domain=2, n_gm=3,
-                                 gm_scale=FUSION_GM_SCALE)
+                                 gm_points, n_domains=7, per_domain=FUSION_PER_DOMAIN, n_gm=3,
+                                 gm_scale=FUSION_GM_SCALE, even=True)
             else:
                 f = _draw_factor(rng, f"trait{k}", strength, templates, icn_grid, gm_points,
                                  n_domains=int(rng.integers(2, 4)), per_domain=3, n_gm=2)
