@@ -1,0 +1,149 @@
+"""Inputs that look right but are wrong (issue 25): rows of docs/reliability.md.
+
+ICN volumes in another order, grey matter in native space or shifted: each stops with exit 65
+and one sentence; the real-layout simulated data and the real NeuroMark template pass.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import simulate
+from test_reliability import cli, expect, gmv, icn, rewrite, voxels
+from vaefusion.errors import DataError
+from vaefusion.inputs import template_checks as tc
+from vaefusion.inputs.resample import resample_to_grid
+from vaefusion.inputs.template_checks import check_icn_identity
+from vaefusion.simulate.config import ARMS
+from vaefusion.simulate.grids import icn_grid
+from vaefusion.simulate.icn import icn_templates
+
+
+# --------------------------------------------------------------------------- ICN identity
+def test_real_neuromark_template_matches_itself():
+    """The real NeuroMark maps, on the 9 mm grid: every volume is its own component."""
+    maps, _ = icn_templates(9.0)
+    r = tc.icn_correlations(np.moveaxis(np.asarray(maps), 0, -1), icn_grid(9.0).affine)
+    assert tc.icn_mismatches(r) == []
+    assert (np.argmax(r, axis=1) == np.arange(53)).all()
+
+
+def test_icn_margin_threshold_both_sides():
+    r = np.full((3, 53), 0.1)
+    r[np.arange(3), np.arange(3)] = 0.5
+    r[1, 7] = 0.5 + tc.ICN_MARGIN - 0.01  # better, but within the margin: accepted
+    assert tc.icn_mismatches(r) == []
+    r[1, 7] = 0.5 + tc.ICN_MARGIN + 0.01
+    assert tc.icn_mismatches(r) == [tc.IcnMismatch(2, 8, 0.5, pytest.approx(0.5 + tc.ICN_MARGIN
+                                                                            + 0.01))]
+
+
+def test_icn_min_r_threshold_both_sides():
+    r = np.full((2, 53), -0.5)
+    r[0, 0] = tc.ICN_MIN_R + 0.01
+    r[1, 1] = tc.ICN_MIN_R + 0.01
+    assert tc.icn_mismatches(r) == []
+    r[1, 1] = tc.ICN_MIN_R - 0.01
+    assert [m.volume for m in tc.icn_mismatches(r)] == [2]
+
+
+def test_permuted_icn_volumes(writable_copy, tmp_path, caplog):
+    path = icn(writable_copy, "02")
+    rewrite(path, voxels(path)[..., [1, 0, 2, 3]])
+    msg = expect(cli(writable_copy, tmp_path, "participant", "--participant-label", "02"), 65,
+                 caplog, f"{path}: sub-02's volume 1 looks like template component 2")
+    assert "NeuroMark template in its order" in msg
+
+
+# --------------------------------------------------------------------------- GMV space
+def _scores(ds, sub: str, affine=None) -> tc.GmScores:
+    img = nib.load(gmv(ds, sub))
+    data = np.asarray(img.dataobj, np.float32).reshape(img.shape[:3])
+    grid = nib.load(icn(ds, sub))
+    aff = img.affine if affine is None else affine
+    return tc.gm_scores(data, aff, resample_to_grid(data, aff, grid.affine, grid.shape[:3]),
+                        grid.affine)
+
+
+def test_simulated_mni_grey_matter_passes(tiny_bids):
+    for sub in ("01", "02", "03"):
+        s = _scores(tiny_bids, sub)
+        assert s.inside >= tc.GM_MIN_INSIDE and s.r >= tc.GM_WARN_R, s
+
+
+@pytest.mark.parametrize(("inside", "r", "outcome"), [
+    (tc.GM_MIN_INSIDE + 0.01, tc.GM_WARN_R + 0.01, "ok"),
+    (tc.GM_MIN_INSIDE - 0.01, tc.GM_WARN_R + 0.01, "error"),
+    (tc.GM_MIN_INSIDE + 0.01, tc.GM_MIN_R + 0.01, "warn"),
+    (tc.GM_MIN_INSIDE + 0.01, tc.GM_MIN_R - 0.01, "error"),
+])
+def test_gm_thresholds_both_sides(monkeypatch, caplog, inside, r, outcome):
+    monkeypatch.setattr(tc, "gm_scores", lambda *a: tc.GmScores(inside, r))
+    monkeypatch.setattr(tc, "_warned_spaces", set())
+    path = f"sub-01_space-MNI152NLin6Asym_{outcome}.nii.gz"
+    with caplog.at_level(logging.WARNING, "vaefusion.inputs"):
+        if outcome == "error":
+            with pytest.raises(DataError, match="native space or misregistered") as err:
+                tc.check_gmv_space(None, None, None, None, path, "sub-01")
+            assert err.value.code == 65
+        else:
+            tc.check_gmv_space(None, None, None, None, path, "sub-01")
+            tc.check_gmv_space(None, None, None, None, path, "sub-02")
+    warnings = [m for m in caplog.messages if "another MNI template" in m]
+    assert len(warnings) == (1 if outcome == "warn" else 0)  # once, not per subject
+
+
+def test_another_mni_space_warns_once(monkeypatch, caplog):
+    monkeypatch.setattr(tc, "gm_scores", lambda *a: tc.GmScores(0.9, 0.9))
+    monkeypatch.setattr(tc, "_warned_spaces", set())
+    with caplog.at_level(logging.WARNING, "vaefusion.inputs"):
+        for sub in ("01", "02"):
+            tc.check_gmv_space(None, None, None, None,
+                               f"sub-{sub}_space-MNI152NLin2009cAsym_probseg.nii.gz", sub)
+    assert sum("another MNI template" in m for m in caplog.messages) == 1
+
+
+def test_native_space_entity_is_refused():
+    with pytest.raises(DataError, match=r"is in space-T1w, not MNI") as err:
+        tc.check_gmv_space(None, None, None, None, "sub-01_space-T1w_probseg.nii.gz", "sub-01")
+    assert err.value.code == 65
+
+
+def test_native_space_gmv(writable_copy, tmp_path, caplog):
+    """A map whose affine puts the scanner origin at its first voxel (native-like)."""
+    path = gmv(writable_copy, "02")
+    affine = nib.load(path).affine.copy()
+    affine[:3, 3] = 0.0
+    assert _scores(writable_copy, "02", affine).inside < tc.GM_MIN_INSIDE
+    rewrite(path, voxels(path), affine)
+    expect(cli(writable_copy, tmp_path, "participant", "--participant-label", "02"), 65,
+           caplog, f"{path}: only 0% of sub-02's grey matter lies inside")
+
+
+def test_shifted_gmv(writable_copy, tmp_path, caplog):
+    """Misregistered by 15 mm (the measured MNI maps correlate 0.86 and more; this < 0.75)."""
+    path = gmv(writable_copy, "02")
+    affine = nib.load(path).affine.copy()
+    affine[0, 3] += 15.0
+    assert _scores(writable_copy, "02", affine).r < tc.GM_MIN_R
+    rewrite(path, voxels(path), affine)
+    expect(cli(writable_copy, tmp_path, "participant", "--participant-label", "02"), 65,
+           caplog, "so it is in native space or misregistered")
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_no_false_alarm_on_any_simulated_arm(tmp_path, arm):
+    """Every arm of the simulator, with 16 ICNs: the ICN and GMV checks pass every subject."""
+    shift = ["--shift-icn", "5"] if arm == "shift" else []
+    ds = simulate(tmp_path / "ds", "--n-subjects", "3", "--arm", arm, "--seed", "7",
+                  "--n-components", "16", *shift)
+    for sub in ("01", "02", "03"):
+        img = nib.load(icn(ds, sub))
+        data = np.asarray(img.dataobj, np.float32)
+        check_icn_identity(data, img.affine, str(icn(ds, sub)), f"sub-{sub}")
+        s = _scores(ds, sub)
+        assert s.inside >= tc.GM_MIN_INSIDE and s.r >= tc.GM_WARN_R, s
