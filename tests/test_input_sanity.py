@@ -13,7 +13,17 @@ import numpy as np
 import pytest
 
 from conftest import simulate
-from test_reliability import cli, expect, gmv, icn, rewrite, voxels
+from test_reliability import (
+    cli,
+    expect,
+    gmv,
+    icn,
+    nothing_created,
+    participants,
+    rewrite,
+    tsv,
+    voxels,
+)
 from vaefusion.errors import DataError
 from vaefusion.inputs import template_checks as tc
 from vaefusion.inputs.resample import resample_to_grid
@@ -147,3 +157,55 @@ def test_no_false_alarm_on_any_simulated_arm(tmp_path, arm):
         check_icn_identity(data, img.affine, str(icn(ds, sub)), f"sub-{sub}")
         s = _scores(ds, sub)
         assert s.inside >= tc.GM_MIN_INSIDE and s.r >= tc.GM_WARN_R, s
+
+
+# --------------------------------------------------------------------------- diagnosis hygiene
+def _near_miss(ds) -> None:
+    """Two of the four SZ rows say 'sz', one HC row says 'unknown'."""
+    rows = tsv(ds).split("\n")
+    sz = [i for i, r in enumerate(rows) if "\tSZ\t" in r]
+    hc = [i for i, r in enumerate(rows) if "\tHC\t" in r]
+    for i in sz[:2]:
+        rows[i] = rows[i].replace("\tSZ\t", "\tsz\t")
+    rows[hc[0]] = rows[hc[0]].replace("\tHC\t", "\tunknown\t")
+    participants(ds, "\n".join(rows))
+
+
+def test_diagnosis_near_miss(writable_copy, tmp_path, caplog):
+    _near_miss(writable_copy)
+    msg = expect(cli(writable_copy, tmp_path, "group"), 65, caplog,
+                 "participants.tsv: 2 subjects have 'sz' (did you mean SZ?); correct column "
+                 "'diagnosis' or say what the values mean with --diagnosis-map FILE")
+    assert '{"sz": "SZ"}' in msg
+    nothing_created(tmp_path)
+
+
+def test_diagnosis_numeric_form(writable_copy, tmp_path, caplog):
+    participants(writable_copy, tsv(writable_copy).replace("\tSZ\t", "\t1\t", 3)
+                 .replace("\tSZ\t", "\t1.0\t").replace("\tHC\t", "\t0\t"))
+    expect(cli(writable_copy, tmp_path, "group", "--positive-label", "1", "--negative-label",
+               "0"), 65, caplog, "1 subject has '1.0' (did you mean 1?)")
+
+
+def test_diagnosis_map_not_json(writable_copy, tmp_path, caplog):
+    (tmp_path / "map.json").write_text("{sz: SZ}")
+    expect(cli(writable_copy, tmp_path, "group", "--diagnosis-map", str(tmp_path / "map.json")),
+           64, caplog, f"--diagnosis-map {tmp_path / 'map.json'} is not valid JSON")
+    nothing_created(tmp_path)
+
+
+def test_diagnosis_map_makes_it_run(writable_copy, tmp_path, caplog):
+    """With the map, the two 'sz' subjects are patients; the 'unknown' one is left out of the
+    classification and listed, with the reason, in the log and the report."""
+    _near_miss(writable_copy)
+    (tmp_path / "map.json").write_text('{"sz": "SZ"}')
+    with caplog.at_level(logging.INFO):
+        code = cli(writable_copy, tmp_path, "group", "--diagnosis-map",
+                   str(tmp_path / "map.json"), "--methods", "pca-shared", "--folds", "3",
+                   "--latent-dim", "4")
+    assert code == 0, caplog.text[-2000:]
+    assert "has label 'unknown' (not SZ/HC): embedded, not classified" in caplog.text
+    report = (tmp_path / "out" / "group" / "report.html")
+    html = report.read_text() if report.is_file() else "".join(
+        p.read_text() for p in (tmp_path / "out").rglob("*.html"))
+    assert "label unknown is neither SZ nor HC" in html

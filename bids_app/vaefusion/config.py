@@ -45,7 +45,7 @@ GPU_FRACTION = 0.4
 
 #: Fields that hold paths (serialized as strings, restored as Path).
 _PATH_FIELDS = {"bids_dir", "output_dir", "work_dir", "bids_filter_file", "use_plugin",
-                "config_file", "model"}
+                "config_file", "model", "diagnosis_map"}
 
 
 #: Field metadata of the settings that change results (the "method"). Only these are hashed by
@@ -99,6 +99,8 @@ class Config:
     label_column: str = field(default="diagnosis", metadata=METHOD)
     positive_label: str = field(default="SZ", metadata=METHOD)
     negative_label: str = field(default="HC", metadata=METHOD)
+    #: JSON file mapping participants.tsv values to labels, e.g. {"sz": "SZ"}
+    diagnosis_map: Path | None = None  # applied to the labels, which the cache keys on
     # execution
     work_dir: Path | None = None
     nprocs: int = 1

@@ -20,7 +20,7 @@ _DIRECT = ("participant_label", "session_label", "bids_filter_file", "skip_bids_
            "downsample", "augment", "model", "methods", "likelihood", "scaling", "kl_warmup",
            "free_bits",
            "cv_seed", "cv_repeats",
-           "svm_c", "explain_fold")
+           "svm_c", "explain_fold", "diagnosis_map")
 
 
 def build_config(args) -> Config:
@@ -45,7 +45,7 @@ def build_config(args) -> Config:
     cfg.output_dir = Path(cfg.output_dir).expanduser().resolve()
     cfg.work_dir = (Path(cfg.work_dir).expanduser().resolve() if cfg.work_dir
                     else default_work_dir(cfg.output_dir))
-    for name in ("bids_filter_file", "use_plugin", "model"):
+    for name in ("bids_filter_file", "use_plugin", "model", "diagnosis_map"):
         value = getattr(cfg, name)
         if value is not None:
             # absolute, but a link is kept as given, so that a message names what the user gave

@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-column", default=None, help="participants.tsv column (diagnosis)")
     g.add_argument("--positive-label", default=None, help="patient value (SZ)")
     g.add_argument("--negative-label", default=None, help="control value (HC)")
+    g.add_argument("--diagnosis-map", type=Path, default=None, metavar="FILE",
+                   help="JSON mapping participants.tsv values to labels, e.g. {\"sz\": \"SZ\"}")
 
     g = p.add_argument_group("execution")
     g.add_argument("-w", "--work-dir", type=Path, default=None, metavar="DIR",
