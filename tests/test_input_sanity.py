@@ -7,6 +7,7 @@ and one sentence; the real-layout simulated data and the real NeuroMark template
 from __future__ import annotations
 
 import logging
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -209,3 +210,49 @@ def test_diagnosis_map_makes_it_run(writable_copy, tmp_path, caplog):
     html = report.read_text() if report.is_file() else "".join(
         p.read_text() for p in (tmp_path / "out").rglob("*.html"))
     assert "label unknown is neither SZ nor HC" in html
+
+
+# --------------------------------------------------------------------------- identifiers
+@pytest.fixture
+def native_copy(tiny_native, tmp_path):
+    """A private copy of the GIFT/SPM-named dataset, and its GIFT mapping TSV."""
+    ds = tmp_path / "nds"
+    shutil.copytree(tiny_native, ds)
+    return ds, ds / "derivatives" / "gift" / "gift_subjects.tsv"
+
+
+@pytest.mark.parametrize("bad", ["a/b", "../x", "sub-0 2"])
+def test_gift_id_not_a_label(native_copy, tmp_path, caplog, bad):
+    ds, mapping = native_copy
+    mapping.write_text(mapping.read_text().replace("sub-02\t", f"{bad}\t", 1))
+    expect(cli(ds, tmp_path), 65, caplog,
+           f"{mapping} line 3: participant_id '{bad.removeprefix('sub-')}' is not a BIDS label")
+
+
+def test_gift_mapping_with_bom_works(native_copy, tmp_path):
+    ds, mapping = native_copy
+    mapping.write_bytes(b"\xef\xbb\xbf" + mapping.read_bytes())
+    assert cli(ds, tmp_path, "participant", "--participant-label", "01") == 0
+
+
+def test_two_gift_mappings(native_copy, tmp_path, caplog):
+    ds, mapping = native_copy
+    shutil.copy(mapping, mapping.with_name("old_subjects.tsv"))
+    expect(cli(ds, tmp_path), 65, caplog, f"{mapping.parent} holds 2 GIFT subject mappings "
+           f"(gift_subjects.tsv and old_subjects.tsv)")
+
+
+def test_whitespace_rows_are_ignored(writable_copy, tmp_path, caplog):
+    """Excel's trailing rows of only tabs are not participants (they were 'listed twice')."""
+    participants(writable_copy, tsv(writable_copy).rstrip("\n") + "\n\t\t\t\t\n \t\t\t\t\n")
+    with caplog.at_level(logging.WARNING):
+        assert cli(writable_copy, tmp_path, "participant", "--participant-label", "01") == 0
+    assert "has 2 row(s) of only whitespace (as spreadsheets leave); they are ignored" \
+        in caplog.text
+
+
+def test_labels_giving_the_same_file_names(tiny_bids, tmp_path, caplog):
+    expect(cli(tiny_bids, tmp_path, "group", "--positive-label", "-1", "--negative-label", "1"),
+           64, caplog, "--positive-label -1 and --negative-label 1 give the same output file "
+           "names")
+    nothing_created(tmp_path)

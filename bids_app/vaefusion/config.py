@@ -20,6 +20,7 @@ from typing import Any
 
 import tomli_w
 
+from vaefusion.disk.naming import alnum
 from vaefusion.errors import UsageError, option_file_error
 
 ALL_METHODS: tuple[str, ...] = ("vae", "pca-early", "pca-late", "pca-shared")
@@ -212,6 +213,13 @@ class Config:
             raise UsageError("--nprocs must be at least 1 and --omp-nthreads at least 0 (auto).")
         if self.positive_label == self.negative_label:
             raise UsageError("--positive-label and --negative-label must differ.")
+        if alnum(self.positive_label) == alnum(self.negative_label):
+            # the group maps are named by the labels' letters and digits: one would overwrite
+            # the other (decoded maps of -1 and 1 are both desc-decoded1)
+            raise UsageError(f"--positive-label {self.positive_label} and --negative-label "
+                             f"{self.negative_label} give the same output file names (only "
+                             f"letters and digits are kept: {alnum(self.positive_label)}); "
+                             f"choose labels that differ in a letter or digit.")
 
     # ----------------------------------------------------------------- resolution
     def resolve(self) -> Config:

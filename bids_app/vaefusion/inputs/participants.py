@@ -8,7 +8,6 @@ column is an error at the group level and a warning elsewhere.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ from vaefusion.errors import (
     option_file_error,
     unreadable_input,
 )
+from vaefusion.inputs.identifiers import read_tsv
 from vaefusion.inputs.types import SubjectInputs
 
 LOG = logging.getLogger("vaefusion.participants")
@@ -38,16 +38,8 @@ def labels_needed(cfg: Config) -> bool:
 
 def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """The header and rows of a TSV; a UTF-8 byte-order mark (as Excel writes) is accepted."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh, delimiter="\t")
-            rows = list(reader)
-            header = reader.fieldnames or []
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
-            f"{exc.start}); save it as UTF-8."
-        ) from None
+    header, numbered = read_tsv(path)
+    rows = [row for _, row in numbered]
     if not header:
         raise DataError(
             f"{path} is empty; give it a header row (participant_id, then the diagnosis column) "
