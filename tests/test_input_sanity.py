@@ -6,6 +6,7 @@ and one sentence; the real-layout simulated data and the real NeuroMark template
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
@@ -19,6 +20,7 @@ from test_reliability import (
     expect,
     gmv,
     icn,
+    make_model,
     nothing_created,
     participants,
     rewrite,
@@ -29,6 +31,7 @@ from vaefusion.errors import DataError
 from vaefusion.inputs import template_checks as tc
 from vaefusion.inputs.resample import resample_to_grid
 from vaefusion.inputs.template_checks import check_icn_identity
+from vaefusion.model.meta_check import MAX_LATENT_DIM, MAX_WIDTH, model_meta_problem
 from vaefusion.simulate.config import ARMS
 from vaefusion.simulate.grids import icn_grid
 from vaefusion.simulate.icn import icn_templates
@@ -256,3 +259,41 @@ def test_labels_giving_the_same_file_names(tiny_bids, tmp_path, caplog):
            64, caplog, "--positive-label -1 and --negative-label 1 give the same output file "
            "names")
     nothing_created(tmp_path)
+
+
+# --------------------------------------------------------------------------- model.json
+@pytest.mark.parametrize(("change", "fragment"), [
+    ({"format": "x"}, "format must be a whole number, not 'x'"),
+    ({"format": 99}, "format 99 is newer than this vaefusion reads (format 3); upgrade "
+                     "vaefusion."),
+    ({"grid": [100000, 100000, 100000]}, "grid must be 3 whole numbers from 1 to 512"),
+    ({"grid": [512, 512, 512]}, "grid [512, 512, 512] has 134,217,728 voxels, more than"),
+    ({"grid": [9, 11]}, "grid must be 3 whole numbers"),
+    ({"latent_dim": -1}, "latent_dim must be a whole number from 1 to 4096, not '-1'"),
+    ({"width": "wide"}, "width must be a number above 0"),
+    ({"width": float("nan")}, "width must be a number above 0"),
+    ({"downsample": 0}, "downsample must be a whole number from 1 to 16"),
+    ({"decoder_head": "gelu"}, "decoder_head must be one of leaky, relu"),
+    ({"modalities": "ICN01"}, "modalities must be a list of modality names"),
+    ({"latent_dim": None}, "latent_dim must be a whole number"),
+    ([], "it holds a JSON list, not an object"),
+])
+def test_model_json_fields_are_checked(tiny_bids, tmp_path, caplog, change, fragment):
+    model = make_model(tmp_path / "model")
+    meta = json.loads((model / "model.json").read_text())
+    (model / "model.json").write_text(json.dumps({**meta, **change} if change else change))
+    msg = expect(cli(tiny_bids, tmp_path, "participant", "--model", str(model)), 65, caplog,
+                 f"{model / 'model.json'} cannot be used: {fragment}")
+    assert msg.endswith(".")
+    nothing_created(tmp_path)
+
+
+def test_model_json_ranges_both_sides():
+    base = {"grid": [9, 11, 9], "latent_dim": 4, "width": 0.125, "format": 3}
+    assert model_meta_problem(base) is None
+    for key, ok, bad in (("latent_dim", MAX_LATENT_DIM, MAX_LATENT_DIM + 1),
+                         ("width", MAX_WIDTH, MAX_WIDTH + 0.5),
+                         ("grid", [256, 256, 256], [256, 256, 257])):
+        assert model_meta_problem({**base, key: ok}) is None
+        assert key in model_meta_problem({**base, key: bad})[0]
+    assert model_meta_problem({**base, "latent_dim": True}) is not None  # a bool is no number
