@@ -70,7 +70,26 @@ def test_permuted_icn_volumes(writable_copy, tmp_path, caplog):
     rewrite(path, voxels(path)[..., [1, 0, 2, 3]])
     msg = expect(cli(writable_copy, tmp_path, "participant", "--participant-label", "02"), 65,
                  caplog, f"{path}: sub-02's volume 1 looks like template component 2")
-    assert "NeuroMark template in its order" in msg
+    assert "or their order with --icn-order" in msg
+
+
+def test_icn_order_accepts_a_documented_reordering(writable_copy, tmp_path):
+    path = icn(writable_copy, "02")
+    original = voxels(path)
+    rewrite(path, original[..., [1, 0, 2, 3]])
+    (tmp_path / "order.txt").write_text("2\n1\n3\n4\n")
+    assert cli(writable_copy, tmp_path, "participant", "--participant-label", "02",
+               "--icn-order", str(tmp_path / "order.txt")) == 0
+    stack = np.load(next((tmp_path / "work" / "cache").glob("sub-02*.npy")))
+    expected = original[..., 0] / np.abs(original[..., 0]).max()
+    np.testing.assert_allclose(stack[0], expected, atol=2e-3)  # volume 1 is component 1 again
+
+
+def test_icn_order_must_be_a_permutation(tiny_bids, tmp_path, caplog):
+    (tmp_path / "order.txt").write_text("2 1 3")
+    expect(cli(tiny_bids, tmp_path, "participant", "--icn-order", str(tmp_path / "order.txt")),
+           64, caplog, "--icn-order must list each of the 4 NeuroMark components once (1 to 4)")
+    nothing_created(tmp_path)
 
 
 # --------------------------------------------------------------------------- GMV space

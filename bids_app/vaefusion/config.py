@@ -96,6 +96,9 @@ class Config:
     skip_bids_validation: bool = False
     missing_modality: str = "skip"
     n_components: int = 53
+    #: --icn-order: the NeuroMark component (1-based) of each volume, in file order (GIFT's
+    #: sorted output); empty: template order
+    icn_order: list[int] = field(default_factory=list, metadata=METHOD)
     # labels
     label_column: str = field(default="diagnosis", metadata=METHOD)
     positive_label: str = field(default="SZ", metadata=METHOD)
@@ -211,6 +214,10 @@ class Config:
             raise UsageError("--missing-modality must be skip, keep or error.")
         if self.nprocs < 1 or self.omp_nthreads < 0:
             raise UsageError("--nprocs must be at least 1 and --omp-nthreads at least 0 (auto).")
+        if self.icn_order and sorted(self.icn_order) != list(range(1, self.n_components + 1)):
+            raise UsageError(f"--icn-order must list each of the {self.n_components} NeuroMark "
+                             f"components once (1 to {self.n_components}), not "
+                             f"{len(self.icn_order)} numbers {self.icn_order[:6]}...")
         if self.positive_label == self.negative_label:
             raise UsageError("--positive-label and --negative-label must differ.")
         if alnum(self.positive_label) == alnum(self.negative_label):

@@ -34,6 +34,10 @@ def build_config(args) -> Config:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
+    if args.icn_order is not None:
+        from vaefusion.inputs.template_checks import read_icn_order
+
+        cfg.icn_order = read_icn_order(args.icn_order)
     if args.derivatives:
         cfg.derivatives = dict(args.derivatives)
     if cfg.analysis_level not in ANALYSIS_LEVELS:

@@ -6,6 +6,7 @@ The numerics are pure functions; :func:`preprocess_subject` does the I/O for one
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -107,12 +108,20 @@ def _load(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def preprocess_subject(
     icn_path: str, gmv_path: str | None, subject: str, session: str | None,
-    label: str | None, cache_dir: Path,
+    label: str | None, cache_dir: Path, icn_order: Sequence[int] = (),
 ) -> tuple[Path, SubjectMeta]:
-    """Read, check, resample, scale and stack one subject; write its training cache."""
+    """Read, check, resample, scale and stack one subject; write its training cache.
+
+    ``icn_order`` (``--icn-order``) gives the template component of each volume: the volumes
+    are put back in template order before anything else."""
     icn, icn_affine = _load(icn_path)
     if icn.ndim != 4:
         raise DataError(f"{icn_path} is {icn.ndim}D but 4D ICN maps are needed; fix the input.")
+    if icn_order:
+        if len(icn_order) != icn.shape[3]:
+            raise DataError(f"{icn_path} has {icn.shape[3]} volumes but --icn-order lists "
+                            f"{len(icn_order)}; give one component per volume.")
+        icn = icn[..., np.argsort(np.asarray(icn_order))]
     gmv = gmv_affine = None
     if gmv_path is not None:
         gmv, gmv_affine = _load(gmv_path)

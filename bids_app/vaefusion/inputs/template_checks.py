@@ -30,7 +30,7 @@ LOG = logging.getLogger("vaefusion.inputs")
 
 #: A volume is mismatched when another template component correlates better than its own by
 #: more than this (benchmarks/input_sanity.py: simulated subjects of every arm and the real
-#: template at most +0.02; permuted or swapped volumes and random maps +0.28 and more).
+#: template at most +0.03; permuted or swapped volumes and random maps +0.28 and more).
 ICN_MARGIN = 0.15
 #: ... or when its own component correlates less than this (simulated volumes down to 0.17:
 #: noisy maps of weak components, so this catches only sign flips and unrelated maps).
@@ -71,18 +71,39 @@ def _zscore(rows: np.ndarray) -> np.ndarray:
     return rows / np.where(sd > 0, sd, 1.0)
 
 
+#: FWHM (mm) the subject maps are smoothed to before sampling: the template's voxel size
+TEMPLATE_FWHM_MM = 10.0
+
+
+def _block_mean(icn: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels averaged in blocks of about 6 mm (2 x 2 x 2 at 3 mm): 8 times less to smooth,
+    and the average is part of the smoothing anyway. Returns the maps and their affine."""
+    vox = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    b = max(1, int(6.0 // float(vox.max())))
+    if b == 1:
+        return icn, affine
+    x, y, z = (n // b * b for n in icn.shape[:3])
+    blocks = icn[:x, :y, :z].reshape(x // b, b, y // b, b, z // b, b, -1)
+    step = np.diag([b, b, b, 1.0])
+    step[:3, 3] = (b - 1) / 2.0  # the block's centre, in the old voxels
+    return blocks.mean(axis=(1, 3, 5)), affine @ step
+
+
 def icn_correlations(icn: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Correlation of each subject volume (rows, ``icn`` is X x Y x Z x n) with each of the 53
     template components (columns), over the template's in-brain 10 mm voxel centres."""
     world, template = _icn_template()
-    ijk = (world - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
-    # each subject map is smoothed to about the template's 10 mm before sampling, so that
-    # one voxel's noise does not stand for a 10 mm cube
-    sigma = np.clip(10.0 / np.sqrt((affine[:3, :3] ** 2).sum(axis=0)) / 2.355, 0.0, None)
+    maps, aff = _block_mean(np.asarray(icn, dtype=np.float32), np.asarray(affine, float))
+    ijk = (world - aff[:3, 3]) @ np.linalg.inv(aff[:3, :3]).T
+    # each map is smoothed to about the template's 10 mm before sampling, so that one voxel's
+    # noise does not stand for a 10 mm cube (a block mean already smoothed by its width)
+    vox = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    done = (vox - np.sqrt((affine[:3, :3] ** 2).sum(axis=0))) / np.sqrt(12.0)
+    sigma = np.sqrt(np.clip((TEMPLATE_FWHM_MM / 2.355) ** 2 - done**2, 0.0, None)) / vox
     sampled = np.stack([
-        ndimage.map_coordinates(ndimage.gaussian_filter(icn[..., k], sigma, mode="constant"),
+        ndimage.map_coordinates(ndimage.gaussian_filter(maps[..., k], sigma, mode="constant"),
                                 ijk.T, order=1, mode="constant")
-        for k in range(icn.shape[3])
+        for k in range(maps.shape[3])
     ])
     return _zscore(sampled) @ template.T / template.shape[1]
 
@@ -110,6 +131,24 @@ def icn_mismatches(r: np.ndarray, order: list[int] | None = None) -> list[IcnMis
     return out
 
 
+def read_icn_order(path: Path) -> list[int]:
+    """``--icn-order``: whole numbers separated by spaces, commas or lines (exit 64 if not)."""
+    from vaefusion.errors import UsageError, option_file_error
+
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise option_file_error("--icn-order", path, exc, "text") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--icn-order {path} is not UTF-8 text; save it as text.") from None
+    try:
+        return [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise UsageError(f"--icn-order {path} must hold whole numbers (the NeuroMark component "
+                         f"of each volume, e.g. 12 3 7 ...), separated by spaces, commas or "
+                         f"lines.") from None
+
+
 def check_icn_identity(icn: np.ndarray, affine: np.ndarray, path: str, subject: str) -> None:
     """Exit 65 when a subject's ICN volumes are not NeuroMark's components in template order."""
     bad = icn_mismatches(icn_correlations(icn, affine))
@@ -122,7 +161,8 @@ def check_icn_identity(icn: np.ndarray, affine: np.ndarray, path: str, subject: 
     raise DataError(
         f"{path}: {subject}'s volume {m.volume} {looks}, and {len(bad)} of {icn.shape[3]} "
         f"volumes do not match their NeuroMark fMRI 1.0 component; give the maps of the "
-        f"NeuroMark template in its order (not GIFT's sorted output or another ICA).")
+        f"NeuroMark template in its order, or their order with --icn-order (maps of another "
+        f"ICA cannot be used).")
 
 
 @lru_cache(maxsize=8)
