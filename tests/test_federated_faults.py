@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -144,14 +145,19 @@ class Faulty:
         return dataclasses.replace(reply, weights=weights, train_loss=float("nan"))
 
 
-def test_nan_site_and_malformed_site_are_excluded(caches, tmp_path):  # noqa: F811
+def test_nan_site_and_malformed_site_are_excluded(caches, tmp_path, caplog):  # noqa: F811
     """The federated simulation of the issue: site-2 sends NaN weights every round, site-3 a
     malformed message; the run finishes with site-1 (and site-2's evaluation answers), and
     summary.json names both, each with its reason."""
     sites = runners(caches, tmp_path / "a")
     sites["site-2"] = Faulty(sites["site-2"], "nan")
     sites["site-3"] = Faulty(sites["site-3"], "garbage")
-    result = run_in_process(settings(min_sites=1), sites, tmp_path / "out")
+    with caplog.at_level(logging.WARNING, "vaefusion.federated"):
+        result = run_in_process(settings(min_sites=1), sites, tmp_path / "out")
+    ending = caplog.messages[-3:]  # the run's end names both
+    assert ending[0].startswith("site site-2 was left out of round 1: it sent non-finite")
+    assert any(m.startswith("site site-3 was excluded at train: sent an unreadable message")
+               for m in caplog.messages)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     s2, s3 = summary["sites"]["site-2"], summary["sites"]["site-3"]
     assert s3["status"] == "excluded" and s3["stage"] == "train"

@@ -479,6 +479,13 @@ class Coordinator:
         model_dir = save_model(model, names.model_dir(self.output_dir), meta)
         summary = self._summary(history, loso, kfold, transport.traffic)
         names.write_summary(self.output_dir, summary)
+        for site, entry in summary["sites"].items():  # the run's end names every bad site
+            if entry["status"] == "excluded":
+                self.log.warning("site %s was excluded at %s: %s", site, entry.get("stage"),
+                                 entry.get("reason"))
+            for ex in entry.get("excluded_rounds", []):
+                self.log.warning("site %s was left out of round %d: it %s", site, ex["round"],
+                                 ex["reason"])
         self._call(transport, FINISH, FinalResult(weights, json.dumps(meta),
                                                   json.dumps(summary, indent=2) + "\n"))
         self.log.info("global model in %s; summary in %s", model_dir,
