@@ -65,6 +65,13 @@ def test_icn_min_r_threshold_both_sides():
     assert [m.volume for m in tc.icn_mismatches(r)] == [2]
 
 
+def test_more_volumes_than_neuromark_has():
+    with pytest.raises(DataError, match="has 54 ICN volumes but the NeuroMark fMRI 1.0 "
+                                       "template has 53 components") as err:
+        check_icn_identity(np.zeros((2, 2, 2, 54), np.float32), np.eye(4), "x.nii", "sub-01")
+    assert err.value.code == 65
+
+
 def test_permuted_icn_volumes(writable_copy, tmp_path, caplog):
     path = icn(writable_copy, "02")
     rewrite(path, voxels(path)[..., [1, 0, 2, 3]])

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from vaefusion.errors import DataError
-from vaefusion.inputs.reference import data_path, mask_10mm_path, template_10mm_path
+from vaefusion.inputs.reference import N_ICN, data_path, mask_10mm_path, template_10mm_path
 from vaefusion.inputs.resample import resample_to_grid
 
 LOG = logging.getLogger("vaefusion.inputs")
@@ -151,6 +151,9 @@ def read_icn_order(path: Path) -> list[int]:
 
 def check_icn_identity(icn: np.ndarray, affine: np.ndarray, path: str, subject: str) -> None:
     """Exit 65 when a subject's ICN volumes are not NeuroMark's components in template order."""
+    if icn.shape[3] > N_ICN:
+        raise DataError(f"{path}: {subject} has {icn.shape[3]} ICN volumes but the NeuroMark "
+                        f"fMRI 1.0 template has {N_ICN} components; give NeuroMark's maps.")
     bad = icn_mismatches(icn_correlations(icn, affine))
     if not bad:
         return
