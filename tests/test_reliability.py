@@ -1109,12 +1109,14 @@ def test_gram_matrices_beyond_mem_are_refused(tmp_path):
 # --------------------------------------------------------------------------- the document
 def test_reliability_table_is_backed_by_these_tests():
     """Every row of docs/reliability.md names a test of this module (or, written
-    ``test_recovery.py::test_x``, of tests/test_recovery.py), with its exit code."""
+    ``test_recovery.py::test_x``, of tests/test_recovery.py, test_input_sanity.py or
+    test_federated_faults.py), with its exit code."""
     rows = [line for line in DOC.read_text().splitlines()
             if line.startswith("| ") and "`test_" in line]
     assert len(rows) >= 25
     sources = {name: (Path(__file__).parent / name).read_text()
-               for name in ("test_reliability.py", "test_recovery.py")}
+               for name in ("test_reliability.py", "test_recovery.py", "test_input_sanity.py",
+                            "test_federated_faults.py")}
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         found = re.search(r"`(?:(test_\w+\.py)::)?(test_\w+)", cells[-1])

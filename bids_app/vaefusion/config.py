@@ -20,6 +20,7 @@ from typing import Any
 
 import tomli_w
 
+from vaefusion.disk.naming import alnum
 from vaefusion.errors import UsageError, option_file_error
 
 ALL_METHODS: tuple[str, ...] = ("vae", "pca-early", "pca-late", "pca-shared")
@@ -45,7 +46,7 @@ GPU_FRACTION = 0.4
 
 #: Fields that hold paths (serialized as strings, restored as Path).
 _PATH_FIELDS = {"bids_dir", "output_dir", "work_dir", "bids_filter_file", "use_plugin",
-                "config_file", "model"}
+                "config_file", "model", "diagnosis_map"}
 
 
 #: Field metadata of the settings that change results (the "method"). Only these are hashed by
@@ -95,10 +96,15 @@ class Config:
     skip_bids_validation: bool = False
     missing_modality: str = "skip"
     n_components: int = 53
+    #: --icn-order: the NeuroMark component (1-based) of each volume, in file order (GIFT's
+    #: sorted output); empty: template order
+    icn_order: list[int] = field(default_factory=list, metadata=METHOD)
     # labels
     label_column: str = field(default="diagnosis", metadata=METHOD)
     positive_label: str = field(default="SZ", metadata=METHOD)
     negative_label: str = field(default="HC", metadata=METHOD)
+    #: JSON file mapping participants.tsv values to labels, e.g. {"sz": "SZ"}
+    diagnosis_map: Path | None = None  # applied to the labels, which the cache keys on
     # execution
     work_dir: Path | None = None
     nprocs: int = 1
@@ -208,8 +214,19 @@ class Config:
             raise UsageError("--missing-modality must be skip, keep or error.")
         if self.nprocs < 1 or self.omp_nthreads < 0:
             raise UsageError("--nprocs must be at least 1 and --omp-nthreads at least 0 (auto).")
+        if self.icn_order and sorted(self.icn_order) != list(range(1, self.n_components + 1)):
+            raise UsageError(f"--icn-order must list each of the {self.n_components} NeuroMark "
+                             f"components once (1 to {self.n_components}), not "
+                             f"{len(self.icn_order)} numbers {self.icn_order[:6]}...")
         if self.positive_label == self.negative_label:
             raise UsageError("--positive-label and --negative-label must differ.")
+        if alnum(self.positive_label) == alnum(self.negative_label):
+            # the group maps are named by the labels' letters and digits: one would overwrite
+            # the other (decoded maps of -1 and 1 are both desc-decoded1)
+            raise UsageError(f"--positive-label {self.positive_label} and --negative-label "
+                             f"{self.negative_label} give the same output file names (only "
+                             f"letters and digits are kept: {alnum(self.positive_label)}); "
+                             f"choose labels that differ in a letter or digit.")
 
     # ----------------------------------------------------------------- resolution
     def resolve(self) -> Config:

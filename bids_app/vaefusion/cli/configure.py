@@ -20,7 +20,7 @@ _DIRECT = ("participant_label", "session_label", "bids_filter_file", "skip_bids_
            "downsample", "augment", "model", "methods", "likelihood", "scaling", "kl_warmup",
            "free_bits",
            "cv_seed", "cv_repeats",
-           "svm_c", "explain_fold")
+           "svm_c", "explain_fold", "diagnosis_map")
 
 
 def build_config(args) -> Config:
@@ -34,6 +34,10 @@ def build_config(args) -> Config:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
+    if args.icn_order is not None:
+        from vaefusion.inputs.template_checks import read_icn_order
+
+        cfg.icn_order = read_icn_order(args.icn_order)
     if args.derivatives:
         cfg.derivatives = dict(args.derivatives)
     if cfg.analysis_level not in ANALYSIS_LEVELS:
@@ -45,7 +49,7 @@ def build_config(args) -> Config:
     cfg.output_dir = Path(cfg.output_dir).expanduser().resolve()
     cfg.work_dir = (Path(cfg.work_dir).expanduser().resolve() if cfg.work_dir
                     else default_work_dir(cfg.output_dir))
-    for name in ("bids_filter_file", "use_plugin", "model"):
+    for name in ("bids_filter_file", "use_plugin", "model", "diagnosis_map"):
         value = getattr(cfg, name)
         if value is not None:
             # absolute, but a link is kept as given, so that a message names what the user gave

@@ -90,9 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "has (embedded, not classified), or an error")
     g.add_argument("--n-components", type=_positive_int, default=None, metavar="N",
                    help="expected number of ICN components per subject (default 53)")
+    g.add_argument("--icn-order", type=Path, default=None, metavar="FILE",
+                   help="text file: the NeuroMark component (1-based) of each ICN volume, in "
+                   "file order, e.g. for GIFT's sorted output (default: template order)")
     g.add_argument("--label-column", default=None, help="participants.tsv column (diagnosis)")
     g.add_argument("--positive-label", default=None, help="patient value (SZ)")
     g.add_argument("--negative-label", default=None, help="control value (HC)")
+    g.add_argument("--diagnosis-map", type=Path, default=None, metavar="FILE",
+                   help="JSON mapping participants.tsv values to labels, e.g. {\"sz\": \"SZ\"}")
 
     g = p.add_argument_group("execution")
     g.add_argument("-w", "--work-dir", type=Path, default=None, metavar="DIR",

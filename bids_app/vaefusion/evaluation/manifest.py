@@ -78,7 +78,7 @@ def build_manifest(files: list[Path], cfg: Config) -> Manifest:
             seen.add(meta.subject)
         else:
             labels.append(-1)
-            LOG.info("%s has label %r (not %s/%s): embedded, not classified", meta.key,
+            LOG.warning("%s has label %r (not %s/%s): embedded, not classified", meta.key,
                      meta.label, cfg.positive_label, cfg.negative_label)
     n_pos, n_neg = labels.count(1), labels.count(0)
     if n_pos < 2 or n_neg < 2:

@@ -16,7 +16,10 @@ import dataclasses
 import hashlib
 import json
 import struct
-from typing import Any
+import types
+import typing
+from functools import cache
+from typing import Any, Union
 
 import numpy as np
 from safetensors.numpy import load as st_load
@@ -85,32 +88,103 @@ def _header(data: bytes) -> dict[str, Any]:
 def _restore(value: Any, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(value, dict):
         if _ARRAY in value:
-            return arrays[value[_ARRAY]]
+            key = value[_ARRAY]
+            if not isinstance(key, str) or key not in arrays:
+                raise CodecError(f"message refers to a missing array {str(key)[:40]!r}")
+            return arrays[key]
         if _TYPE in value:
-            cls = MESSAGE_TYPES.get(value[_TYPE])
+            name = value[_TYPE]
+            cls = MESSAGE_TYPES.get(name) if isinstance(name, str) else None
             if cls is None:
-                raise CodecError(f"unknown message type {value[_TYPE]!r}")
+                raise CodecError(f"unknown message type {str(name)[:40]!r}")
             kwargs = {k: _restore(v, arrays) for k, v in value.items() if k != _TYPE}
             try:
-                return cls(**kwargs)
+                msg = cls(**kwargs)
             except TypeError as exc:
-                raise CodecError(f"{value[_TYPE]} fields do not match ({exc})") from None
+                raise CodecError(f"{name} fields do not match ({exc})") from None
+            _check_fields(msg)
+            return msg
         return {k: _restore(v, arrays) for k, v in value.items()}
     if isinstance(value, list):
         return [_restore(v, arrays) for v in value]
     return value
 
 
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a decoded value has the type a message field declares (the types messages
+    use: numbers, strings, arrays, lists, dicts, unions and other messages)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint in (str, np.ndarray):
+        return isinstance(value, hint)
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items())
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # a type no message uses: not checked
+
+
+def _check_fields(msg: object) -> None:
+    """Every field of a decoded message has its declared type (a number where a number is
+    declared ...), so that a malformed reply fails here, not deep in the server."""
+    hints = _hints(type(msg))
+    for f in dataclasses.fields(msg):  # type: ignore[arg-type]
+        value = getattr(msg, f.name)
+        if not _conforms(value, hints.get(f.name, Any)):
+            raise CodecError(f"{type(msg).__name__}.{f.name} is a {type(value).__name__}, "
+                             f"not the declared {hints.get(f.name)}")
+
+
 def decode(data: bytes) -> Any:
-    """The message that :func:`encode` made of ``data``."""
-    meta = _header(data).get("__metadata__") or {}
-    if "vaefusion_message" not in meta:
+    """The message that :func:`encode` made of ``data``; anything else (corrupt, truncated,
+    of an unknown type, with a field of the wrong type) raises :class:`CodecError`."""
+    try:
+        return _decode(data)
+    except CodecError:
+        raise
+    except Exception as exc:  # whatever malformed bytes make the parsers raise
+        raise CodecError(f"malformed message ({type(exc).__name__}: {str(exc)[:200]})"
+                         ) from None
+
+
+def _decode(data: bytes) -> Any:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError(f"a message is bytes, not {type(data).__name__}")
+    header = _header(bytes(data))
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("vaefusion_message"), str):
         raise CodecError("not a vaefusion message")
     try:
         arrays = st_load(bytes(data))
     except Exception as exc:  # safetensors' own error type for malformed buffers
         raise CodecError(f"message arrays are malformed ({exc})") from None
-    return _restore(json.loads(meta["vaefusion_message"]), arrays)
+    try:
+        body = json.loads(meta["vaefusion_message"])
+    except json.JSONDecodeError as exc:
+        raise CodecError(f"message description is not JSON ({exc})") from None
+    msg = _restore(body, arrays)
+    if not dataclasses.is_dataclass(msg):
+        raise CodecError(f"the message is a {type(msg).__name__}, not a vaefusion message")
+    return msg
 
 
 # --------------------------------------------------------------------------- chunks
@@ -125,6 +199,8 @@ def split(data: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
 
 def join(chunks: list[bytes], expected_digest: str | None = None) -> bytes:
     """Reassemble :func:`split` chunks, checking the digest when one is given."""
+    if not isinstance(chunks, list | tuple) or not all(isinstance(c, bytes) for c in chunks):
+        raise CodecError("message chunks are not a list of bytes")
     data = b"".join(chunks)
     if expected_digest is not None and digest(data) != expected_digest:
         raise CodecError("message chunks do not match their digest (lost or corrupted)")

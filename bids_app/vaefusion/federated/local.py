@@ -49,7 +49,8 @@ class InProcessTransport:
 
     def _carry(self, task: str, sender: str, receiver: str, msg: object
                ) -> tuple[object, int]:
-        data = codec.join(codec.split(codec.encode(msg)))
+        # a site may answer with bytes as they came off the network (a remote site)
+        data = msg if isinstance(msg, bytes) else codec.join(codec.split(codec.encode(msg)))
         decoded = codec.decode(data)
         if self.recorder is not None:
             self.recorder(Sent(task, sender, receiver, decoded, len(data)))
@@ -67,7 +68,11 @@ class InProcessTransport:
                 replies[name] = SiteFailure(name, task, f"no reply ({exc})", EXIT_FAILURE,
                                             dropped=True)
                 continue
-            replies[name], n = self._carry(task, name, "server", reply)
+            try:
+                replies[name], n = self._carry(task, name, "server", reply)
+            except codec.CodecError as exc:  # as the NVFlare transport: that site is excluded
+                replies[name], n = SiteFailure(name, task, f"sent an unreadable message "
+                                               f"({exc})"), 0
             self.traffic.received += n
         return replies
 

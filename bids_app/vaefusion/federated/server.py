@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -143,6 +144,8 @@ class Coordinator:
         self.infos: dict[str, SiteInfo] = {}
         self.classifier_rounds = 0
         self._unconverged: list[str] = []
+        #: rounds whose update of a site was left out of FedAvg, and why, by site
+        self.round_exclusions: dict[str, list[dict[str, Any]]] = {}
 
     # ----------------------------------------------------------------- site failures
     @property
@@ -186,6 +189,9 @@ class Coordinator:
             elif not isinstance(reply, REPLIES[task]) or getattr(reply, "site", site) != site:
                 self._fail(SiteFailure(site, task, f"sent a {type(reply).__name__} instead of "
                                        f"a {REPLIES[task].__name__}"))
+            elif task in (EMBED, CLASSIFY) and not _finite(reply):
+                self._fail(SiteFailure(site, task, "sent non-finite sums or gradients",
+                                       EXIT_DATA))
             else:
                 good[site] = reply
         self._check_enough()
@@ -256,7 +262,7 @@ class Coordinator:
             self._fail(SiteFailure(u.site, TRAIN, f"answered round {u.round + 1} for round "
                                    f"{r + 1}"))
         self._check_enough()
-        updates = [u for u in updates if u.round == r]
+        updates = self._usable(r, [u for u in updates if u.round == r], weights)
         new = fedavg(updates)
         stats = RoundStats(
             r + 1, _pooled(updates, "train_loss"), _pooled(updates, "train_recon"),
@@ -272,6 +278,27 @@ class Coordinator:
                       stats.train_recon, stats.train_kl, len(updates), stats.seconds,
                       (stats.bytes_sent + stats.bytes_received) / 1e6)
         return new, stats
+
+    def _usable(self, r: int, updates: list[LocalUpdate], weights: Weights
+                ) -> list[LocalUpdate]:
+        """The updates FedAvg may average; a site whose update is unusable (non-finite, or
+        another volume count or architecture than declared) sits this round out, named."""
+        usable = []
+        for u in updates:
+            why = _update_problem(u, self.infos[u.site].n_volumes, weights)
+            if why is None:
+                usable.append(u)
+                continue
+            self.round_exclusions.setdefault(u.site, []).append({"round": r + 1, "reason": why})
+            self.log.warning("site %s is left out of round %d: it %s", u.site, r + 1, why)
+        if len(usable) < self.required or not usable:
+            why = "; ".join(f"{site}: {ex[-1]['reason']}" for site, ex in
+                            self.round_exclusions.items() if ex[-1]["round"] == r + 1)
+            raise FederationError(f"Federated run stopped at round {r + 1}: {why}. "
+                                  f"{len(usable)} usable update(s), fewer than the "
+                                  f"{self.required} required; fix the site(s), or let the run "
+                                  f"go on without them with --min-sites.", EXIT_DATA)
+        return usable
 
     # ----------------------------------------------------------------- resumable state
     def _signature(self) -> dict[str, Any]:
@@ -409,6 +436,8 @@ class Coordinator:
             if site in self.failures:
                 f = self.failures[site]
                 entry.update(stage=f.task.removeprefix("vaefusion_"), reason=f.reason)
+            if site in self.round_exclusions:
+                entry["excluded_rounds"] = self.round_exclusions[site]
             sites[site] = entry
         train_bytes = [h.bytes_sent + h.bytes_received for h in history]
         return {
@@ -450,11 +479,50 @@ class Coordinator:
         model_dir = save_model(model, names.model_dir(self.output_dir), meta)
         summary = self._summary(history, loso, kfold, transport.traffic)
         names.write_summary(self.output_dir, summary)
+        for site, entry in summary["sites"].items():  # the run's end names every bad site
+            if entry["status"] == "excluded":
+                self.log.warning("site %s was excluded at %s: %s", site, entry.get("stage"),
+                                 entry.get("reason"))
+            for ex in entry.get("excluded_rounds", []):
+                self.log.warning("site %s was left out of round %d: it %s", site, ex["round"],
+                                 ex["reason"])
         self._call(transport, FINISH, FinalResult(weights, json.dumps(meta),
                                                   json.dumps(summary, indent=2) + "\n"))
         self.log.info("global model in %s; summary in %s", model_dir,
                       names.summary_file(self.output_dir))
         return FederatedResult(weights, history, loso, kfold, summary, model_dir)
+
+
+def _update_problem(u: LocalUpdate, declared: int, weights: Weights) -> str | None:
+    """Why a site's update must not be averaged (None when it may), as "it ..." ends."""
+    if u.n_volumes != declared:
+        return f"sent {u.n_volumes} volumes as its weight where it declared {declared}"
+    if u.weights.keys() != weights.keys():
+        return "sent weights of another architecture (other tensors)"
+    for key, ref in weights.items():
+        w = u.weights[key]
+        if w.shape != ref.shape or w.dtype != ref.dtype:
+            return (f"sent {key} as {w.dtype} {list(w.shape)} where the model has {ref.dtype} "
+                    f"{list(ref.shape)}")
+        if np.issubdtype(w.dtype, np.floating) and not np.isfinite(w).all():
+            return f"sent non-finite weights ({key}: {int((~np.isfinite(w)).sum())} values)"
+    for name in ("train_loss", "train_recon", "train_kl", "sigma"):
+        if not math.isfinite(getattr(u, name)):
+            return f"reported a non-finite {name.replace('_', ' ')}"
+    return None
+
+
+def _finite(value: Any) -> bool:
+    """Every number and array in a reply (its fields, lists and messages) is finite."""
+    if isinstance(value, np.ndarray):
+        return not np.issubdtype(value.dtype, np.floating) or bool(np.isfinite(value).all())
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if hasattr(value, "__dataclass_fields__"):
+        return all(_finite(getattr(value, f)) for f in value.__dataclass_fields__)
+    return True
 
 
 def _fmt(value: float | None) -> str:

@@ -22,6 +22,13 @@ from vaefusion.errors import UsageError
 #: values determine both, so a part of two subjects would reveal their features.
 MIN_AGGREGATE_SUBJECTS = 3
 
+#: Caps a site enforces on what the server may ask (docs/federated.md, "A curious server"):
+#: classifier rounds (each a gradient over the site's subjects) and the inverse regularisation
+#: (a weaker penalty lets coefficients grow, which sharpens a probe). The paper's evaluation
+#: converges in under 100 rounds with C = 1.
+MAX_CLASSIFIER_ROUNDS = 1000
+MAX_CLASSIFIER_C = 1000.0
+
 
 @dataclass(frozen=True)
 class FederatedSettings:
@@ -60,9 +67,12 @@ class FederatedSettings:
             (self.latent_dim >= 1, f"--latent-dim {self.latent_dim} must be at least 1."),
             (self.folds == 0 or self.folds >= 2,
              f"--folds {self.folds} must be 0 (leave-one-site-out only) or at least 2."),
-            (self.classifier_c > 0, f"--classifier-c {self.classifier_c} must be positive."),
-            (self.classifier_rounds >= 1,
-             f"--classifier-rounds {self.classifier_rounds} must be at least 1."),
+            (0 < self.classifier_c <= MAX_CLASSIFIER_C,
+             f"--classifier-c {self.classifier_c} must be positive and at most "
+             f"{MAX_CLASSIFIER_C:g}."),
+            (1 <= self.classifier_rounds <= MAX_CLASSIFIER_ROUNDS,
+             f"--classifier-rounds {self.classifier_rounds} must be from 1 to "
+             f"{MAX_CLASSIFIER_ROUNDS}."),
             (self.likelihood in LIKELIHOODS,
              f"--likelihood {self.likelihood} is unknown; use {' or '.join(LIKELIHOODS)}."),
             (self.round_timeout >= 0, "--round-timeout must be 0 (none) or positive."),

@@ -29,6 +29,7 @@ from vaefusion.config import Config
 from vaefusion.derivatives import federated as names
 from vaefusion.errors import EXIT_FAILURE, DataError, MissingInputError, VaefusionError
 from vaefusion.federated.evaluation import SiteEvaluator
+from vaefusion.federated.guard import RequestGuard
 from vaefusion.federated.messages import (
     CLASSIFY,
     EMBED,
@@ -118,6 +119,8 @@ class SiteRunner:
         self.metas: list[SubjectMeta] = []
         self.trainer: Any = None
         self.evaluator: SiteEvaluator | None = None
+        self.guard: RequestGuard | None = None  # what the server may ask (federated/guard.py)
+        self._sd = np.zeros(0)
         self._rng: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- dispatch
@@ -160,6 +163,8 @@ class SiteRunner:
     def prepare(self, req: PrepareRequest) -> SiteInfo:
         s = req.settings
         s.validate()
+        if self.guard is not None:
+            self.guard.prepare_again(s, req.sites)
         # without a BIDS dataset (cache files given) the Config's bids_dir is never read
         cfg = s.site_config(self.bids_dir or self.work_dir, self.output_dir, self.work_dir)
         cfg.omp_nthreads = self.threads
@@ -185,6 +190,7 @@ class SiteRunner:
                             f"{s.negative_label} subject(s) in column '{s.label_column}' of its "
                             f"participants.tsv; every site needs at least 2 of each.")
         self.settings = s
+        self.guard = self.guard or RequestGuard(self.site, s, req.sites)
         self._labelled, self._y = idx, y
         self._build_trainer()
         grid = list(self.trainer.train_data.grid)
@@ -245,12 +251,14 @@ class SiteRunner:
     def embed(self, req: EvalRequest) -> SiteMoments:
         from vaefusion.training.inference import embed
 
-        assert self.settings is not None
+        assert self.settings is not None and self.guard is not None
+        self.guard.embed(req)
         model = self.trainer.model
         model.load_state_dict(_to_torch(req.weights))
         files = [self.files[i] for i in self._labelled]
         mus = embed(model, files, self.trainer.device, self.settings.downsample)
         features = mus.reshape(len(files), -1).astype(np.float64)  # modality-major
+        self._sd = features.std(axis=0)
         self.evaluator = SiteEvaluator(self.site, features, self._y, req.folds,
                                        self.settings.seed)
         return self.evaluator.moments()
@@ -258,11 +266,15 @@ class SiteRunner:
     def classify(self, req: ClassifierStep) -> SiteGradients:
         if self.evaluator is None:
             raise VaefusionError(f"site {self.site} was asked for gradients before embedding.")
+        assert self.guard is not None
+        self.guard.step(req, self._sd)
         return SiteGradients(self.site, req.step, self.evaluator.gradients(req.fits))
 
     def score(self, req: ScoreRequest) -> SiteScores:
         if self.evaluator is None:
             raise VaefusionError(f"site {self.site} was asked for scores before embedding.")
+        assert self.guard is not None
+        self.guard.score(req.fits, self._sd)
         return SiteScores(self.site, self.evaluator.scores(req.fits))
 
     def finish(self, req: FinalResult) -> SiteDone:

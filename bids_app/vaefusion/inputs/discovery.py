@@ -16,7 +16,6 @@ Only headers are read here (cheap); voxel checks happen in preprocessing.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -33,6 +32,7 @@ from vaefusion.config import Config
 from vaefusion.errors import DataError, MissingInputError, NoDataError, unreadable_input
 from vaefusion.inputs.filters import DEFAULT_QUERIES, check_bids_filters, load_bids_filters
 from vaefusion.inputs.headers import check_headers
+from vaefusion.inputs.identifiers import is_label, read_tsv
 from vaefusion.inputs.participants import labels_needed, read_participants
 from vaefusion.inputs.types import SubjectInputs
 
@@ -178,28 +178,35 @@ def _gift_mapping(folder: Path) -> dict[tuple[int, int | None], tuple[str, str |
             f"GIFT component files in {folder} have no subject mapping; add {folder}/"
             f"gift_subjects.tsv with columns gift_index and participant_id (and session_id)."
         )
+    if len(tsvs) > 1:
+        raise DataError(f"{folder} holds {len(tsvs)} GIFT subject mappings ({tsvs[0].name} and "
+                        f"{tsvs[1].name}); keep the one that matches its component files.")
     if (bad := unreadable_input(tsvs[0])) is not None:
         raise bad
     mapping: dict[tuple[int, int | None], tuple[str, str | None]] = {}
-    with open(tsvs[0], newline="") as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            try:
-                index = int(row["gift_index"])
-                pid = row["participant_id"].strip()
-                gift_ses = (row.get("gift_session") or "").strip()
-                key = (index, int(gift_ses) if gift_ses not in ("", "n/a") else None)
-            except (KeyError, ValueError, AttributeError):
-                raise DataError(
-                    f"{tsvs[0]} needs integer gift_index (and gift_session, if given) and "
-                    f"participant_id columns; fix it."
-                ) from None
-            ses = (row.get("session_id") or "").strip()
-            ses = None if ses in ("", "n/a") else ses.removeprefix("ses-")
-            if key in mapping:
-                raise DataError(f"{tsvs[0]} lists gift_index {index}"
-                                f"{f' gift_session {key[1]}' if key[1] else ''} twice; add a "
-                                f"gift_session column to tell a subject's GIFT sessions apart.")
-            mapping[key] = (pid.removeprefix("sub-"), ses)
+    for line, row in read_tsv(tsvs[0])[1]:
+        try:
+            index = int(row["gift_index"])
+            pid = row["participant_id"].strip()
+            gift_ses = (row.get("gift_session") or "").strip()
+            key = (index, int(gift_ses) if gift_ses not in ("", "n/a") else None)
+        except (KeyError, ValueError, AttributeError):
+            raise DataError(
+                f"{tsvs[0]} needs integer gift_index (and gift_session, if given) and "
+                f"participant_id columns; fix it."
+            ) from None
+        ses = (row.get("session_id") or "").strip()
+        ses = None if ses in ("", "n/a") else ses.removeprefix("ses-")
+        if key in mapping:
+            raise DataError(f"{tsvs[0]} lists gift_index {index}"
+                            f"{f' gift_session {key[1]}' if key[1] else ''} twice; add a "
+                            f"gift_session column to tell a subject's GIFT sessions apart.")
+        for what, value in (("participant_id", pid.removeprefix("sub-")), ("session_id", ses)):
+            if value is not None and not is_label(value):
+                raise DataError(f"{tsvs[0]} line {line}: {what} '{value}' is not a BIDS label "
+                                f"(letters and digits, with or without the sub-/ses- prefix); "
+                                f"fix the row.")
+        mapping[key] = (pid.removeprefix("sub-"), ses)
     return mapping
 
 

@@ -8,13 +8,9 @@ the CLI, which owns the workflow engine.)
 
 from __future__ import annotations
 
-import re
-
 from vaefusion.config import Config
 from vaefusion.errors import UsageError
-
-#: BIDS labels are alphanumeric; anything else (``../x``, ``a/b``) could escape a folder.
-LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
+from vaefusion.inputs.identifiers import LABEL_RE
 
 
 def check_labels(cfg: Config) -> None:

@@ -8,8 +8,9 @@ column is an error at the group level and a warning elsewhere.
 
 from __future__ import annotations
 
-import csv
+import json
 import logging
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -17,7 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from vaefusion.config import Config
-from vaefusion.errors import DataError, MissingInputError, unreadable_input
+from vaefusion.errors import (
+    DataError,
+    MissingInputError,
+    UsageError,
+    option_file_error,
+    unreadable_input,
+)
+from vaefusion.inputs.identifiers import read_tsv
 from vaefusion.inputs.types import SubjectInputs
 
 LOG = logging.getLogger("vaefusion.participants")
@@ -30,16 +38,8 @@ def labels_needed(cfg: Config) -> bool:
 
 def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """The header and rows of a TSV; a UTF-8 byte-order mark (as Excel writes) is accepted."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh, delimiter="\t")
-            rows = list(reader)
-            header = reader.fieldnames or []
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
-            f"{exc.start}); save it as UTF-8."
-        ) from None
+    header, numbered = read_tsv(path)
+    rows = [row for _, row in numbered]
     if not header:
         raise DataError(
             f"{path} is empty; give it a header row (participant_id, then the diagnosis column) "
@@ -95,8 +95,64 @@ def read_participants(bids_dir: Path, cfg: Config, warn: bool = True) -> dict[st
                         "%s level; the group level needs it, or --label-column).", path,
                         cfg.label_column, cfg.analysis_level)
         return {}
-    return {pid: (row.get(cfg.label_column) or "").strip()
-            for pid, row in zip(ids, rows, strict=True) if pid}
+    mapping = load_diagnosis_map(cfg.diagnosis_map)
+    labels = {}
+    for pid, row in zip(ids, rows, strict=True):
+        if pid:
+            value = (row.get(cfg.label_column) or "").strip()
+            labels[pid] = mapping.get(value, value)
+    check_near_misses(labels, cfg, path, need, warn)
+    return labels
+
+
+def load_diagnosis_map(path: Path | None) -> dict[str, str]:
+    """``--diagnosis-map``: a JSON object of participants.tsv value -> label (exit 64 if not)."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except OSError as exc:
+        raise option_file_error("--diagnosis-map", path, exc, "JSON") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--diagnosis-map {path} is not valid JSON ({exc}); fix its "
+                         f"syntax.") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise UsageError(f"--diagnosis-map {path} must be a JSON object of value -> label "
+                         f"strings, e.g. {{\"sz\": \"SZ\"}}.")
+    return {str(k).strip(): v.strip() for k, v in data.items()}
+
+
+def _canonical(value: str) -> str:
+    """A value without case, spaces and number form: ``' Sz'`` -> ``sz``, ``1.0`` -> ``1``."""
+    text = "".join(value.split()).casefold()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return repr(number) if math.isfinite(number) else text
+
+
+def check_near_misses(labels: dict[str, str], cfg: Config, path: Path, need: bool,
+                      warn: bool = True) -> None:
+    """Values that differ from ``--positive-label`` or ``--negative-label`` only by case,
+    spaces or number form (``sz``, ``1.0``) would silently leave subjects out of the
+    classification: exit 65 with counts and a suggestion where labels are needed, else a
+    warning."""
+    classes = {_canonical(c): c for c in (cfg.positive_label, cfg.negative_label)}
+    misses = Counter(v for v in labels.values()
+                     if v not in classes.values() and _canonical(v) in classes)
+    if not misses:
+        return
+    said = "; ".join(f"{n} subject{'s have' if n > 1 else ' has'} '{v}' (did you mean "
+                     f"{classes[_canonical(v)]}?)" for v, n in sorted(misses.items()))
+    first = min(misses)
+    text = (f"{path}: {said}; correct column '{cfg.label_column}' or say what the values mean "
+            f"with --diagnosis-map FILE (JSON, e.g. {{\"{first}\": "
+            f"\"{classes[_canonical(first)]}\"}}).")
+    if need:
+        raise DataError(text)
+    if warn:
+        LOG.warning("%s (not needed at the %s level)", text, cfg.analysis_level)
 
 
 def classification_labels(subjects: list[SubjectInputs], cfg: Config) -> np.ndarray:

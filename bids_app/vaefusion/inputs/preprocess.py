@@ -6,46 +6,20 @@ The numerics are pure functions; :func:`preprocess_subject` does the I/O for one
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
+from vaefusion.disk.naming import subject_key
 from vaefusion.errors import DataError, unreadable_input
 from vaefusion.inputs.cache import SubjectMeta, write_subject
 from vaefusion.inputs.reference import GMV_MODALITY
+from vaefusion.inputs.resample import resample_to_grid
+from vaefusion.inputs.template_checks import check_gmv_space, check_icn_identity
 
 LOG = logging.getLogger("vaefusion.preprocess")
-
-
-def voxel_sizes(affine: np.ndarray) -> np.ndarray:
-    """Voxel edge lengths (mm) of an affine."""
-    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
-
-
-def resample_to_grid(
-    data: np.ndarray, source_affine: np.ndarray, target_affine: np.ndarray,
-    target_shape: tuple[int, int, int], order: int = 1,
-) -> np.ndarray:
-    """Resample a 3D volume onto another grid in the same world space.
-
-    When the target voxels are larger, the source is first smoothed with a Gaussian whose
-    width matches the voxel-size ratio (anti-aliasing), so downsampling averages rather than
-    picks voxels; then trilinear interpolation (``order=1``) maps target voxel centres into
-    the source. Voxels outside the source field of view become 0.
-    """
-    data = np.asarray(data, dtype=np.float32)
-    ratio = voxel_sizes(target_affine) / voxel_sizes(source_affine)
-    sigma = np.sqrt(np.clip(ratio**2 - 1.0, 0.0, None)) / 2.0  # ~FWHM of the target voxel
-    if np.any(sigma > 0.1):
-        data = ndimage.gaussian_filter(data, sigma=sigma, mode="nearest")
-    # target voxel -> world -> source voxel
-    mapping = np.linalg.solve(source_affine, target_affine)
-    return ndimage.affine_transform(
-        data, mapping[:3, :3], offset=mapping[:3, 3], output_shape=tuple(target_shape),
-        order=order, mode="constant", cval=0.0, prefilter=False,
-    ).astype(np.float32)
 
 
 #: Largest ratio of a volume's peak to its 99th-percentile magnitude. Beyond it, max-abs
@@ -134,12 +108,20 @@ def _load(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def preprocess_subject(
     icn_path: str, gmv_path: str | None, subject: str, session: str | None,
-    label: str | None, cache_dir: Path,
+    label: str | None, cache_dir: Path, icn_order: Sequence[int] = (),
 ) -> tuple[Path, SubjectMeta]:
-    """Read, check, resample, scale and stack one subject; write its training cache."""
+    """Read, check, resample, scale and stack one subject; write its training cache.
+
+    ``icn_order`` (``--icn-order``) gives the template component of each volume: the volumes
+    are put back in template order before anything else."""
     icn, icn_affine = _load(icn_path)
     if icn.ndim != 4:
         raise DataError(f"{icn_path} is {icn.ndim}D but 4D ICN maps are needed; fix the input.")
+    if icn_order:
+        if len(icn_order) != icn.shape[3]:
+            raise DataError(f"{icn_path} has {icn.shape[3]} volumes but --icn-order lists "
+                            f"{len(icn_order)}; give one component per volume.")
+        icn = icn[..., np.argsort(np.asarray(icn_order))]
     gmv = gmv_affine = None
     if gmv_path is not None:
         gmv, gmv_affine = _load(gmv_path)
@@ -151,6 +133,11 @@ def preprocess_subject(
         paths.append(str(gmv_path))
     stack = stack_subject(icn, icn_affine, gmv, gmv_affine)
     scaled = scale_maxabs(stack, names, paths)
+    # after scaling, which names an all-zero or outlier volume more precisely
+    key = subject_key(subject, session)
+    check_icn_identity(icn, icn_affine, icn_path, key)
+    if gmv is not None:
+        check_gmv_space(gmv, gmv_affine, stack[-1], icn_affine, str(gmv_path), key)
     meta = SubjectMeta(
         subject=subject, session=session, modalities=names,
         affine=np.asarray(icn_affine).tolist(), shape=list(scaled.shape[1:]), label=label,

@@ -55,6 +55,8 @@ class _PreprocessInputSpec(BaseInterfaceInputSpec):
     session = traits.Either(traits.Str(), None, mandatory=True)
     label = traits.Either(traits.Str(), None, mandatory=True)
     cache_dir = traits.Str(mandatory=True, desc="the training cache folder")
+    icn_order = traits.List(traits.Int(), value=[], usedefault=True,
+                            desc="--icn-order: the template component of each volume")
 
 
 class _PreprocessOutputSpec(TraitedSpec):
@@ -78,6 +80,7 @@ class PreprocessSubject(SimpleInterface):
                 npy, _ = preprocess_subject(
                     self.inputs.icn, self.inputs.gmv, self.inputs.subject, self.inputs.session,
                     self.inputs.label, Path(self.inputs.cache_dir),
+                    icn_order=list(self.inputs.icn_order),
                 )
                 self._results.update(cache_file=str(npy), error="")
             except VaefusionError as exc:

@@ -18,6 +18,7 @@ from vaefusion import __version__
 from vaefusion.disk.io import atomic_write_text, full_disk
 from vaefusion.errors import DataError, MissingInputError, VaefusionError
 from vaefusion.model.flops import count_parameters
+from vaefusion.model.meta_check import check_model_meta
 from vaefusion.model.network import MODEL_FORMAT, VAE, layout_of
 
 # MODEL_FORMAT (model.network): the model.json layout, bumped when it changes incompatibly;
@@ -82,7 +83,7 @@ def read_model_meta(directory: Path) -> dict[str, Any]:
             f"(as written to group/models/ by a training run)."
         )
     try:
-        return json.loads(path.read_text())
+        return check_model_meta(json.loads(path.read_text()), path)
     except json.JSONDecodeError as exc:
         raise DataError(
             f"{path} is not valid JSON ({exc}); re-train or re-copy the model."

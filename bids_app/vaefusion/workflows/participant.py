@@ -30,7 +30,8 @@ def init_participant_wf(cfg: Config, subjects: list[SubjectInputs],
     inputnode.iterables = ("subject_json", [s.to_json() for s in subjects])
 
     bidssrc = pe.Node(BIDSSource(), name="bidssrc", run_without_submitting=True)
-    preproc = pe.Node(PreprocessSubject(cache_dir=str(cache_dir(cfg))), name="preprocess",
+    preproc = pe.Node(PreprocessSubject(cache_dir=str(cache_dir(cfg)),
+                                        icn_order=list(cfg.icn_order)), name="preprocess",
                       mem_gb=1.0)
     sink = pe.Node(DerivativesSink(output_dir=str(cfg.output_dir),
                                    dataset_links=dataset_links(cfg)), name="ds_preproc",
