@@ -80,7 +80,7 @@ def last_line(stderr: str) -> str:
 
 
 def status(root: Path) -> dict:
-    return json.loads((root / "out" / "logs" / "status.json").read_text())
+    return json.loads(next((root / "out" / "logs").glob("status-*.json")).read_text())
 
 
 #: Group outputs that must be bitwise identical between runs with the same seed and inputs

@@ -918,7 +918,7 @@ def test_full_disk_while_preprocessing(writable_copy, tmp_path, caplog, monkeypa
     cache, out = tmp_path / "work" / "cache", tmp_path / "out"
     assert not list(cache.glob("sub-03*")) and not list(out.glob("sub-03"))
     assert not list(cache.glob(".*part*")) and not looks_complete(tmp_path)
-    assert json.loads((out / "logs" / "status.json").read_text())["exit_code"] == 73
+    assert json.loads(next((out / "logs").glob("status-*.json")).read_text())["exit_code"] == 73
     monkeypatch.undo()
     assert cli(writable_copy, tmp_path) == 0  # the rerun completes sub-03 (nothing reused)
     assert (cache / "sub-03.json").is_file() and list(out.glob("sub-03/*_stack.json"))
@@ -1030,7 +1030,7 @@ def test_failure_after_the_results_leaves_no_summary(tiny_bids, tmp_path, caplog
     line = ending(caplog)
     crash = Path(line.split("crash file: ", 1)[1])
     assert "failed (exit 1," in line and "simulated bug" in crash.read_text()
-    status = json.loads((tmp_path / "out" / "logs" / "status.json").read_text())
+    status = json.loads(next((tmp_path / "out" / "logs").glob("status-*.json")).read_text())
     assert (status["state"], status["exit_code"], status["crash_file"]) == (
         "failed", 1, str(crash))
 
@@ -1060,7 +1060,7 @@ def test_success_ends_with_one_line_and_a_status_file(tiny_bids, tmp_path, caplo
     assert cli(tiny_bids, tmp_path, "participant", "--participant-label", "01", "02") == 0
     assert f"success (exit 0); outputs in {tmp_path / 'out'}" in ending(caplog)
     logs = tmp_path / "out" / "logs"
-    status = json.loads((logs / "status.json").read_text())
+    status = json.loads(next(logs.glob("status-*.json")).read_text())
     assert (status["state"], status["exit_code"], status["level"]) == (
         "succeeded", 0, "participant")
     log = next(logs.glob("vaefusion-participant-*.log")).read_text()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from vaefusion.cli.parser import ANALYSIS_LEVELS
 from vaefusion.cli.paths import default_work_dir
-from vaefusion.config import Config, load_toml
+from vaefusion.config import Config, check_memory, load_toml
+from vaefusion.disk import naming
 from vaefusion.errors import EXIT_UNKNOWN_LEVEL, VaefusionError
 
 #: CLI destinations that map one-to-one onto Config fields.
@@ -30,6 +31,7 @@ def build_config(args) -> Config:
     cfg.bids_dir = args.bids_dir
     cfg.output_dir = args.output_dir
     cfg.analysis_level = args.analysis_level
+    cfg.run_id = naming.new_run_id()  # a reused configuration file names an earlier run
     for name in _DIRECT:
         value = getattr(args, name)
         if value is not None:
@@ -51,5 +53,6 @@ def build_config(args) -> Config:
             # absolute, but a link is kept as given, so that a message names what the user gave
             setattr(cfg, name, Path(os.path.abspath(Path(value).expanduser())))
     cfg.validate()
+    check_memory(cfg.mem_gb)  # before resolution fills it in with what is available
     # "auto" values (device, threads, memory) become concrete once, here in the parent process
     return cfg.resolve()

@@ -51,10 +51,13 @@ def summary_path(cfg: Config) -> Path:
 def _crash_file(cfg: Config | None) -> Path:
     from vaefusion.disk.io import atomic_write_text
 
-    # OUTPUT_DIR/logs if the run got that far; never litter the current directory
-    folder = naming.logs_dir(cfg.output_dir) if cfg and cfg.output_dir else None
-    if folder is None or not folder.is_dir():
+    # the run's crash folder in OUTPUT_DIR/logs if the run got that far; never litter the
+    # current directory
+    logs = naming.logs_dir(cfg.output_dir) if cfg and cfg.output_dir else None
+    if cfg is None or logs is None or not logs.is_dir():
         folder = Path(tempfile.gettempdir())
+    else:
+        folder = naming.crash_dir(cfg.output_dir, cfg.run_id)
     path = naming.crash_file(folder, time.strftime("%Y%m%d-%H%M%S"))
     atomic_write_text(path, traceback.format_exc())
     return path
@@ -84,7 +87,8 @@ def finish(record: RunRecord, cfg: Config | None, level: str, code: int,
             and record.status is not None:
         from vaefusion.derivatives.dataset import drop_bare_dataset
 
-        drop_bare_dataset(cfg.output_dir)  # a failed run leaves logs/ alone, no bare dataset
+        # a failed run leaves logs/ alone, no bare dataset
+        drop_bare_dataset(cfg.output_dir, cfg.run_id)
     state = "succeeded" if code == EXIT_OK else "interrupted" if interrupted else "failed"
     if record.status is not None:
         record.status.finish(code, state, message, crash)
@@ -118,7 +122,7 @@ def input_read_error(cfg: Config | None, exc: OSError) -> VaefusionError | None:
 
 
 def after_success(record: RunRecord, cfg: Config | None, level: str, code: int) -> int:
-    """Success, unless a crash file appeared in OUTPUT_DIR/logs during the run."""
+    """Success, unless a crash file appeared in this run's crash folder during the run."""
     from vaefusion.workflows.base import crash_files
 
     crashes = crash_files(cfg, record.started) if cfg is not None else []
