@@ -558,8 +558,18 @@ def test_filter_matches_nothing(tiny_bids, tmp_path, caplog):
 
 def test_participant_label_matches_nothing(tiny_bids, tmp_path, caplog):
     msg = expect(cli(tiny_bids, tmp_path, "participant", "--participant-label", "99"), 18,
-                 caplog, "No ICN maps or GMV volumes in")
-    assert msg.endswith("match the selection; check --participant-label.")  # only what was given
+                 caplog, f"--participant-label 99 matches no subject in {tiny_bids}")
+    assert msg.endswith("; the existing labels include 01 02 03 04 05.")  # none is close
+
+
+def test_one_unknown_label_among_known_ones_stops_the_run(tiny_bids, tmp_path, caplog):
+    """fMRIPrep and MRIQC stop at a label that names no subject (a typo), suggesting the
+    closest labels."""
+    msg = expect(cli(tiny_bids, tmp_path, "participant", "--participant-label", "01", "O2",
+                     "sub-07x"), 18, caplog, f"--participant-label 07x O2 matches no subject in "
+                     f"{tiny_bids} (participants.tsv or the input files); the closest existing "
+                     f"label(s): ")
+    assert "02" in msg and "07" in msg
 
 
 def other_pipelines_only(ds: Path) -> Path:

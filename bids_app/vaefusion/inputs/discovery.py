@@ -108,6 +108,19 @@ def no_inputs_error(cfg: Config, deriv: list[Path], what: str) -> MissingInputEr
     )
 
 
+def unknown_labels_error(unknown: list[str], known: set[str], where: Path) -> NoDataError:
+    """Exit 18 for ``--participant-label`` values that name no subject, with the closest
+    existing labels (a typo: ``O1`` for ``01``, ``sub-1`` for ``01``)."""
+    import difflib
+
+    close = sorted({m for label in unknown
+                    for m in difflib.get_close_matches(label, sorted(known), n=3, cutoff=0.3)})
+    hint = (f"the closest existing label(s): {' '.join(close)}" if close
+            else f"the existing labels include {' '.join(sorted(known)[:5]) or 'none'}")
+    return NoDataError(f"--participant-label {' '.join(unknown)} matches no subject in {where} "
+                       f"(participants.tsv or the input files); {hint}.")
+
+
 def _fingerprint(paths: list[Path]) -> str:
     """Cheap hash of file names, sizes and mtimes: a new or changed file invalidates the DB."""
     digest = hashlib.sha1()
@@ -320,10 +333,11 @@ def discover(cfg: Config) -> list[SubjectInputs]:
         if (wanted_sub is None or sub in wanted_sub) and path not in gmv_by[(sub, ses)]:
             gmv_by[(sub, ses)].append(path)
 
-    if wanted_sub:
-        unknown = sorted(wanted_sub - set(labels) - {s for s, _ in icn_by} - {s for s, _ in gmv_by})
+    if wanted_sub:  # as fMRIPrep and MRIQC: a label that names no subject stops the run
+        known = set(labels) | {s for s, _, _ in icn_files} | {s for s, _, _ in gmv_files}
+        unknown = sorted(wanted_sub - known)
         if unknown:
-            LOG.warning("participant label(s) %s match no data", ", ".join(unknown))
+            raise unknown_labels_error(unknown, known, cfg.bids_dir)
     keys = sorted(set(icn_by) | {k for k in gmv_by if k[1] is None or keep(*k)},
                   key=lambda k: (k[0], k[1] or ""))
     # a subject-level GMV (no session) serves every session of that subject
