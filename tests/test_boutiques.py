@@ -41,6 +41,8 @@ EXCLUDED = {
 ALIASES = {
     "--participant_label": "--participant-label",  # BIDS-Apps spelling
     "--skip_bids_validation": "--skip-bids-validation",  # fMRIPrep's old spelling
+    "--skip_bids_validator": "--skip-bids-validation",  # fMRIPrep's older spelling
+    "--session_label": "--session-label",  # BIDS-Apps spelling
     "-w": "--work-dir",
     "--nthreads": "--nprocs",
     "--n-cpus": "--nprocs",

@@ -81,3 +81,81 @@ def test_mem_with_units_runs(tiny_bids, tmp_path, monkeypatch):
     written = tomllib.loads(next(Path(out, "logs").glob("config-participant-*.toml"))
                             .read_text())
     assert written["mem_gb"] == 16.0
+
+
+# --------------------------------------------------------------------------- item: validation
+def test_fmriprep_spellings_are_aliases():
+    args = parse("--participant_label", "sub-01", "--session_label", "ses-1",
+                 "--skip_bids_validator")
+    assert (args.participant_label, args.session_label, args.skip_bids_validation) == (
+        ["01"], ["1"], True)
+
+
+def test_labels_from_a_file(tmp_path):
+    from vaefusion.cli.configure import expand_label_files
+
+    listing = tmp_path / "subjects.txt"
+    listing.write_text("sub-01\n02 03  # the pilot\n\n# none here\n")
+    assert expand_label_files(["05", f"@{listing}"], "--participant-label") == [
+        "05", "01", "02", "03"]
+
+
+def test_a_missing_or_empty_label_file_is_refused(tiny_bids, tmp_path, caplog):
+    out = tmp_path / "out"
+    assert main([str(tiny_bids), str(out), "participant", "--participant-label",
+                 f"@{tmp_path / 'none.txt'}", *BASE]) == 64
+    assert f"--participant-label {tmp_path / 'none.txt'} does not exist" in caplog.text
+    (tmp_path / "empty.txt").write_text("# nobody\n")
+    assert main([str(tiny_bids), str(out), "participant", "--session-label",
+                 f"@{tmp_path / 'empty.txt'}", *BASE]) == 64
+    assert "lists no label" in caplog.text and not out.exists()
+
+
+@pytest.mark.parametrize("how", ["timeout", "garbage"])
+def test_a_validator_that_fails_is_exit_16(tmp_path, monkeypatch, how):
+    import subprocess
+
+    import vaefusion.inputs.validation as validation
+    from vaefusion.errors import VaefusionError
+
+    def fake_run(cmd, **kwargs):
+        if how == "timeout":
+            raise subprocess.TimeoutExpired(cmd, kwargs.get("timeout"))
+        return subprocess.CompletedProcess(cmd, 1, "Killed\n", "")
+
+    monkeypatch.setattr(validation, "find_validator", lambda: "bids-validator-deno")
+    monkeypatch.setattr(validation.subprocess, "run", fake_run)
+    with pytest.raises(VaefusionError) as exc:
+        validation.validate_input(tmp_path, tmp_path)
+    assert exc.value.code == 16
+    assert exc.value.message.endswith("; rerun, or pass --skip-bids-validation to run without "
+                                      "validating the input.")
+    assert ("ran past its 600 s limit" if how == "timeout" else "gave no JSON report: Killed") \
+        in exc.value.message
+
+
+def test_selected_tree_holds_top_level_files_and_selected_subjects(tiny_bids, tmp_path):
+    from vaefusion.inputs.validation import selected_tree
+
+    tree = selected_tree(tiny_bids, ["02"], tmp_path)
+    names = sorted(p.name for p in tree.iterdir())
+    assert "sub-02" in names and "dataset_description.json" in names
+    assert not [n for n in names if n.startswith("sub-") and n != "sub-02"]
+    assert "derivatives" not in names
+
+
+@pytest.mark.slow
+def test_only_the_selected_subjects_are_validated(writable_copy, tmp_path, caplog):
+    """An invalid subject that is not selected does not stop the run; selected, it is exit 16."""
+    from vaefusion.inputs.validation import find_validator
+
+    if find_validator() is None:
+        pytest.skip("bids-validator-deno is not installed")
+    t1w = next(writable_copy.glob("sub-08/**/*_T1w.nii*"))
+    t1w.write_bytes(b"not a nifti")
+    common = ["-w", str(tmp_path / "work"), "--n-components", "4"]  # validation not skipped
+    assert main([str(writable_copy), str(tmp_path / "out"), "participant",
+                 "--participant-label", "01", *common]) == 0
+    assert main([str(writable_copy), str(tmp_path / "out8"), "participant",
+                 "--participant-label", "08", *common]) == 16
+    assert f"{writable_copy} is not valid BIDS:" in caplog.text and "sub-08" in caplog.text

@@ -10,7 +10,7 @@ from vaefusion.cli.parser import ANALYSIS_LEVELS
 from vaefusion.cli.paths import default_work_dir
 from vaefusion.config import Config, check_memory, load_toml
 from vaefusion.disk import naming
-from vaefusion.errors import EXIT_UNKNOWN_LEVEL, VaefusionError
+from vaefusion.errors import EXIT_UNKNOWN_LEVEL, UsageError, VaefusionError, option_file_error
 
 #: CLI destinations that map one-to-one onto Config fields.
 _DIRECT = ("participant_label", "session_label", "bids_filter_file", "skip_bids_validation",
@@ -22,6 +22,30 @@ _DIRECT = ("participant_label", "session_label", "bids_filter_file", "skip_bids_
            "free_bits",
            "cv_seed", "cv_repeats",
            "svm_c", "explain_fold")
+
+
+def expand_label_files(values: list[str], option: str) -> list[str]:
+    """Labels as given, with each ``@FILE`` replaced by the labels FILE lists (separated by
+    whitespace, ``#`` starting a comment, ``sub-``/``ses-`` optional): an array job's subject
+    list is often a file."""
+    labels: list[str] = []
+    for value in values:
+        if not value.startswith("@"):
+            labels.append(value)
+            continue
+        path = Path(value[1:]).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise option_file_error(option, path, exc, "label") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{option} {value}: {path} is not UTF-8 text; give a text file "
+                             f"of labels.") from None
+        words = [w for line in text.splitlines() for w in line.split("#", 1)[0].split()]
+        if not words:
+            raise UsageError(f"{option} {value}: {path} lists no label; give one label a line.")
+        labels += [w.removeprefix("sub-").removeprefix("ses-") for w in words]
+    return labels
 
 
 def build_config(args) -> Config:
@@ -36,6 +60,9 @@ def build_config(args) -> Config:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
+    for name, option in (("participant_label", "--participant-label"),
+                         ("session_label", "--session-label")):
+        setattr(cfg, name, expand_label_files(getattr(cfg, name), option))
     if args.derivatives:
         cfg.derivatives = dict(args.derivatives)
     if cfg.analysis_level not in ANALYSIS_LEVELS:

@@ -111,15 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("data selection")
     g.add_argument("--participant-label", "--participant_label", nargs="+", type=_label,
-                   default=None, metavar="LABEL", help="subjects to process (with or without sub-)")
-    g.add_argument("--session-label", nargs="+", type=_label, default=None, metavar="LABEL",
-                   help="sessions to process (with or without ses-)")
+                   default=None, metavar="LABEL", help="subjects to process (with or without "
+                   "sub-); @FILE reads labels from FILE (whitespace or one a line, # comments)")
+    g.add_argument("--session-label", "--session_label", nargs="+", type=_label, default=None,
+                   metavar="LABEL", help="sessions to process (with or without ses-); @FILE "
+                   "reads them from FILE")
     g.add_argument("--bids-filter-file", type=Path, default=None, metavar="FILE",
                    help="JSON of pybids filters per input: {\"icn\": {...}, \"gmv\": {...}}")
     g.add_argument("--derivatives", nargs="+", action="extend", type=_derivative, default=None,
                    metavar="NAME=PATH", help="derivative datasets holding ICN maps and GMV "
                    "(default: every folder under BIDS_DIR/derivatives)")
-    g.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
+    g.add_argument("--skip-bids-validation", "--skip_bids_validation",
+                   "--skip_bids_validator", action="store_true",
                    default=None, help="do not validate the input dataset")
     g.add_argument("--missing-modality", choices=MISSING_POLICIES, default=None,
                    help="a subject lacking a modality is skipped (default), kept with what it "

@@ -106,7 +106,8 @@ def run(cfg: Config, latent_dims_given: bool = False, record: RunRecord | None =
     if cfg.skip_bids_validation:
         LOG.info("BIDS validation skipped (--skip-bids-validation)")
     else:
-        validate_input(cfg.bids_dir, naming.logs_dir(cfg.output_dir))
+        # only what the run reads: the selected subjects and the top-level files
+        validate_input(cfg.bids_dir, naming.logs_dir(cfg.output_dir), cfg.participant_label)
     if cfg.bf16 and cfg.analysis_level == "group":
         import torch
 
