@@ -659,7 +659,9 @@ def test_bids_dir_without_description(writable_copy, tmp_path, caplog):
 
 @pytest.mark.parametrize("which", ["output", "work"])
 def test_output_or_work_inside_bids_dir(writable_copy, tmp_path, caplog, which):
-    inside = writable_copy / "derivatives" / "vaefusion"
+    # BIDS_DIR/derivatives/<name> is a valid OUTPUT_DIR (test_output_folders.py); elsewhere
+    # inside BIDS_DIR it is not, and a work dir never is
+    inside = writable_copy / ("code" if which == "output" else "derivatives") / "vaefusion"
     out, work = (inside, tmp_path / "work") if which == "output" else (tmp_path / "out", inside)
     code = main([str(writable_copy), str(out), "participant", "-w", str(work), *BASE])
     expect(code, 64, caplog, "is inside BIDS_DIR")

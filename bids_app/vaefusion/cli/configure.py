@@ -48,6 +48,20 @@ def expand_label_files(values: list[str], option: str) -> list[str]:
     return labels
 
 
+def unique_derivatives(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """``--derivatives`` as name -> path; a name given to two folders (two paths ending in
+    the same folder name, without ``NAME=``) is refused rather than one silently dropped."""
+    named: dict[str, str] = {}
+    for name, path in pairs:
+        earlier = named.get(name)
+        if earlier is not None and os.path.abspath(earlier) != os.path.abspath(path):
+            raise UsageError(f"--derivatives names two datasets {name} ({earlier} and {path}); "
+                             f"name them apart with NAME=PATH, e.g. --derivatives "
+                             f"{name}1={earlier} {name}2={path}.")
+        named[name] = path
+    return named
+
+
 def build_config(args) -> Config:
     """Defaults, then ``--config-file`` TOML, then the command line (which wins)."""
     data = load_toml(args.config_file) if args.config_file else {}
@@ -64,7 +78,7 @@ def build_config(args) -> Config:
                          ("session_label", "--session-label")):
         setattr(cfg, name, expand_label_files(getattr(cfg, name), option))
     if args.derivatives:
-        cfg.derivatives = dict(args.derivatives)
+        cfg.derivatives = unique_derivatives(args.derivatives)
     if cfg.analysis_level not in ANALYSIS_LEVELS:
         raise VaefusionError(
             f"Unknown analysis level '{cfg.analysis_level}'; use participant or group.",
@@ -73,7 +87,7 @@ def build_config(args) -> Config:
     cfg.bids_dir = Path(cfg.bids_dir).expanduser().resolve()
     cfg.output_dir = Path(cfg.output_dir).expanduser().resolve()
     cfg.work_dir = (Path(cfg.work_dir).expanduser().resolve() if cfg.work_dir
-                    else default_work_dir(cfg.output_dir))
+                    else default_work_dir(cfg.output_dir, cfg.bids_dir))
     for name in ("bids_filter_file", "use_plugin", "model"):
         value = getattr(cfg, name)
         if value is not None:

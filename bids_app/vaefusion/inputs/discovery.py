@@ -73,7 +73,8 @@ def derivative_dirs(cfg: Config) -> list[Path]:
             f"{root} does not exist; put the NeuroMark and GMV derivatives there or name them "
             f"with --derivatives NAME=PATH."
         )
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and not _own_output(p, cfg))
     datasets = [p for p in folders if not SUB_RE.fullmatch(p.name)]
     if len(datasets) < len(folders):
         # subject folders right under derivatives/ (bids-examples eeg_rest_fmri): derivatives/
@@ -81,6 +82,26 @@ def derivative_dirs(cfg: Config) -> list[Path]:
         LOG.debug("%s holds subject folders: searched as one derivative dataset", root)
         datasets.insert(0, root)
     return datasets
+
+
+def _own_output(folder: Path, cfg: Config) -> bool:
+    """``BIDS_DIR/derivatives/vaefusion`` and the like (BIDS puts derivatives there): a
+    vaefusion output, or this run's OUTPUT_DIR while it holds nothing yet (a job of the same
+    array may have just created it), is never an input."""
+    import json
+
+    if cfg.output_dir is not None and folder.resolve() == Path(cfg.output_dir).resolve():
+        try:
+            if all(p.name in {"logs"} or p.name.startswith(".") for p in folder.iterdir()):
+                return True
+        except OSError:
+            return False
+    try:
+        data = json.loads((folder / "dataset_description.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    makers = data.get("GeneratedBy") if isinstance(data, dict) else None
+    return any(isinstance(g, dict) and g.get("Name") == "vaefusion" for g in makers or [])
 
 
 def selection_given(cfg: Config) -> bool:
