@@ -16,9 +16,6 @@ from vaefusion.inputs.reference import citation
 CODE_URL = "https://github.com/vaefusion/vaefusion"
 
 
-CONTAINER_IMAGE = "vaefusion/vaefusion"
-
-
 #: What BIDS cannot name yet; the validator checks every other file. Each pattern has its own
 #: comment saying why (tests/test_derivatives.py checks), and README.md lists the same.
 BIDSIGNORE = """\
@@ -90,36 +87,52 @@ def dataset_links(cfg: Config) -> dict[str, str]:
 
 def dataset_description(cfg: Config) -> dict:
     """``dataset_description.json`` of the output (BIDS-Derivatives)."""
-    container = {"Type": "docker", "Tag": f"{CONTAINER_IMAGE}:{__version__}"}
-    if os.environ.get("SINGULARITY_NAME") or os.environ.get("APPTAINER_NAME"):
-        container = {"Type": "singularity", "Tag": f"{CONTAINER_IMAGE}:{__version__}"}
+    from vaefusion.derivatives.provenance import container
+
+    generated_by = {"Name": "vaefusion", "Version": __version__, "CodeURL": CODE_URL,
+                    "Description": "Shared 3D VAE over ICN and GMV volumes; cross-validated SVM."}
+    inside = container()
+    if inside is not None:  # only inside a container, as its runtime tells it
+        generated_by["Container"] = inside
     desc = {
         "Name": "vaefusion: multimodal VAE fusion of NeuroMark ICN maps and gray matter",
         "BIDSVersion": "1.10.0",
         "DatasetType": "derivative",
-        "GeneratedBy": [{
-            "Name": "vaefusion",
-            "Version": __version__,
-            "CodeURL": CODE_URL,
-            "Description": "Shared 3D VAE over ICN and GMV volumes; cross-validated SVM.",
-            "Container": container,
-        }],
+        "GeneratedBy": [generated_by],
         "HowToAcknowledge": "Please cite the references in logs/CITATION.md.",
     }
-    if cfg.bids_dir is not None:
-        source = {"URL": Path(cfg.bids_dir).resolve().as_uri()}
-        src_desc = Path(cfg.bids_dir) / naming.DATASET_DESCRIPTION
-        try:
-            doi = json.loads(src_desc.read_text()).get("DatasetDOI")
-        except (OSError, ValueError):
-            doi = None
-        if doi:
-            source["DOI"] = doi
-        desc["SourceDatasets"] = [source]
+    if cfg.bids_dir is not None:  # the raw dataset, then every derivative input
+        desc["SourceDatasets"] = [_source(Path(cfg.bids_dir))] + [
+            _source(path) for path in input_derivatives(cfg)]
     links = dataset_links(cfg)
     if links:
         desc["DatasetLinks"] = {name: Path(path).as_uri() for name, path in links.items()}
     return desc
+
+
+def _source(folder: Path) -> dict:
+    """A ``SourceDatasets`` entry: the dataset's URL and, where its description gives one,
+    its DOI."""
+    source = {"URL": folder.resolve().as_uri()}
+    try:
+        doi = json.loads((folder / naming.DATASET_DESCRIPTION).read_text()).get("DatasetDOI")
+    except (OSError, ValueError, AttributeError):
+        doi = None
+    if doi:
+        source["DOI"] = doi
+    return source
+
+
+def input_derivatives(cfg: Config) -> list[Path]:
+    """The derivative datasets the run reads (``--derivatives`` or those discovery finds under
+    ``BIDS_DIR/derivatives``); none where they cannot be listed (discovery then says why)."""
+    from vaefusion.errors import VaefusionError
+    from vaefusion.inputs.discovery import derivative_dirs
+
+    try:
+        return derivative_dirs(cfg)
+    except VaefusionError:
+        return []
 
 
 def init_output_dir(cfg: Config) -> Path:
