@@ -116,6 +116,7 @@ class Config:
     compile: bool = False
     cuda_graphs: bool = False
     stop_on_first_crash: bool = False
+    dry_run: bool = False  # describe the run (cli/dry_run.py) and write nothing
     verbose: int = 0
     # this run's id (disk.naming.new_run_id), new for every run and never taken from a
     # --config-file: it names the run's status, configuration, log and crash files in logs/,

@@ -98,6 +98,8 @@ def finish(record: RunRecord, cfg: Config | None, level: str, code: int,
         LOG.error("%s: interrupted by %s (exit %d); finished units and training checkpoints "
                   "are kept%s, so the same command resumes.", where, interrupted.signame, code,
                   work, extra=ENDING)
+    elif code == EXIT_OK and cfg is not None and cfg.dry_run:
+        LOG.info("%s: dry run done (exit 0); nothing was written", where, extra=ENDING)
     elif code == EXIT_OK:
         out = cfg.output_dir if cfg is not None else None
         LOG.info("%s: success (exit 0); outputs in %s", where, out, extra=ENDING)

@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "supports it; bf16 = false in --config-file turns it off)")
     g.add_argument("--stop-on-first-crash", action="store_true", default=None,
                    help="stop at the first crashed node")
+    g.add_argument("--dry-run", action="store_true", default=None,
+                   help="validate, discover and print the selection (subjects, modalities, "
+                   "per-class counts), the memory estimate and the planned units, then exit 0 "
+                   "without writing anything")
     g.add_argument("-v", "--verbose", action="count", default=None, help="more log output")
 
     g = p.add_argument_group(

@@ -84,6 +84,11 @@ def run(cfg: Config, latent_dims_given: bool = False, record: RunRecord | None =
     check_paths(cfg)
     check_inputs(cfg, latent_dims_given)
     plugin_settings(cfg)  # a missing or malformed --use-plugin file: exit 64 now, not later
+    if cfg.dry_run:  # every check above, then what the run would do; nothing is created
+        from vaefusion.cli.dry_run import describe_run
+
+        print(describe_run(cfg))
+        return EXIT_OK
     # every option is checked: only now is anything created
     create_work_dir(cfg)
     init_output_dir(cfg)
