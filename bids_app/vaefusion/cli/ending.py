@@ -140,12 +140,19 @@ def drop_interrupt_crash_files(cfg: Config | None, since: float) -> None:
     crash, so it goes."""
     from vaefusion.workflows.base import crash_files
 
-    for path in crash_files(cfg, since) if cfg is not None else []:
+    if cfg is None:
+        return
+    for path in crash_files(cfg, since):
         try:
             if f"{Interrupted.__module__}.Interrupted" in path.read_text(errors="replace"):
                 path.unlink()
         except OSError:
             continue
+    if cfg.output_dir is not None:  # no crash left: no crash folder either
+        try:
+            naming.crash_dir(cfg.output_dir, cfg.run_id).rmdir()
+        except OSError:  # missing, or it holds a real crash
+            pass
 
 
 def crashed(record: RunRecord, cfg: Config | None, level: str, exc: Exception) -> int:
