@@ -764,8 +764,8 @@ def test_device_cuda_without_gpu(tiny_bids, tmp_path, caplog, monkeypatch, level
 def test_help_names_level_config_file(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
-    text = capsys.readouterr().out
-    assert "logs/config-<level>.toml" in text and "logs/config.toml" not in text
+    text = " ".join(capsys.readouterr().out.split())  # as wrapped for any terminal width
+    assert "logs/config-<level>-<run id>.toml" in text and "logs/config.toml" not in text
     assert "never the current directory" in text
 
 

@@ -313,7 +313,7 @@ class Config:
             raise UsageError(
                 f"{source} has unknown setting(s) {', '.join(unknown)}; "
                 f"valid settings are listed in the documentation (or a written "
-                f"logs/config-<level>.toml)."
+                f"logs/config-<level>-<run id>.toml)."
             )
         hints = typing.get_type_hints(cls)
         for key, value in data.items():

@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nipype plugin YAML (e.g. SLURM)")
     g.add_argument("--config-file", type=Path, default=None, metavar="FILE",
                    help="TOML configuration (as every run writes to "
-                   "OUTPUT_DIR/logs/config-<level>.toml)")
+                   "OUTPUT_DIR/logs/config-<level>-<run id>.toml)")
     g.add_argument("--device", choices=DEVICES, default=None,
                    help="auto (CUDA if present), cpu, cuda")
     g.add_argument("--gpus", default=None, metavar="IDS",
