@@ -47,7 +47,7 @@ def start_job(launcher: Path, ds: Path, out: Path, work: Path, label: str) -> su
 
 
 @pytest.mark.slow
-def test_array_of_participant_jobs_with_one_crash(tiny_bids, tmp_path):
+def test_array_of_participant_jobs_with_one_crash(tiny_bids, tmp_path, caplog):
     """4 jobs started at once on one OUTPUT_DIR and one work dir, as a SLURM array runs them;
     sub-03's crashes. The other three exit 0 and their outputs validate; the crashed one
     exits 1 and names its subject; a group run lists every run."""
@@ -100,6 +100,17 @@ def test_array_of_participant_jobs_with_one_crash(tiny_bids, tmp_path):
     assert len(failed) == 1 and "[sub-03] failed (exit 1)" in failed[0]
     assert log_runs(out, own=crashed["run_id"]) == [r for r in runs
                                                     if r.run_id != crashed["run_id"]]
+
+    # a group run lists them first (here one that then stops at its own selection, exit 18)
+    from vaefusion.cli.run import main
+
+    caplog.clear()
+    assert main([str(tiny_bids), str(out), "group", "-w", str(work), "--n-components", "4",
+                 "--skip-bids-validation", "--participant-label", "99"]) == 18
+    assert "4 earlier run(s) on" in caplog.text
+    listed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("  ")]
+    assert len(listed) == 4 and sum("[sub-03] failed (exit 1)" in m for m in listed) == 1
+    assert all(naming.preproc_stack(out, label, None).is_file() for label in ("01", "02", "04"))
 
 
 def test_a_crash_of_another_run_is_not_this_runs(tmp_path):
