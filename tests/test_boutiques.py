@@ -41,6 +41,8 @@ EXCLUDED = {
 ALIASES = {
     "--participant_label": "--participant-label",  # BIDS-Apps spelling
     "--skip_bids_validation": "--skip-bids-validation",  # fMRIPrep's old spelling
+    "--skip_bids_validator": "--skip-bids-validation",  # fMRIPrep's older spelling
+    "--session_label": "--session-label",  # BIDS-Apps spelling
     "-w": "--work-dir",
     "--nthreads": "--nprocs",
     "--n-cpus": "--nprocs",
@@ -126,7 +128,8 @@ def test_inputs_match_parser_semantics():
             assert "value-choices" not in inp, where
         if action.type is int or getattr(action.type, "__name__", "") == "_positive_int":
             assert inp["type"] == "Number" and inp.get("integer") is True, where
-        elif action.type is float:
+        elif action.type is float or getattr(action.type, "__name__", "") in {"_finite",
+                                                                             "_positive"}:
             assert inp["type"] == "Number" and not inp.get("integer"), where
         elif action.type is Path:
             assert inp["type"] in {"File", "String"}, where
@@ -220,6 +223,8 @@ def _sample_value(inp: dict):
         return [value, value + 1] if inp.get("list") else value
     if inp["id"] == "derivatives":
         return ["nm=/tmp/nm", "gmv=/tmp/gmv"]
+    if inp["id"] == "mem_gb":
+        return "16G"
     value = f"/tmp/{inp['id']}"
     return [f"{value}1", f"{value}2"] if inp.get("list") else value
 
@@ -256,6 +261,8 @@ def test_bosh_command_line_parses(tmp_path):
             assert got in (True, 1), inp["id"]
         elif inp["id"] == "derivatives":
             assert [f"{n}={p}" for n, p in got] == want
+        elif inp["id"] == "mem_gb":  # a memory amount with its unit, parsed to GB
+            assert (want, got) == ("16G", 16.0)
         elif inp.get("list"):
             assert [str(g) if isinstance(g, Path) else g for g in got] == want, inp["id"]
         else:

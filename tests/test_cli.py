@@ -62,7 +62,7 @@ def test_participant_end_to_end_valid_and_resumable(tiny_bids, tmp_path):
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "vaefusion"
     assert desc["SourceDatasets"]
-    assert (out / "logs" / "config-participant.toml").exists()
+    assert len(list((out / "logs").glob("config-participant-*.toml"))) == 1
     assert validator_errors(out) == []
     # a rerun reuses the work dir: the cache is not rewritten
     cache = sorted((tmp_path / "work" / "cache").glob("*.npy"))
@@ -101,7 +101,7 @@ def test_a_crash_writes_a_crash_file_and_exits_1(tiny_bids, tmp_path, monkeypatc
     monkeypatch.setattr(vaefusion.inputs.discovery, "discover", broken)
     out = tmp_path / "out"
     assert run_cli(tiny_bids, out) == 1
-    crash = list((out / "logs").glob("crash-*.txt"))
+    crash = list((out / "logs").glob("crash-*/crash-*.txt"))  # the run's crash folder
     assert len(crash) == 1 and "simulated bug" in crash[0].read_text()
     assert "Traceback" not in capsys.readouterr().err
 

@@ -66,6 +66,13 @@ def test_sidecars_and_group_names(tmp_path):
         "group/models/vae_L8_seed0_rep0_fold2"
     assert naming.latents_table(8, 1, 0) == "latents_vae_L8_seed1_rep0.tsv"
     assert naming.config_file(tmp_path, "group") == tmp_path / "logs" / "config-group.toml"
+    run = naming.new_run_id()
+    assert naming.config_file(tmp_path, "group", run).name == f"config-group-{run}.toml"
+    assert naming.status_file(tmp_path, run).name == f"status-{run}.json"
+    assert naming.crash_dir(tmp_path, run).name == f"crash-{run}"
+    assert naming.run_id_of(naming.status_file(tmp_path, run)) == run
+    assert naming.run_id_of(naming.config_file(tmp_path, "group", run)) == run
+    assert run != naming.new_run_id()
 
 
 

@@ -80,7 +80,9 @@ def last_line(stderr: str) -> str:
 
 
 def status(root: Path) -> dict:
-    return json.loads((root / "out" / "logs" / "status.json").read_text())
+    # each run has its own status file (logs/status-<run id>.json): the newest is the last run's
+    files = (root / "out" / "logs").glob("status-*.json")
+    return json.loads(max(files, key=lambda p: p.stat().st_mtime).read_text())
 
 
 #: Group outputs that must be bitwise identical between runs with the same seed and inputs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 import types
@@ -121,7 +122,12 @@ class Config:
     compile: bool = False
     cuda_graphs: bool = False
     stop_on_first_crash: bool = False
+    dry_run: bool = False  # describe the run (cli/dry_run.py) and write nothing
     verbose: int = 0
+    # this run's id (disk.naming.new_run_id), new for every run and never taken from a
+    # --config-file: it names the run's status, configuration, log and crash files in logs/,
+    # so that concurrent runs on one OUTPUT_DIR (a cluster array) keep to their own
+    run_id: str = ""
     # method (defaults: the paper's)
     latent_dims: list[int] = field(default_factory=lambda: [128])
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -159,6 +165,14 @@ class Config:
 
     def validate(self) -> None:
         """Raise :class:`UsageError` (exit 64) for values no run can use."""
+        for f in dataclasses.fields(self):  # NaN or infinity passes every comparison below
+            values = getattr(self, f.name)
+            for value in values if isinstance(values, list) else [values]:
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise UsageError(f"{option_name(f.name)} {value} is not a finite number; "
+                                     f"give a number.")
+        if self.mem_gb is not None and not self.mem_gb > 0:
+            raise UsageError(f"--mem {self.mem_gb} must be above 0 (e.g. 16G).")
         if self.folds < 2:
             raise UsageError(f"--folds {self.folds} is too small; use at least 2.")
         if not 0.0 < self.val_fraction < 0.5:
@@ -316,7 +330,7 @@ class Config:
             raise UsageError(
                 f"{source} has unknown setting(s) {', '.join(unknown)}; "
                 f"valid settings are listed in the documentation (or a written "
-                f"logs/config-<level>.toml)."
+                f"logs/config-<level>-<run id>.toml)."
             )
         hints = typing.get_type_hints(cls)
         for key, value in data.items():
@@ -326,6 +340,31 @@ class Config:
         kwargs = {k: (Path(v) if k in _PATH_FIELDS and v is not None else v)
                   for k, v in data.items()}
         return cls(**kwargs)
+
+
+#: Config fields whose command-line option is not ``--`` + the name with dashes
+_OPTION_NAMES = {"mem_gb": "--mem", "latent_dims": "--latent-dim", "seeds": "--seed"}
+
+
+def option_name(field_name: str) -> str:
+    """The command-line option of a Config field (``lr`` -> ``--lr``, ``mem_gb`` ->
+    ``--mem``)."""
+    return _OPTION_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def check_memory(mem_gb: float | None, available_bytes: int | None = None) -> None:
+    """Refuse a ``--mem`` above the memory this process can have (MemAvailable, capped by a
+    cgroup limit): a budget the machine cannot give ends in the kernel's OOM killer, hours in,
+    instead of a sentence now."""
+    if mem_gb is None:
+        return
+    available = available_ram_bytes() if available_bytes is None else available_bytes
+    if mem_gb * 2**30 > available:
+        raise UsageError(
+            f"--mem {mem_gb:g} GB is more than the {available / 2**30:.1f} GB of memory available "
+            f"to this run (free memory, container or job limit included); give at most "
+            f"--mem {int(available / 2**30 * 10) / 10:g}G (a bare number is GB: --mem 16000 "
+            f"asks for 16,000 GB; write 16G or 16000M).")
 
 
 def parse_gpus(spec: str) -> list[str]:

@@ -17,9 +17,11 @@ from pathlib import Path
 
 #: Planted patient effects: the simulator's defaults (ICN45 and ICN27 weaker in a secondary
 #: node, placed off each map's peak so that max-abs scaling keeps them local; GM lower in the
-#: left anterior insula and superior temporal gyrus) at 1.6 times their size (ICNs -80 %, GM
-#: -40 % at the centre), so that 40 subjects at the demo's 12 mm VAE grid show them.
-DEMO_EFFECTS = ["--effect-size", "1.6"]
+#: left anterior insula and superior temporal gyrus) at 2.5 times their realistic size (ICN45
+#: -88 %, ICN27 -63 %, GM -15 % at the centre; Cohen's d about 1.1 instead of 0.45,
+#: docs/simulation.md), so that 40 subjects can show them at all: at the realistic size even
+#: an oracle told where the effect is reaches only about 0.6 with 40 subjects.
+DEMO_EFFECTS = ["--effect-size", "2.5"]
 #: The cost knobs (the issue-8 acceptance settings but latent dim 8): 12 mm voxels inside the
 #: VAE and for the baselines, 1/8 of the channels (no layer under 8), 40 epochs; every other
 #: setting is the default. 40, not 20: measured with beta 0.25, the VAE leaves the start-up

@@ -51,10 +51,13 @@ def summary_path(cfg: Config) -> Path:
 def _crash_file(cfg: Config | None) -> Path:
     from vaefusion.disk.io import atomic_write_text
 
-    # OUTPUT_DIR/logs if the run got that far; never litter the current directory
-    folder = naming.logs_dir(cfg.output_dir) if cfg and cfg.output_dir else None
-    if folder is None or not folder.is_dir():
+    # the run's crash folder in OUTPUT_DIR/logs if the run got that far; never litter the
+    # current directory
+    logs = naming.logs_dir(cfg.output_dir) if cfg and cfg.output_dir else None
+    if cfg is None or logs is None or not logs.is_dir():
         folder = Path(tempfile.gettempdir())
+    else:
+        folder = naming.crash_dir(cfg.output_dir, cfg.run_id)
     path = naming.crash_file(folder, time.strftime("%Y%m%d-%H%M%S"))
     atomic_write_text(path, traceback.format_exc())
     return path
@@ -84,7 +87,8 @@ def finish(record: RunRecord, cfg: Config | None, level: str, code: int,
             and record.status is not None:
         from vaefusion.derivatives.dataset import drop_bare_dataset
 
-        drop_bare_dataset(cfg.output_dir)  # a failed run leaves logs/ alone, no bare dataset
+        # a failed run leaves logs/ alone, no bare dataset
+        drop_bare_dataset(cfg.output_dir, cfg.run_id)
     state = "succeeded" if code == EXIT_OK else "interrupted" if interrupted else "failed"
     if record.status is not None:
         record.status.finish(code, state, message, crash)
@@ -94,6 +98,8 @@ def finish(record: RunRecord, cfg: Config | None, level: str, code: int,
         LOG.error("%s: interrupted by %s (exit %d); finished units and training checkpoints "
                   "are kept%s, so the same command resumes.", where, interrupted.signame, code,
                   work, extra=ENDING)
+    elif code == EXIT_OK and cfg is not None and cfg.dry_run:
+        LOG.info("%s: dry run done (exit 0); nothing was written", where, extra=ENDING)
     elif code == EXIT_OK:
         out = cfg.output_dir if cfg is not None else None
         LOG.info("%s: success (exit 0); outputs in %s", where, out, extra=ENDING)
@@ -118,7 +124,7 @@ def input_read_error(cfg: Config | None, exc: OSError) -> VaefusionError | None:
 
 
 def after_success(record: RunRecord, cfg: Config | None, level: str, code: int) -> int:
-    """Success, unless a crash file appeared in OUTPUT_DIR/logs during the run."""
+    """Success, unless a crash file appeared in this run's crash folder during the run."""
     from vaefusion.workflows.base import crash_files
 
     crashes = crash_files(cfg, record.started) if cfg is not None else []
@@ -134,12 +140,19 @@ def drop_interrupt_crash_files(cfg: Config | None, since: float) -> None:
     crash, so it goes."""
     from vaefusion.workflows.base import crash_files
 
-    for path in crash_files(cfg, since) if cfg is not None else []:
+    if cfg is None:
+        return
+    for path in crash_files(cfg, since):
         try:
             if f"{Interrupted.__module__}.Interrupted" in path.read_text(errors="replace"):
                 path.unlink()
         except OSError:
             continue
+    if cfg.output_dir is not None:  # no crash left: no crash folder either
+        try:
+            naming.crash_dir(cfg.output_dir, cfg.run_id).rmdir()
+        except OSError:  # missing, or it holds a real crash
+            pass
 
 
 def crashed(record: RunRecord, cfg: Config | None, level: str, exc: Exception) -> int:

@@ -82,12 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="go on without failed or dropped sites while N remain (default: every "
                    "site must succeed)")
     g.add_argument("--round-timeout", type=float, metavar="S",
-                   help="seconds before a silent site counts as dropped out (0 = no limit)")
+                   help="seconds before a silent site counts as dropped out (3600; 0 = no "
+                   "limit)")
     g = s.add_argument_group("method (defaults are the paper's)")
     g.add_argument("--latent-dim", type=_positive(int), metavar="L", help="latent dim (128)")
     g.add_argument("--width", type=_positive(float), metavar="W", help="channel multiplier (1)")
     g.add_argument("--downsample", type=_positive(int), metavar="F", help="grid factor (1)")
-    g.add_argument("--lr", type=_positive(float), help="Adam learning rate (1e-4)")
+    g.add_argument("--lr", type=_positive(float), help="Adam learning rate (1e-3, as vaefusion)")
     g.add_argument("--beta", type=float,
                    help="KL weight (vaefusion's default, 0.25; the paper's ELBO is 1)")
     g.add_argument("--likelihood", choices=LIKELIHOODS, help="decoder likelihood")

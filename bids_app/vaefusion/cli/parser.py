@@ -7,6 +7,8 @@ as the BIDS execution spec asks; neither prints a traceback.
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -43,6 +45,40 @@ def _derivative(value: str) -> tuple[str, str]:
     return name, path
 
 
+def _finite(value: str) -> float:
+    """A float that is a number: NaN and infinity are refused (exit 64) for every option."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"'{value}' is not a finite number")
+    return number
+
+
+def _positive(value: str) -> float:
+    number = _finite(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"'{value}' must be above 0")
+    return number
+
+
+def _memory(value: str) -> float:
+    """``--mem`` in GB: ``16`` (a bare number is GB, as before), ``16G``, ``16GB``,
+    ``16000M``, ``16000MB``, ``1T``; as SLURM reads them, the units are binary (``M`` is
+    1/1024 G), and a GB is 2^30 bytes wherever vaefusion counts memory."""
+    match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", value)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"'{value}' is not a memory amount; give e.g. 16G, 16000M or 16 (GB)")
+    number = _positive(match.group(1))
+    return number * _MEMORY_UNITS[match.group(2).upper()]
+
+
+#: GB per unit of ``--mem`` (none: GB)
+_MEMORY_UNITS = {"": 1.0, "K": 2.0**-20, "M": 2.0**-10, "G": 1.0, "T": 2.0**10}
+
+
 def _positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -75,15 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("data selection")
     g.add_argument("--participant-label", "--participant_label", nargs="+", type=_label,
-                   default=None, metavar="LABEL", help="subjects to process (with or without sub-)")
-    g.add_argument("--session-label", nargs="+", type=_label, default=None, metavar="LABEL",
-                   help="sessions to process (with or without ses-)")
+                   default=None, metavar="LABEL", help="subjects to process (with or without "
+                   "sub-); @FILE reads labels from FILE (whitespace or one a line, # comments)")
+    g.add_argument("--session-label", "--session_label", nargs="+", type=_label, default=None,
+                   metavar="LABEL", help="sessions to process (with or without ses-); @FILE "
+                   "reads them from FILE")
     g.add_argument("--bids-filter-file", type=Path, default=None, metavar="FILE",
                    help="JSON of pybids filters per input: {\"icn\": {...}, \"gmv\": {...}}")
     g.add_argument("--derivatives", nargs="+", action="extend", type=_derivative, default=None,
                    metavar="NAME=PATH", help="derivative datasets holding ICN maps and GMV "
                    "(default: every folder under BIDS_DIR/derivatives)")
-    g.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
+    g.add_argument("--skip-bids-validation", "--skip_bids_validation",
+                   "--skip_bids_validator", action="store_true",
                    default=None, help="do not validate the input dataset")
     g.add_argument("--missing-modality", choices=MISSING_POLICIES, default=None,
                    help="a subject lacking a modality is skipped (default), kept with what it "
@@ -108,13 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes for nipype MultiProc")
     g.add_argument("--omp-nthreads", type=_positive_int, default=None,
                    help="threads per process for torch and BLAS (default: CPUs / nprocs)")
-    g.add_argument("--mem", "--mem-gb", dest="mem_gb", type=float, default=None, metavar="GB",
-                   help="memory limit for nipype scheduling, in GB")
+    g.add_argument("--mem", "--mem-gb", dest="mem_gb", type=_memory, default=None,
+                   metavar="MEM", help="memory the run may use, for nipype scheduling and the "
+                   "training budgets: 16G, 16GB, 16000M, or a bare number of GB (default: the "
+                   "available memory, cgroup limit included; more is refused)")
     g.add_argument("--use-plugin", type=Path, default=None, metavar="FILE",
                    help="nipype plugin YAML (e.g. SLURM)")
     g.add_argument("--config-file", type=Path, default=None, metavar="FILE",
                    help="TOML configuration (as every run writes to "
-                   "OUTPUT_DIR/logs/config-<level>.toml)")
+                   "OUTPUT_DIR/logs/config-<level>-<run id>.toml)")
     g.add_argument("--device", choices=DEVICES, default=None,
                    help="auto (CUDA if present), cpu, cuda")
     g.add_argument("--gpus", default=None, metavar="IDS",
@@ -126,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "supports it; bf16 = false in --config-file turns it off)")
     g.add_argument("--stop-on-first-crash", action="store_true", default=None,
                    help="stop at the first crashed node")
+    g.add_argument("--dry-run", action="store_true", default=None,
+                   help="validate, discover and print the selection (subjects, modalities, "
+                   "per-class counts), the memory estimate and the planned units, then exit 0 "
+                   "without writing anything")
     g.add_argument("-v", "--verbose", action="count", default=None, help="more log output")
 
     g = p.add_argument_group(
@@ -145,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cv-repeats", type=_positive_int, default=None, metavar="R",
                    help="repeat the K-fold with R partitions; the AUC CIs use all K x R folds "
                    "([ours] 1)")
-    g.add_argument("--svm-c", type=float, default=None, metavar="C",
+    g.add_argument("--svm-c", type=_positive, default=None, metavar="C",
                    help="fix the linear SVM's C ([ours] unset: C chosen per fold by inner "
                    "5-fold CV on the training subjects over 1e-4 ... 1e2, for every method)")
     g.add_argument("--epochs", type=_positive_int, default=None,
@@ -154,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="early-stopping patience in epochs ([ours] 20)")
     g.add_argument("--batch-subjects", type=_positive_int, default=None, metavar="B",
                    help="whole subjects per training batch ([ours] 1)")
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate ([ours] 1e-3)")
-    g.add_argument("--beta", type=float, default=None,
+    g.add_argument("--lr", type=_positive, default=None, help="Adam learning rate ([ours] 1e-3)")
+    g.add_argument("--beta", type=_finite, default=None,
                    help="KL weight ([ours] 0.25; the paper's ELBO is 1)")
     g.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
                    help="[ours] decoder likelihood: volume = a calibrated variance per volume "
@@ -173,10 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kl-warmup", type=int, default=None, metavar="E",
                    help="[ours] raise the KL weight linearly from beta/E to beta over the "
                    "first E epochs (0 = none; 0)")
-    g.add_argument("--free-bits", type=float, default=None, metavar="NATS",
+    g.add_argument("--free-bits", type=_finite, default=None, metavar="NATS",
                    help="[ours] free bits: a latent dimension's KL below NATS costs NATS "
                    "(Kingma et al. 2016; 0 = none; 0)")
-    g.add_argument("--width", type=float, default=None, metavar="W",
+    g.add_argument("--width", type=_positive, default=None, metavar="W",
                    help="channel multiplier ([paper] 1.0; e.g. 0.125 for CPU demos)")
     g.add_argument("--downsample", type=_positive_int, default=None, metavar="F",
                    help="integer grid factor for the VAE and the PCA baselines alike ([paper] 1, "

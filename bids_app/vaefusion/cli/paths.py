@@ -31,15 +31,17 @@ def creatable(path: Path) -> str | None:
     return None
 
 
-def default_work_dir(output_dir: Path) -> Path:
+def default_work_dir(output_dir: Path, bids_dir: Path | None = None) -> Path:
     """The work dir when ``-w`` is not given: never the current directory.
 
     ``OUTPUT_DIR/../<name>_work`` (next to the outputs, on the same disk, one per output
     dataset, so reruns resume), or, where that folder cannot be created (e.g. ``/out`` in a
-    container), ``$TMPDIR/vaefusion_work_<uid>_<hash of OUTPUT_DIR>``.
+    container) or would be inside BIDS_DIR (an OUTPUT_DIR in ``BIDS_DIR/derivatives/``),
+    ``$TMPDIR/vaefusion_work_<uid>_<hash of OUTPUT_DIR>``.
     """
     sibling = output_dir.parent / f"{output_dir.name}_work"
-    if creatable(sibling) is None:
+    inside_input = bids_dir is not None and _within(sibling, bids_dir)
+    if creatable(sibling) is None and not inside_input:
         return sibling
     key = hashlib.sha1(str(output_dir).encode()).hexdigest()[:8]
     uid = os.getuid() if hasattr(os, "getuid") else 0
@@ -68,16 +70,71 @@ def check_paths(cfg: Config) -> None:
             f"of a BIDS dataset."
         )
     for what, path in (("OUTPUT_DIR", cfg.output_dir), ("--work-dir", cfg.work_dir)):
-        if path == cfg.bids_dir or cfg.bids_dir in path.parents:
+        # BIDS_DIR/derivatives/<name> is where BIDS puts derivatives: an OUTPUT_DIR may be there
+        nested = what == "OUTPUT_DIR" and _within(path, cfg.bids_dir / "derivatives") \
+            and path != cfg.bids_dir / "derivatives"
+        if _within(path, cfg.bids_dir) and not nested:
             raise UsageError(
                 f"{what} {path} is inside BIDS_DIR {cfg.bids_dir}; the input is never written "
-                f"to, so choose a folder outside it."
+                f"to, so choose a folder outside it (an OUTPUT_DIR may be "
+                f"{cfg.bids_dir / 'derivatives'}/<name>)."
             )
     for what, path in (("the output folder", cfg.output_dir), ("the work dir", cfg.work_dir)):
         why = creatable(path)
         if why:
             option = "OUTPUT_DIR" if path == cfg.output_dir else "-w/--work-dir"
             raise OutputError(f"Cannot write {what} {path} ({why}); give a writable {option}.")
+    check_output_pipeline(cfg.output_dir)
+    check_derivative_overlap(cfg)
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """``path`` is ``folder`` or inside it."""
+    return path == folder or folder in path.parents
+
+
+def check_derivative_overlap(cfg: Config) -> None:
+    """OUTPUT_DIR and the work dir must be neither an input derivative dataset nor inside one:
+    writing there would overwrite the inputs (its ``dataset_description.json`` first)."""
+    from vaefusion.inputs.discovery import derivative_dirs
+
+    assert cfg.output_dir and cfg.work_dir
+    for dataset in derivative_dirs(cfg):
+        dataset = dataset.resolve()
+        for what, path in (("OUTPUT_DIR", cfg.output_dir), ("--work-dir", cfg.work_dir)):
+            if _within(path, dataset):
+                raise UsageError(f"{what} {path} is inside the input derivative dataset "
+                                 f"{dataset}; inputs are never written to, so choose a folder "
+                                 f"outside it.")
+
+
+def check_output_pipeline(output_dir: Path) -> None:
+    """An existing OUTPUT_DIR must be vaefusion's (or not a dataset yet): its
+    ``dataset_description.json`` is rewritten, so another pipeline's, or a raw dataset's, is
+    refused (exit 73)."""
+    import json
+
+    description = output_dir / "dataset_description.json"
+    if not description.is_file():
+        return
+    try:
+        data = json.loads(description.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise OutputError(f"OUTPUT_DIR {output_dir} holds a dataset_description.json that "
+                          f"cannot be read ({exc}); give an empty folder or an earlier "
+                          f"vaefusion output.") from None
+    data = data if isinstance(data, dict) else {}
+    makers = [g.get("Name") for g in data.get("GeneratedBy") or [] if isinstance(g, dict)]
+    legacy = data.get("PipelineDescription")
+    if isinstance(legacy, dict):
+        makers.append(legacy.get("Name"))
+    if "vaefusion" in makers:
+        return
+    what = (f"{', '.join(map(str, makers))}'s derivatives" if makers
+            else f"a {data.get('DatasetType', 'raw')} dataset ({data.get('Name', 'unnamed')})")
+    raise OutputError(f"OUTPUT_DIR {output_dir} holds {what}, not vaefusion's; its "
+                      f"dataset_description.json would be overwritten, so give another "
+                      f"OUTPUT_DIR (e.g. {output_dir.parent / 'vaefusion'}).")
 
 
 def create_work_dir(cfg: Config) -> None:

@@ -1,11 +1,14 @@
 """The ``vaefusion`` entry point: configuration, guards, logging, and the analysis levels.
 
 Every run ends with one line that says how it ended (success, failure or interrupted), with
-the exit code and, after a crash, the crash file; ``OUTPUT_DIR/logs/status.json`` says the
-same. Ctrl-C (SIGINT) and SIGTERM stop the whole run, worker processes included, and exit 130
-or 143; training checkpoints and finished units stay in the work dir, so the same command
-resumes. The configuration is built in :mod:`configure`, the folders checked in :mod:`paths`,
-and the run ended in :mod:`ending`.
+the exit code and, after a crash, the crash file; the run's status file
+(``OUTPUT_DIR/logs/status-<run id>.json``) says the same. Ctrl-C (SIGINT) and SIGTERM stop the
+whole run, worker processes included, and exit 130 or 143; training checkpoints and finished
+units stay in the work dir, so the same command resumes. The configuration is built in
+:mod:`configure`, the folders checked in :mod:`paths`, and the run ended in :mod:`ending`.
+Every run has its own id, which names its status, configuration, log and crash files, so that
+the participant jobs of an array may share one OUTPUT_DIR; the group level lists them all
+(:mod:`runs`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from vaefusion.cli.ending import (
 )
 from vaefusion.cli.parser import build_parser
 from vaefusion.cli.paths import check_paths, creatable, create_work_dir, default_work_dir
+from vaefusion.cli.runs import log_runs
 from vaefusion.cli.signals import stop_signals
 from vaefusion.config import Config
 from vaefusion.disk import naming
@@ -59,7 +63,7 @@ def setup_logging(cfg: Config | None, verbose: int = 0) -> Path | None:
         console.setLevel(level)
     if cfg is None or cfg.output_dir is None:
         return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = cfg.run_id or time.strftime("%Y%m%d-%H%M%S")
     path = naming.log_file(cfg.output_dir, cfg.analysis_level, stamp)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s [%(levelname)s] %(message)s"))
@@ -80,23 +84,35 @@ def run(cfg: Config, latent_dims_given: bool = False, record: RunRecord | None =
     check_paths(cfg)
     check_inputs(cfg, latent_dims_given)
     plugin_settings(cfg)  # a missing or malformed --use-plugin file: exit 64 now, not later
+    if cfg.dry_run:  # every check above, then what the run would do; nothing is created
+        from vaefusion.cli.dry_run import describe_run
+
+        print(describe_run(cfg))
+        return EXIT_OK
     # every option is checked: only now is anything created
     create_work_dir(cfg)
     init_output_dir(cfg)
     assert cfg.output_dir is not None
     record.log_file = setup_logging(cfg, cfg.verbose)
-    record.status = RunStatus(naming.status_file(cfg.output_dir), cfg.analysis_level,
-                              record.log_file).start()
+    record.status = RunStatus(naming.status_file(cfg.output_dir, cfg.run_id),
+                              cfg.analysis_level, record.log_file).start()
+    record.status.note("run_id", cfg.run_id)
+    if cfg.participant_label:
+        record.status.note("participant_label", cfg.participant_label)
     if cfg.analysis_level == "group":  # a summary of an earlier run would read as this one's
         summary_path(cfg).unlink(missing_ok=True)
     LOG.info("vaefusion %s: %s level on %s", __version__, cfg.analysis_level, cfg.bids_dir)
     LOG.info("Software: %s", versions_line())
-    LOG.info("Work dir: %s; status: %s", cfg.work_dir, naming.status_file(cfg.output_dir))
+    LOG.info("Run %s; work dir: %s; status: %s", cfg.run_id, cfg.work_dir,
+             naming.status_file(cfg.output_dir, cfg.run_id))
+    if cfg.analysis_level == "group":  # what the participant jobs (an array) left behind
+        log_runs(cfg.output_dir, cfg.run_id)
     record.status.phase("validating the input")
     if cfg.skip_bids_validation:
         LOG.info("BIDS validation skipped (--skip-bids-validation)")
     else:
-        validate_input(cfg.bids_dir, naming.logs_dir(cfg.output_dir))
+        # only what the run reads: the selected subjects and the top-level files
+        validate_input(cfg.bids_dir, naming.logs_dir(cfg.output_dir), cfg.participant_label)
     if cfg.bf16 and cfg.analysis_level == "group":
         import torch
 

@@ -9,14 +9,11 @@ from pathlib import Path
 from vaefusion import __version__
 from vaefusion.config import Config
 from vaefusion.disk import naming
-from vaefusion.disk.io import atomic_write_text, write_json, write_tsv
+from vaefusion.disk.io import atomic_write_text, locked, write_json, write_tsv
 from vaefusion.errors import OutputError
 from vaefusion.inputs.reference import citation
 
 CODE_URL = "https://github.com/vaefusion/vaefusion"
-
-
-CONTAINER_IMAGE = "vaefusion/vaefusion"
 
 
 #: What BIDS cannot name yet; the validator checks every other file. Each pattern has its own
@@ -90,36 +87,52 @@ def dataset_links(cfg: Config) -> dict[str, str]:
 
 def dataset_description(cfg: Config) -> dict:
     """``dataset_description.json`` of the output (BIDS-Derivatives)."""
-    container = {"Type": "docker", "Tag": f"{CONTAINER_IMAGE}:{__version__}"}
-    if os.environ.get("SINGULARITY_NAME") or os.environ.get("APPTAINER_NAME"):
-        container = {"Type": "singularity", "Tag": f"{CONTAINER_IMAGE}:{__version__}"}
+    from vaefusion.derivatives.provenance import container
+
+    generated_by = {"Name": "vaefusion", "Version": __version__, "CodeURL": CODE_URL,
+                    "Description": "Shared 3D VAE over ICN and GMV volumes; cross-validated SVM."}
+    inside = container()
+    if inside is not None:  # only inside a container, as its runtime tells it
+        generated_by["Container"] = inside
     desc = {
         "Name": "vaefusion: multimodal VAE fusion of NeuroMark ICN maps and gray matter",
         "BIDSVersion": "1.10.0",
         "DatasetType": "derivative",
-        "GeneratedBy": [{
-            "Name": "vaefusion",
-            "Version": __version__,
-            "CodeURL": CODE_URL,
-            "Description": "Shared 3D VAE over ICN and GMV volumes; cross-validated SVM.",
-            "Container": container,
-        }],
+        "GeneratedBy": [generated_by],
         "HowToAcknowledge": "Please cite the references in logs/CITATION.md.",
     }
-    if cfg.bids_dir is not None:
-        source = {"URL": Path(cfg.bids_dir).resolve().as_uri()}
-        src_desc = Path(cfg.bids_dir) / naming.DATASET_DESCRIPTION
-        try:
-            doi = json.loads(src_desc.read_text()).get("DatasetDOI")
-        except (OSError, ValueError):
-            doi = None
-        if doi:
-            source["DOI"] = doi
-        desc["SourceDatasets"] = [source]
+    if cfg.bids_dir is not None:  # the raw dataset, then every derivative input
+        desc["SourceDatasets"] = [_source(Path(cfg.bids_dir))] + [
+            _source(path) for path in input_derivatives(cfg)]
     links = dataset_links(cfg)
     if links:
         desc["DatasetLinks"] = {name: Path(path).as_uri() for name, path in links.items()}
     return desc
+
+
+def _source(folder: Path) -> dict:
+    """A ``SourceDatasets`` entry: the dataset's URL and, where its description gives one,
+    its DOI."""
+    source = {"URL": folder.resolve().as_uri()}
+    try:
+        doi = json.loads((folder / naming.DATASET_DESCRIPTION).read_text()).get("DatasetDOI")
+    except (OSError, ValueError, AttributeError):
+        doi = None
+    if doi:
+        source["DOI"] = doi
+    return source
+
+
+def input_derivatives(cfg: Config) -> list[Path]:
+    """The derivative datasets the run reads (``--derivatives`` or those discovery finds under
+    ``BIDS_DIR/derivatives``); none where they cannot be listed (discovery then says why)."""
+    from vaefusion.errors import VaefusionError
+    from vaefusion.inputs.discovery import derivative_dirs
+
+    try:
+        return derivative_dirs(cfg)
+    except VaefusionError:
+        return []
 
 
 def init_output_dir(cfg: Config) -> Path:
@@ -136,12 +149,15 @@ def init_output_dir(cfg: Config) -> Path:
         raise OutputError(
             f"Cannot write to the output folder {out} ({exc.strerror}); give a writable path."
         ) from None
-    write_json(out / naming.DATASET_DESCRIPTION, dataset_description(cfg))
-    atomic_write_text(out / naming.BIDSIGNORE, BIDSIGNORE)
-    atomic_write_text(out / naming.README, OUTPUT_README)
-    atomic_write_text(logs / naming.CITATION, "# Citing vaefusion\n\n" + citation())
-    atomic_write_text(naming.config_file(out, cfg.analysis_level), cfg.to_toml())
-    write_descriptions(out, DESCRIPTIONS)
+    # the files concurrent runs share (a cluster array on one OUTPUT_DIR): the same content
+    # from every job, written atomically and in turn; descriptions.tsv merges, hence the lock
+    with locked(naming.output_lock(out)):
+        write_json(out / naming.DATASET_DESCRIPTION, dataset_description(cfg))
+        atomic_write_text(out / naming.BIDSIGNORE, BIDSIGNORE)
+        atomic_write_text(out / naming.README, OUTPUT_README)
+        atomic_write_text(logs / naming.CITATION, "# Citing vaefusion\n\n" + citation())
+        atomic_write_text(naming.config_file(out, cfg.analysis_level, cfg.run_id), cfg.to_toml())
+        write_descriptions(out, DESCRIPTIONS)
     return out
 
 
@@ -152,25 +168,70 @@ def skeleton_files(out: Path) -> list[Path]:
             descriptions, naming.sidecar(descriptions)]
 
 
-def drop_bare_dataset(out: Path) -> bool:
+def drop_bare_dataset(out: Path, run_id: str = "") -> bool:
     """After a failed run: when OUTPUT_DIR holds nothing but the dataset's skeleton (no subject
-    or group output, from this run or an earlier one), remove the skeleton, so that only logs/
-    (with the error or crash) stays. Returns whether it did."""
+    or group output, from this run or an earlier one) and no other run is writing to it,
+    remove the skeleton, so that only logs/ (with the error or crash) stays. Returns whether it
+    did."""
     out = Path(out)
     keep = {p.name for p in skeleton_files(out)} | {naming.LOGS}
     try:
-        if any(p.name not in keep for p in out.iterdir()):
-            return False  # outputs of this or an earlier run: a dataset worth keeping
-        for path in skeleton_files(out):
-            path.unlink(missing_ok=True)
+        with locked(naming.output_lock(out)):
+            if any(p.name not in keep for p in out.iterdir()):
+                return False  # outputs of this or an earlier run: a dataset worth keeping
+            if other_runs_active(out, run_id):
+                return False  # a job of the same array is about to write its outputs
+            for path in skeleton_files(out):
+                path.unlink(missing_ok=True)
     except OSError:
         return False
     return True
 
 
+def other_runs_active(out: Path, run_id: str) -> list[str]:
+    """The ids of the runs on ``out`` other than ``run_id`` that have started and not ended:
+    a configuration written (by :func:`init_output_dir`) with no status file yet, or a status
+    file that says running, of a process still alive where it can be told (this host)."""
+    import socket
+
+    logs = naming.logs_dir(out)
+    ids = {naming.run_id_of(p) for p in logs.glob(naming.CONFIG_PATTERN)}
+    active = []
+    for other in sorted(ids - {run_id, ""}):
+        try:
+            status = json.loads(naming.status_file(out, other).read_text())
+        except FileNotFoundError:
+            active.append(other)  # between its configuration and its first status
+            continue
+        except (OSError, ValueError):
+            continue
+        if not isinstance(status, dict) or status.get("state") != "running":
+            continue
+        pid, host = status.get("pid"), status.get("host")
+        if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+            continue  # killed without an ending (SIGKILL, out of memory)
+        active.append(other)
+    return active
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but another user's
+        return True
+    return True
+
+
 def write_descriptions(out: Path, labels: dict[str, str]) -> Path:
     """Add ``labels`` (``desc-`` label -> meaning) to ``descriptions.tsv`` at the output root,
-    keeping the labels earlier runs documented, and its JSON sidecar."""
+    keeping the labels earlier (or concurrent) runs documented, and its JSON sidecar."""
+    with locked(naming.output_lock(out)):  # read, merge and rewrite: one run at a time
+        return _merge_descriptions(out, labels)
+
+
+def _merge_descriptions(out: Path, labels: dict[str, str]) -> Path:
     import csv
 
     path = naming.descriptions_file(out)

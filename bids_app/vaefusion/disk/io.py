@@ -12,6 +12,9 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -139,6 +142,44 @@ def write_nifti_atomic(path: Path, img: nib.Nifti1Image) -> None:
         if full is not None:
             raise full from exc
         raise
+
+
+#: the lock files each thread of this process holds (:func:`locked`)
+_HELD = threading.local()
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the block: concurrent runs
+    on one OUTPUT_DIR (a cluster array) take turns at reading and rewriting a shared file.
+
+    ``flock`` is advisory and per open file, so it serialises processes on one host and, where
+    the file system supports it (NFSv4, Lustre, GPFS), across hosts; where it is refused the
+    block runs unlocked, as atomic writes still leave every file whole. Re-entrant within a
+    process (a second ``flock`` on another descriptor of the same file would wait forever).
+    """
+    import fcntl
+
+    key = os.path.abspath(path)
+    held = _HELD.__dict__.setdefault("paths", set())
+    if key in held:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError:  # e.g. ENOLCK on a file system without locks
+            pass
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+            except OSError:
+                pass
 
 
 def _cell(value: object) -> str:

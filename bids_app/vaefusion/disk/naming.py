@@ -179,29 +179,70 @@ def logs_dir(out: Path) -> Path:
     return Path(out) / LOGS
 
 
-def config_file(out: Path, analysis_level: str) -> Path:
-    """The run's configuration next to the outputs: ``logs/config-group.toml``."""
-    return logs_dir(out) / f"config-{analysis_level}.toml"
+def new_run_id() -> str:
+    """A fresh run id, ``20261206T201209-3f9a2c`` (start time, then 6 random hex digits):
+    unique among the jobs of an array that share one OUTPUT_DIR, on any host, and sortable."""
+    import secrets
+    import time
+
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def _run_suffix(run_id: str) -> str:
+    # without a run id (tools that build a Config by hand) the names stay unsuffixed
+    return f"-{run_id}" if run_id else ""
+
+
+def config_file(out: Path, analysis_level: str, run_id: str = "") -> Path:
+    """The run's configuration next to the outputs: ``logs/config-group-<run id>.toml``."""
+    return logs_dir(out) / f"config-{analysis_level}{_run_suffix(run_id)}.toml"
 
 
 def log_file(out: Path, analysis_level: str, stamp: str) -> Path:
-    """``logs/vaefusion-<level>-<stamp>.log``."""
+    """``logs/vaefusion-<level>-<run id or time>.log``."""
     return logs_dir(out) / f"vaefusion-{analysis_level}-{stamp}.log"
 
 
+def crash_dir(out: Path, run_id: str = "") -> Path:
+    """Where one run's crash files go (nipype's ``crashdump_dir`` and vaefusion's own):
+    ``logs/crash-<run id>/``, so that concurrent runs on one OUTPUT_DIR never read each
+    other's."""
+    return logs_dir(out) / f"crash{_run_suffix(run_id)}"
+
+
 def crash_file(folder: Path, stamp: str) -> Path:
-    """A crash report outside nipype (``logs/`` or, before it exists, the temp folder)."""
+    """A crash report outside nipype (the run's crash folder or, before OUTPUT_DIR/logs
+    exists, the temp folder)."""
     return Path(folder) / f"crash-{stamp}-vaefusion.txt"
 
 
-#: Every crash file in ``logs/``: vaefusion's (:func:`crash_file`) and nipype's
-#: (``crash-<time>-<user>-<node>-<uuid>.txt``, nipype's ``crashdump_dir`` is ``logs/``).
-CRASH_PATTERN = "crash-*"
+#: Every crash file in a run's crash folder: vaefusion's (:func:`crash_file`) and nipype's
+#: (``crash-<time>-<user>-<node>-<uuid>.txt``; nipype's ``crashdump_dir`` is :func:`crash_dir`).
+CRASH_PATTERN = "crash-*.txt"
 
 
-def status_file(out: Path) -> Path:
-    """The run's status, rewritten while it goes on: ``logs/status.json``."""
-    return logs_dir(out) / "status.json"
+def status_file(out: Path, run_id: str = "") -> Path:
+    """The run's status, rewritten while it goes on: ``logs/status-<run id>.json``."""
+    return logs_dir(out) / f"status{_run_suffix(run_id)}.json"
+
+
+#: Every run's status file in ``logs/`` (:func:`status_file`).
+STATUS_PATTERN = "status*.json"
+#: Every run's configuration in ``logs/`` (:func:`config_file`).
+CONFIG_PATTERN = "config-*.toml"
+
+
+def run_id_of(path: Path) -> str:
+    """The run id in a status or configuration file name (``""`` for an unsuffixed one)."""
+    stem = Path(path).stem
+    match = re.search(r"(\d{8}T\d{6}-[0-9a-f]{6})$", stem)
+    return match.group(1) if match else ""
+
+
+def output_lock(out: Path) -> Path:
+    """The lock file that serialises writes of the files concurrent runs share
+    (``dataset_description.json``, ``descriptions.tsv``...): ``logs/.lock``."""
+    return logs_dir(out) / ".lock"
 
 
 # ------------------------------------------------------------------- group

@@ -39,7 +39,8 @@ class FederatedSettings:
     latent_dim: int = 128
     width: float = 1.0
     downsample: int = 1
-    lr: float = 1e-4
+    # the method options follow vaefusion's own defaults (one source: README's options table)
+    lr: float = dataclasses.field(default_factory=lambda: Config().lr)
     beta: float = dataclasses.field(default_factory=lambda: Config().beta)
     likelihood: str = dataclasses.field(default_factory=lambda: Config().likelihood)
     batch_subjects: int = 1
@@ -56,8 +57,9 @@ class FederatedSettings:
     negative_label: str = "HC"
     skip_bids_validation: bool = False
     device: str = "auto"
-    #: seconds a site may take for one task before it counts as dropped out (0 = no limit)
-    round_timeout: float = 0.0
+    #: seconds a site may take for one task before it counts as dropped out (0 = no limit);
+    #: finite by default, so that one hung site cannot stall the federation
+    round_timeout: float = 3600.0
 
     def validate(self, n_sites: int | None = None) -> None:
         """Raise :class:`UsageError` (exit 64) for values no run can use."""

@@ -73,7 +73,8 @@ def derivative_dirs(cfg: Config) -> list[Path]:
             f"{root} does not exist; put the NeuroMark and GMV derivatives there or name them "
             f"with --derivatives NAME=PATH."
         )
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and not _own_output(p, cfg))
     datasets = [p for p in folders if not SUB_RE.fullmatch(p.name)]
     if len(datasets) < len(folders):
         # subject folders right under derivatives/ (bids-examples eeg_rest_fmri): derivatives/
@@ -81,6 +82,26 @@ def derivative_dirs(cfg: Config) -> list[Path]:
         LOG.debug("%s holds subject folders: searched as one derivative dataset", root)
         datasets.insert(0, root)
     return datasets
+
+
+def _own_output(folder: Path, cfg: Config) -> bool:
+    """``BIDS_DIR/derivatives/vaefusion`` and the like (BIDS puts derivatives there): a
+    vaefusion output, or this run's OUTPUT_DIR while it holds nothing yet (a job of the same
+    array may have just created it), is never an input."""
+    import json
+
+    if cfg.output_dir is not None and folder.resolve() == Path(cfg.output_dir).resolve():
+        try:
+            if all(p.name in {"logs"} or p.name.startswith(".") for p in folder.iterdir()):
+                return True
+        except OSError:
+            return False
+    try:
+        data = json.loads((folder / "dataset_description.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    makers = data.get("GeneratedBy") if isinstance(data, dict) else None
+    return any(isinstance(g, dict) and g.get("Name") == "vaefusion" for g in makers or [])
 
 
 def selection_given(cfg: Config) -> bool:
@@ -106,6 +127,19 @@ def no_inputs_error(cfg: Config, deriv: list[Path], what: str) -> MissingInputEr
         f"dataset under {cfg.bids_dir / 'derivatives'} (README: Inputs) or name them with "
         f"--derivatives NAME=PATH."
     )
+
+
+def unknown_labels_error(unknown: list[str], known: set[str], where: Path) -> NoDataError:
+    """Exit 18 for ``--participant-label`` values that name no subject, with the closest
+    existing labels (a typo: ``O1`` for ``01``, ``sub-1`` for ``01``)."""
+    import difflib
+
+    close = sorted({m for label in unknown
+                    for m in difflib.get_close_matches(label, sorted(known), n=3, cutoff=0.3)})
+    hint = (f"the closest existing label(s): {' '.join(close)}" if close
+            else f"the existing labels include {' '.join(sorted(known)[:5]) or 'none'}")
+    return NoDataError(f"--participant-label {' '.join(unknown)} matches no subject in {where} "
+                       f"(participants.tsv or the input files); {hint}.")
 
 
 def _fingerprint(paths: list[Path]) -> str:
@@ -327,10 +361,11 @@ def discover(cfg: Config) -> list[SubjectInputs]:
         if (wanted_sub is None or sub in wanted_sub) and path not in gmv_by[(sub, ses)]:
             gmv_by[(sub, ses)].append(path)
 
-    if wanted_sub:
-        unknown = sorted(wanted_sub - set(labels) - {s for s, _ in icn_by} - {s for s, _ in gmv_by})
+    if wanted_sub:  # as fMRIPrep and MRIQC: a label that names no subject stops the run
+        known = set(labels) | {s for s, _, _ in icn_files} | {s for s, _, _ in gmv_files}
+        unknown = sorted(wanted_sub - known)
         if unknown:
-            LOG.warning("participant label(s) %s match no data", ", ".join(unknown))
+            raise unknown_labels_error(unknown, known, cfg.bids_dir)
     keys = sorted(set(icn_by) | {k for k in gmv_by if k[1] is None or keep(*k)},
                   key=lambda k: (k[0], k[1] or ""))
     # a subject-level GMV (no session) serves every session of that subject

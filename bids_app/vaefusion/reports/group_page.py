@@ -456,7 +456,8 @@ def _about(cfg: Config) -> Section:
         except metadata.PackageNotFoundError:
             continue
     s.add(html.table(versions, ["package", "version"]),
-          html.para(f"Configuration (also in logs/config-{cfg.analysis_level}.toml):"),
+          html.para(f"Configuration (also in logs/"
+                    f"{naming.config_file(Path('.'), cfg.analysis_level, cfg.run_id).name}):"),
           html.pre(cfg.to_toml()), html.para("Citation (also in logs/CITATION.md):"),
           html.pre(citation()))
     return s

@@ -22,7 +22,7 @@ from pathlib import Path
 from vaefusion.config import Config
 from vaefusion.disk import naming
 from vaefusion.errors import OutputError, UsageError, VaefusionError, disk_full_error
-from vaefusion.workflows.progress import count_units, status_callback, subject_labels
+from vaefusion.workflows.progress import RunNodes, count_units, status_callback, subject_labels
 from vaefusion.workflows.status import RunStatus
 
 LOG = logging.getLogger("vaefusion.workflow")
@@ -55,13 +55,14 @@ def reporting(status: RunStatus | None) -> Iterator[None]:
 
 
 def configure_nipype(cfg: Config) -> None:
-    """Crash files as text in OUTPUT_DIR/logs, timestamp hashing, no version check."""
+    """Crash files as text in the run's own crash folder (``logs/crash-<run id>/``),
+    timestamp hashing, no version check."""
     from nipype import config as ncfg
 
     assert cfg.output_dir is not None
     ncfg.update_config({
         "execution": {
-            "crashdump_dir": str(naming.logs_dir(cfg.output_dir)),
+            "crashdump_dir": str(naming.crash_dir(cfg.output_dir, cfg.run_id)),
             "crashfile_format": "txt",
             "hash_method": "timestamp",
             "stop_on_first_crash": cfg.stop_on_first_crash,
@@ -117,22 +118,24 @@ def run_workflow(wf, cfg: Config):
         status.phase(during, total=count_units(wf))
         if cfg.device == "cuda":
             status.note("gpus", cfg.runtime().gpus)
+    nodes: RunNodes | None = None
     if not plugin.endswith("Graph"):  # nipype's graph plugins take no callback
         assert cfg.work_dir is not None
+        nodes = RunNodes()
         args = {**args, "status_callback": status_callback(
-            status, Path(cfg.work_dir) / naming.TRAINING_DIR, subject_labels(wf))}
+            status, Path(cfg.work_dir) / naming.TRAINING_DIR, subject_labels(wf), nodes)}
     LOG.info("Running %s with the %s plugin", wf.name, plugin)
     runner = _runner(plugin, args)
     start = time.time()
     try:
         graph = wf.run(plugin=runner, plugin_args=args)
     except Exception as exc:
-        raise _failure(wf, cfg, start, exc) from None
+        raise _failure(wf, cfg, start, exc, nodes) from None
     except BaseException:  # Ctrl-C or SIGTERM: stop the workers before the run ends
         _stop_workers(runner)
         raise
     # MultiProc counts a failed node that ran in this process (the derivatives sink) as done
-    late = _failure(wf, cfg, start, None)
+    late = _failure(wf, cfg, start, None, nodes)
     if late is not None:
         raise late
     if status is not None:
@@ -177,12 +180,19 @@ def _stop_workers(runner) -> None:
             proc.join(timeout=1)
 
 
-def _failure(wf, cfg: Config, start: float, exc: Exception | None) -> Exception | None:
+def _failure(wf, cfg: Config, start: float, exc: Exception | None,
+             nodes: RunNodes | None = None) -> Exception | None:
     """The error a failed workflow run ends with (see :func:`run_workflow`); with ``exc``
-    None (nipype reported success), an error only if a node left a record or a crash file."""
+    None (nipype reported success), an error only if a node left a record or a crash file.
+
+    ``nodes`` (when the plugin reports them) limits the records to this run's nodes, and its
+    failed units name what crashed (``sub-03``, a fold)."""
     from vaefusion.interfaces.errors import node_errors
 
     records = node_errors(Path(wf.base_dir) / wf.name, start)
+    if nodes is not None:  # concurrent runs may share the work dir: only this run's nodes
+        records = [r for r in records if r.path.parent in nodes.folders]
+    failed = f" for {', '.join(dict.fromkeys(nodes.failed))}" if nodes and nodes.failed else ""
     if records:
         first = records[0]
         more = (f" ({len(records) - 1} more unit(s) failed; see the log)"
@@ -192,7 +202,7 @@ def _failure(wf, cfg: Config, start: float, exc: Exception | None) -> Exception 
         return VaefusionError(first.message + more, first.code)
     if exc is None:
         crashes = crash_files(cfg, start)
-        return NodeCrash(f"a step of {wf.name} failed", crashes) if crashes else None
+        return NodeCrash(f"a step of {wf.name} failed{failed}", crashes) if crashes else None
     if isinstance(exc, VaefusionError):  # the Linear plugin re-raises a node's own error
         return exc
     full = disk_full_error(exc)
@@ -206,7 +216,7 @@ def _failure(wf, cfg: Config, start: float, exc: Exception | None) -> Exception 
                                    f"free); free space or give another OUTPUT_DIR or -w, then "
                                    f"rerun the same command (finished work is reused).")
     crashes = crash_files(cfg, start)
-    return NodeCrash(f"a step of {wf.name} failed ({_last_line(exc)[:300]})", crashes)
+    return NodeCrash(f"a step of {wf.name} failed{failed} ({_last_line(exc)[:300]})", crashes)
 
 
 def _last_line(exc: Exception) -> str:
@@ -222,10 +232,11 @@ def _last_line(exc: Exception) -> str:
 
 
 def crash_files(cfg: Config, since: float) -> list[Path]:
-    """Crash files written to OUTPUT_DIR/logs at or after ``since`` (nipype's and ours)."""
+    """This run's crash files (nipype's and ours, in ``logs/crash-<run id>/``) written at or
+    after ``since``: a concurrent run's crash on the same OUTPUT_DIR is not this run's."""
     if cfg.output_dir is None:
         return []
-    folder = naming.logs_dir(cfg.output_dir)
+    folder = naming.crash_dir(cfg.output_dir, cfg.run_id)
     found = []
     for path in folder.glob(naming.CRASH_PATTERN) if folder.is_dir() else []:
         try:

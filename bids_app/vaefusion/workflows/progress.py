@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaefusion.disk import naming
@@ -80,15 +81,32 @@ def unit_label(node, subjects: list[str] | None = None) -> str:
     return node.itername
 
 
-def status_callback(status: RunStatus | None, train_root: Path, subjects: list[str]):
+@dataclass
+class RunNodes:
+    """What one run's workflow engine did, as the status callback saw it: the folders of the
+    nodes it started (so that the error records of a concurrent run sharing the work dir are
+    not read as this run's) and the units that failed (a subject, a fold), in order."""
+
+    folders: set[Path] = field(default_factory=set)
+    failed: list[str] = field(default_factory=list)
+
+
+def status_callback(status: RunStatus | None, train_root: Path, subjects: list[str],
+                    nodes: RunNodes | None = None):
     """nipype's ``status_callback`` (called in the main process): units started and ended go
     to ``status`` (a VAE fold's epochs are read from its progress file under ``train_root``),
-    and an interrupt that a node swallowed is raised again."""
+    the run's nodes and failed units to ``nodes``, and an interrupt that a node swallowed is
+    raised again."""
     names: dict[int, str] = {}
 
     def callback(node, event: str) -> None:
         if Interrupted.pending is not None:  # a node swallowed it (nipype catches everything)
             raise Interrupted(Interrupted.pending.signum)
+        if nodes is not None:
+            if event == "start":
+                nodes.folders.add(Path(node.output_dir()))
+            elif event == "exception":
+                nodes.failed.append(unit_label(node, subjects))
         if status is None or node.name not in UNIT_NODES:
             return
         if event == "start":
