@@ -301,7 +301,7 @@ def test_c_selection_never_touches_the_test_fold(monkeypatch: pytest.MonkeyPatch
         fitted_on.append(np.asarray(x_train))
         return real_fit(x_train, y_train, x_test, backend, c)
 
-    monkeypatch.setattr(classify, "fit_linear_svm", spy)
+    monkeypatch.setitem(classify.CLASSIFIERS, "svm", spy)  # the registry the protocol reads
     res = evaluate_fold(marked, y, fold, "sklearn", partition_seed=3)
     # every C of the grid on every inner split, then the final fit
     assert len(fitted_on) == len(classify.SVM_C_GRID) * classify.INNER_FOLDS + 1

@@ -77,3 +77,13 @@ def paired_corrected_t(a: Sequence[float], b: Sequence[float], n_train: float, n
     if a_arr.shape != b_arr.shape:
         raise ValueError(f"paired values differ in shape: {a_arr.shape} and {b_arr.shape}")
     return corrected_resampled_t(a_arr - b_arr, n_train, n_test, confidence)
+
+
+def permutation_p(observed: float, null: Sequence[float]) -> float:
+    """One-sided label-permutation p value of an AUC: ``(1 + #{null >= observed}) / (1 + P)``
+    over the finite null values (Phipson & Smyth 2010: never 0). NaN without a null."""
+    x = np.asarray(null, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0 or not math.isfinite(observed):
+        return math.nan
+    return float((1 + np.count_nonzero(x >= observed - 1e-12)) / (1 + x.size))
