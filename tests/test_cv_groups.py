@@ -103,6 +103,26 @@ def test_group_partition_refusals():
         make_partition(y, None, Config(folds=3, cv_groups="site"), 0)
 
 
+def test_memory_check_sizes_the_largest_site_fold(tmp_path, monkeypatch):
+    """Leave-one-site-out folds are uneven: --mem is checked against the largest training
+    set (two small sites held out: 25 of 30), not the stratified n - n/K (20)."""
+    from vaefusion.evaluation import memory
+    from vaefusion.inputs.cache import SubjectMeta, write_subject
+
+    npy = write_subject(tmp_path, np.zeros((2, 4, 4, 4), np.float32),
+                        SubjectMeta("01", None, ["ICN01", "GMV"], np.eye(4).tolist(), [4, 4, 4]))
+    y = np.tile([0, 1], 15)
+    groups = ["site1"] * 20 + ["site2"] * 5 + ["site3"] * 5
+    manifest = Manifest([str(npy)] * 30, [f"sub-{i:02d}" for i in range(30)], list(y),
+                        ["ICN01", "GMV"], groups)
+    seen = []
+    monkeypatch.setattr(memory, "group_needs", lambda *a, **k: seen.append(a[2]) or [])
+    for cv_groups in ("site", None):
+        cfg = Config(mem_gb=16.0, nprocs=1, device="cpu", omp_nthreads=1, folds=3,
+                     cv_groups=cv_groups).resolve()
+        memory.check_group_memory(cfg, manifest)
+    assert seen == [25, 20]
+
 def test_partition_is_described():
     assert describe_partition(3, 1, "site", 3) == "leave-one-site-out, 3 folds"
     assert describe_partition(5, 2, "site", 12) == "site-grouped 5-fold (12 sites), 2 repeats"
