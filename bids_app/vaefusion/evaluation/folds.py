@@ -1,7 +1,9 @@
-"""Cross-validation folds over subjects: stratified K-fold test sets and a validation split.
+"""Cross-validation folds over subjects: stratified K-fold test sets (or, with
+``--cv-groups``, test sets of whole groups such as sites) and a validation split.
 
 Every method (the VAE and the PCA baselines) is evaluated on the same :class:`Fold` list, so
-the folds are made once per partition (``--cv-seed`` and the repeat: :func:`partition_seed`).
+the folds are made once per partition (``--cv-seed`` and the repeat: :func:`partition_seed`),
+always by :func:`make_partition`.
 A fold's test subjects are never used for fitting anything (VAE weights, early stopping, PCA,
 scaler, choice of C or SVM); its validation subjects are used only for the VAE's early
 stopping / best checkpoint, and the classifier (C by inner cross-validation included) is then
