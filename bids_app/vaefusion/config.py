@@ -135,6 +135,8 @@ class Config:
     val_fraction: float = field(default=0.1, metadata=METHOD)
     # the K-fold partition of repeat r is seeded by cv_seed + r (evaluation.folds)
     cv_seed: int = field(default=0, metadata=METHOD)
+    # --cv-groups: a participants.tsv column whose groups (sites) make whole test folds
+    cv_groups: str | None = field(default=None, metadata=METHOD)
     cv_repeats: int = 1  # not hashed: each repeat is its own unit, so adding repeats reuses
     svm_c: float | None = field(default=None, metadata=METHOD)  # None: chosen by inner CV
     epochs: int = field(default=200, metadata=METHOD)
@@ -194,6 +196,8 @@ class Config:
         if self.cv_seed < 0 or self.cv_repeats < 1:
             raise UsageError("--cv-seed must be a non-negative integer and --cv-repeats at "
                              "least 1.")
+        if self.cv_groups is not None and not self.cv_groups.strip():
+            raise UsageError("--cv-groups needs a participants.tsv column name, e.g. site.")
         if self.svm_c is not None and not self.svm_c > 0:
             raise UsageError(f"--svm-c {self.svm_c} must be a positive number (or leave it out "
                              "to choose C by inner cross-validation).")

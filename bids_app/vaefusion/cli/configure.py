@@ -21,7 +21,7 @@ _DIRECT = ("participant_label", "session_label", "bids_filter_file", "skip_bids_
            "seeds", "folds", "epochs", "patience", "batch_subjects", "lr", "beta", "width",
            "downsample", "augment", "model", "methods", "likelihood", "scaling", "kl_warmup",
            "free_bits",
-           "cv_seed", "cv_repeats",
+           "cv_seed", "cv_repeats", "cv_groups",
            "svm_c", "explain_fold", "diagnosis_map")
 
 

@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cv-repeats", type=_positive_int, default=None, metavar="R",
                    help="repeat the K-fold with R partitions; the AUC CIs use all K x R folds "
                    "([ours] 1)")
+    g.add_argument("--cv-groups", default=None, metavar="COLUMN",
+                   help="test folds made of whole groups of this participants.tsv column, e.g. "
+                   "site: leave-one-group-out when it has exactly K groups, groups dealt to K "
+                   "stratified folds when it has more ([ours] unset: stratified K-fold)")
     g.add_argument("--svm-c", type=_positive, default=None, metavar="C",
                    help="fix the linear SVM's C ([ours] unset: C chosen per fold by inner "
                    "5-fold CV on the training subjects over 1e-4 ... 1e2, for every method)")

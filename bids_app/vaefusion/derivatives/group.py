@@ -31,6 +31,7 @@ from vaefusion.derivatives.subject import (
 from vaefusion.disk import naming
 from vaefusion.disk.io import write_json, write_tsv
 from vaefusion.evaluation.classifier import SVM_C_GRID
+from vaefusion.evaluation.folds import describe_partition
 from vaefusion.evaluation.manifest import Manifest
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.evaluation.summary import (
@@ -65,8 +66,13 @@ def write_group_outputs(cfg: Config, manifest: Manifest, results: list[FoldResul
     group.mkdir(parents=True, exist_ok=True)
     results = sorted(results, key=lambda r: r.sort_key)
 
-    write_tsv(group / naming.METRICS,
-              [{c: getattr(r, c) for c in METRIC_COLUMNS} for r in results], METRIC_COLUMNS)
+    metric_rows = [{c: getattr(r, c) for c in METRIC_COLUMNS} for r in results]
+    if manifest.groups is not None:  # --cv-groups: which group(s) each fold tested
+        where = dict(zip(manifest.keys, manifest.groups, strict=True))
+        for row, r in zip(metric_rows, results, strict=True):
+            row["test_group"] = "+".join(sorted({where[k] for k in r.test_subjects}))
+    write_tsv(group / naming.METRICS, metric_rows,
+              METRIC_COLUMNS + ["test_group"] * (manifest.groups is not None))
     # the dataset's own labels (participants.tsv), not the classifier's 1/0 coding
     names = {1: cfg.positive_label, 0: cfg.negative_label}
     scores = [
@@ -129,7 +135,9 @@ def write_group_outputs(cfg: Config, manifest: Manifest, results: list[FoldResul
         "n_negative": int((manifest.y() == 0).sum()),
         "labels": {"positive": cfg.positive_label, "negative": cfg.negative_label},
         "folds": cfg.folds, "latent_dims": cfg.latent_dims, "seeds": cfg.seeds,
-        "cv_seed": cfg.cv_seed, "cv_repeats": cfg.cv_repeats,
+        "cv_seed": cfg.cv_seed, "cv_repeats": cfg.cv_repeats, "cv_groups": cfg.cv_groups,
+        "partition": describe_partition(cfg.folds, cfg.cv_repeats, cfg.cv_groups,
+                                        len(set(g for g in manifest.groups or [] if g))),
         # null: C chosen per fold by inner cross-validation over svm_c_grid
         "svm_c": cfg.svm_c, "svm_c_grid": list(SVM_C_GRID),
         "classifier_backend": backends[0] if len(backends) == 1 else backends,

@@ -31,11 +31,11 @@ LOG = logging.getLogger("vaefusion.crossval")
 
 def partition(manifest: Manifest, cfg: Config, repeat: int):
     """The folds of K-fold repeat ``repeat``: seeded by ``--cv-seed`` and the repeat only, so
-    every method and every ``--seed`` is evaluated on the same partition."""
-    from vaefusion.evaluation.folds import make_folds, partition_seed
+    every method and every ``--seed`` is evaluated on the same partition; with ``--cv-groups``
+    the test folds are whole groups of that column (:func:`make_group_folds`)."""
+    from vaefusion.evaluation.folds import make_partition
 
-    return make_folds(manifest.y(), cfg.folds, partition_seed(cfg.cv_seed, repeat),
-                      cfg.val_fraction)
+    return make_partition(manifest.y(), manifest.cv_groups(), cfg, repeat)
 
 
 def _grid_text(grid) -> str:

@@ -1,7 +1,9 @@
-"""Cross-validation folds over subjects: stratified K-fold test sets and a validation split.
+"""Cross-validation folds over subjects: stratified K-fold test sets (or, with
+``--cv-groups``, test sets of whole groups such as sites) and a validation split.
 
 Every method (the VAE and the PCA baselines) is evaluated on the same :class:`Fold` list, so
-the folds are made once per partition (``--cv-seed`` and the repeat: :func:`partition_seed`).
+the folds are made once per partition (``--cv-seed`` and the repeat: :func:`partition_seed`),
+always by :func:`make_partition`.
 A fold's test subjects are never used for fitting anything (VAE weights, early stopping, PCA,
 scaler, choice of C or SVM); its validation subjects are used only for the VAE's early
 stopping / best checkpoint, and the classifier (C by inner cross-validation included) is then
@@ -13,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from vaefusion.config import Config
 from vaefusion.errors import DataError, UsageError
 
 #: Fewest subjects in a validation set and in the training set that remains beside it.
@@ -142,15 +145,119 @@ def make_folds(labels: np.ndarray, k: int, seed: int, val_fraction: float = 0.1)
                f" (2 folds, the fewest, need {min_subjects_per_class(2, val_fraction)} of each).")
         )
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    folds: list[Fold] = []
     # sklearn only needs X for its length; the subject index stands in for the data
-    for i, (pool, test) in enumerate(skf.split(np.zeros((y.size, 1)), y)):
+    splits = [(pool, test) for pool, test in skf.split(np.zeros((y.size, 1)), y)]
+    return _with_validation(y, splits, seed, val_fraction)
+
+
+def make_group_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int,
+                     val_fraction: float = 0.1, column: str = "site",
+                     repeats: int = 1) -> list[Fold]:
+    """``--cv-groups``: K test folds made of whole groups (sites), each with a stratified
+    validation split of its training subjects (as :func:`make_folds`).
+
+    With exactly ``k`` groups the partition is leave-one-group-out: fold ``i`` tests the
+    ``i``-th group in sorted order, whatever the seed (so ``repeats`` > 1 is refused: every
+    repeat would be the same partition). With more groups than ``k``, groups are dealt to
+    ``k`` folds by ``StratifiedGroupKFold(k, shuffle=True, random_state=seed)`` (class
+    balance as even as whole groups allow; another seed, another partition). Fewer groups than
+    ``k``, fewer than 2 groups, or a test fold without both classes (its ROC-AUC would be
+    undefined) are refused with DataError before anything is trained; ``column`` names the
+    participants.tsv column in the messages.
+    """
+    y = check_labels(labels)
+    g = np.asarray(groups).astype(str)
+    if g.shape != y.shape:
+        raise ValueError(f"one group per subject: {g.shape} groups for {y.shape} labels")
+    if k < 2:
+        raise UsageError(f"--folds {k} is too small; use at least 2.")
+    names = np.unique(g)
+    if names.size < 2:
+        raise DataError(
+            f"--cv-groups {column}: every classified subject has the same value "
+            f"({names[0] if names.size else 'none'}) in participants.tsv column '{column}', so "
+            f"no group can be held out; give at least 2 groups or leave --cv-groups out."
+        )
+    if names.size < k:
+        raise DataError(
+            f"--cv-groups {column} has {names.size} groups in participants.tsv "
+            f"({', '.join(names)}), fewer than --folds {k}; set --folds {names.size} for "
+            f"leave-one-{column}-out."
+        )
+    if names.size == k:
+        if repeats > 1:
+            raise UsageError(
+                f"--cv-repeats {repeats} with --cv-groups {column} and --folds {k} repeats the "
+                f"same leave-one-{column}-out partition; use --cv-repeats 1."
+            )
+        tests = [np.flatnonzero(g == name) for name in names]
+    else:
+        sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        tests = [test for _, test in sgkf.split(np.zeros((y.size, 1)), y, g)]
+    held = [f"{column} {'+'.join(np.unique(g[test]))}" for test in tests]
+    for i, test in enumerate(tests):
+        counts = np.bincount(y[test], minlength=2)
+        if (counts == 0).any():
+            raise DataError(
+                f"--cv-groups {column}: test fold {i} ({held[i]}) holds "
+                f"{counts[1]} patient(s) and {counts[0]} control(s), so its ROC-AUC is "
+                f"undefined; add subjects of the missing class to that {column}, merge it with "
+                f"another in participants.tsv, or leave --cv-groups out."
+            )
+    splits = [(np.setdiff1d(np.arange(y.size), test), test) for test in tests]
+    return _with_validation(y, splits, seed, val_fraction, held)
+
+
+def make_partition(labels: np.ndarray, groups: np.ndarray | None, cfg: Config,
+                   repeat: int) -> list[Fold]:
+    """The folds of repeat ``repeat`` of the run's partition, the one place that chooses:
+    :func:`make_group_folds` under ``--cv-groups`` (``groups``: one value per subject), else
+    :func:`make_folds`; seeded by :func:`partition_seed` only, never by ``--seed``."""
+    seed = partition_seed(cfg.cv_seed, repeat)
+    if cfg.cv_groups is None:
+        return make_folds(labels, cfg.folds, seed, cfg.val_fraction)
+    if groups is None:
+        raise ValueError("--cv-groups needs each subject's group")
+    return make_group_folds(labels, groups, cfg.folds, seed, cfg.val_fraction, cfg.cv_groups,
+                            cfg.cv_repeats)
+
+
+def describe_partition(k: int, repeats: int, column: str | None = None,
+                       n_groups: int = 0) -> str:
+    """The partition in words, for summary.json and the report: ``"stratified 10-fold"``,
+    ``"leave-one-site-out, 3 folds"`` or ``"site-grouped 5-fold (12 sites)"``, with
+    ``", 2 repeats"`` appended where repeated."""
+    if column is None:
+        text = f"stratified {k}-fold"
+    elif n_groups == k:
+        text = f"leave-one-{column}-out, {k} folds"
+    else:
+        text = f"{column}-grouped {k}-fold ({n_groups} {column}s)"
+    return text + (f", {repeats} repeats" if repeats > 1 else "")
+
+
+def _with_validation(y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]], seed: int,
+                     val_fraction: float, held: list[str] | None = None) -> list[Fold]:
+    """Folds from (training pool, test) index pairs: a stratified validation split is drawn
+    from each pool (:func:`_validation_counts`) with a generator seeded by ``seed`` and the
+    fold index; DataError when a pool is too small to hold it and still train. ``held``
+    names each fold's test groups (``--cv-groups``) for that message."""
+    k = len(splits)
+    folds: list[Fold] = []
+    for i, (pool, test) in enumerate(splits):
         n_val = max(MIN_VAL_SUBJECTS, int(round(val_fraction * pool.size)))
         if pool.size - n_val < MIN_TRAIN_SUBJECTS:
+            short = (f"too few to hold out a validation set of {n_val} and still train on "
+                     f"{MIN_TRAIN_SUBJECTS}")
+            if held is not None:
+                raise DataError(
+                    f"Holding out {held[i]} (fold {i}) leaves {pool.size} training subjects, "
+                    f"{short}; add subjects to the other groups or merge groups in "
+                    f"participants.tsv."
+                )
             raise DataError(
                 f"{y.size} subjects in {k} folds leave {pool.size} training subjects per fold, "
-                f"too few to hold out a validation set of {n_val} and still train on "
-                f"{MIN_TRAIN_SUBJECTS}; --folds {k} needs at least "
+                f"{short}; --folds {k} needs at least "
                 f"{min_subjects_per_class(k, val_fraction)} patients and as many controls, so "
                 f"add subjects"
                 + (" or lower --folds." if k > 2 else " (2 folds is the fewest).")
@@ -166,4 +273,3 @@ def make_folds(labels: np.ndarray, k: int, seed: int, val_fraction: float = 0.1)
         train = np.setdiff1d(pool, val).astype(int)
         folds.append(Fold(index=i, train=train, val=val, test=np.sort(test).astype(int)))
     return folds
-

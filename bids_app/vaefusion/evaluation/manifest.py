@@ -23,13 +23,15 @@ class Manifest:
 
     ``files`` are cache ``.npy`` paths of every subject; ``labels`` are 1 (patient), 0
     (control) or -1 (not classified: another label, no label, or missing modalities);
-    ``modalities`` are those of the classified subjects.
+    ``modalities`` are those of the classified subjects; ``groups`` (``--cv-groups`` only) is
+    each subject's value of that participants.tsv column (empty where not classified).
     """
 
     files: list[str]
     keys: list[str]
     labels: list[int]
     modalities: list[str]
+    groups: list[str] | None = None
 
     @property
     def classified(self) -> np.ndarray:
@@ -38,6 +40,12 @@ class Manifest:
 
     def y(self) -> np.ndarray:
         return np.asarray(self.labels)[self.classified]
+
+    def cv_groups(self) -> np.ndarray | None:
+        """The ``--cv-groups`` value of each classified subject (rows of :meth:`y`), or None."""
+        if self.groups is None:
+            return None
+        return np.asarray(self.groups, dtype=str)[self.classified]
 
     def write(self, path: Path) -> bool:
         """Write unless an identical manifest is there (its timestamp keys nipype's cache)."""
@@ -87,6 +95,19 @@ def build_manifest(files: list[Path], cfg: Config) -> Manifest:
             f"all modalities; classification needs at least 2 of each (check --label-column, "
             f"--positive-label and --negative-label against participants.tsv)."
         )
+    groups = None if cfg.cv_groups is None else _groups(metas, labels, cfg)
     return Manifest(files=[str(f) for f in files], keys=[m.key for m in metas], labels=labels,
-                    modalities=list(full))
+                    modalities=list(full), groups=groups)
+
+
+def _groups(metas: list, labels: list[int], cfg: Config) -> list[str]:
+    """Each subject's ``--cv-groups`` value; DataError when a classified subject has none."""
+    from vaefusion.inputs.participants import check_groups, read_groups
+
+    table = read_groups(Path(cfg.bids_dir), cfg)
+    groups = [table.get(m.subject, "") if y >= 0 else "" for m, y in zip(metas, labels,
+                                                                         strict=True)]
+    check_groups([m.key for m, y in zip(metas, labels, strict=True) if y >= 0],
+                 [g for g, y in zip(groups, labels, strict=True) if y >= 0], cfg)
+    return groups
 

@@ -121,6 +121,7 @@ def group_needs(methods: Sequence[str], n_subjects: int, n_fit: int, n_modalitie
 def check_group_memory(cfg, manifest) -> list[MemoryNeed]:
     """Log each method's estimate; refuse (exit 64) a setting whose unit cannot fit in
     ``--mem`` divided by ``--nprocs``, before any training."""
+    from vaefusion.evaluation.folds import make_partition
     from vaefusion.inputs.cache import read_meta
     from vaefusion.model.network import downsampled_grid
 
@@ -129,8 +130,8 @@ def check_group_memory(cfg, manifest) -> list[MemoryNeed]:
     runtime = cfg.runtime()
     meta = read_meta(manifest.files[0])
     grid = downsampled_grid(meta.shape, cfg.downsample)
-    n = int(manifest.classified.size)
-    n_fit = n - n // cfg.folds  # a fold's training + validation subjects
+    # the largest fold's training + validation subjects (leave-one-site-out: uneven folds)
+    n_fit = max(f.fit.size for f in make_partition(manifest.y(), manifest.cv_groups(), cfg, 0))
     latent = max(cfg.latent_dims)
     needs = group_needs(cfg.methods, len(manifest.files), n_fit, len(manifest.modalities),
                         grid, cfg.batch_subjects, cfg.width, latent,

@@ -105,6 +105,28 @@ def read_participants(bids_dir: Path, cfg: Config, warn: bool = True) -> dict[st
     return labels
 
 
+def read_groups(bids_dir: Path, cfg: Config) -> dict[str, str]:
+    """``--cv-groups``: participant label (no ``sub-``) -> value of that participants.tsv column
+    (empty where blank or ``n/a``); DataError (exit 65) when the file or the column is absent."""
+    path = bids_dir / "participants.tsv"
+    if not path.is_file():
+        raise DataError(f"--cv-groups {cfg.cv_groups} needs {path} with a '{cfg.cv_groups}' "
+                        f"column; add the file or leave --cv-groups out.")
+    header, rows = _read_rows(path)
+    if cfg.cv_groups not in header:
+        raise DataError(
+            f"{path} has no '{cfg.cv_groups}' column for --cv-groups (columns: "
+            f"{', '.join(header)}); add it or name another column with --cv-groups."
+        )
+    groups = {}
+    for row in rows:
+        pid = (row.get("participant_id") or "").strip().removeprefix("sub-")
+        value = (row.get(cfg.cv_groups) or "").strip()
+        if pid:
+            groups[pid] = "" if value == "n/a" else value
+    return groups
+
+
 def load_diagnosis_map(path: Path | None) -> dict[str, str]:
     """``--diagnosis-map``: a JSON object of participants.tsv value -> label (exit 64 if not)."""
     if path is None:
@@ -155,6 +177,40 @@ def check_near_misses(labels: dict[str, str], cfg: Config, path: Path, need: boo
         LOG.warning("%s (not needed at the %s level)", text, cfg.analysis_level)
 
 
+def _first_sessions(subjects: list[SubjectInputs]) -> list[SubjectInputs]:
+    """The subjects that a group run would consider: those with every input (all when none
+    has), one session per participant (the first), as the group manifest does."""
+    pool = [s for s in subjects if s.complete] or list(subjects)
+    seen: set[str] = set()
+    first = []
+    for s in pool:
+        if s.subject not in seen:
+            seen.add(s.subject)
+            first.append(s)
+    return first
+
+
+def classification_groups(subjects: list[SubjectInputs], cfg: Config) -> np.ndarray:
+    """The ``--cv-groups`` value of each subject of :func:`classification_labels`, in order."""
+    table = read_groups(cfg.bids_dir, cfg)
+    chosen = [s for s in _first_sessions(subjects)
+              if s.label in (cfg.positive_label, cfg.negative_label)]
+    groups = [table.get(s.subject, "") for s in chosen]
+    check_groups([s.key for s in chosen], groups, cfg)
+    return np.asarray(groups, dtype=str)
+
+
+def check_groups(keys: list[str], groups: list[str], cfg: Config) -> None:
+    """DataError when a classified subject (``keys``) has no ``--cv-groups`` value."""
+    blank = [k for k, g in zip(keys, groups, strict=True) if not g]
+    if blank:
+        raise DataError(
+            f"{cfg.bids_dir / 'participants.tsv'} gives no '{cfg.cv_groups}' value for "
+            f"{blank[0]}{f' and {len(blank) - 1} other subject(s)' if len(blank) > 1 else ''}"
+            f"; fill in column '{cfg.cv_groups}' for every classified subject."
+        )
+
+
 def classification_labels(subjects: list[SubjectInputs], cfg: Config) -> np.ndarray:
     """1 (patient) / 0 (control) of the subjects that a group run would classify.
 
@@ -162,14 +218,10 @@ def classification_labels(subjects: list[SubjectInputs], cfg: Config) -> np.ndar
     and a label equal to ``--positive-label`` or ``--negative-label``. Raises DataError when
     either class has fewer than 2 subjects, naming the label values that were found.
     """
-    pool = [s for s in subjects if s.complete] or list(subjects)
-    seen: set[str] = set()
+    seen = _first_sessions(subjects)
     y: list[int] = []
     values: Counter[str] = Counter()
-    for s in pool:
-        if s.subject in seen:
-            continue
-        seen.add(s.subject)
+    for s in seen:
         values[s.label or "n/a"] += 1
         if s.label == cfg.positive_label:
             y.append(1)

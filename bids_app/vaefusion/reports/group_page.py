@@ -157,8 +157,9 @@ def _classification(summary: dict, results: list[FoldResult]) -> Section:
                      "SD over folds": info.get("roc_auc_std"), "folds": info.get("n_folds"),
                      "note": info.get("reason") or ("" if info.get("available", True)
                                                     else "not available")})
-    s.add(html.para("Mean over the test folds of every seed and repeat of the first latent "
-                    "dim; the CI is the corrected resampled t (Nadeau & Bengio)."),
+    s.add(html.para(f"Partition: {summary.get('partition', 'stratified K-fold')}. Mean over "
+                    "the test folds of every seed and repeat of the first latent dim; the CI is "
+                    "the corrected resampled t (Nadeau & Bengio)."),
           html.table(rows, ["method", "latent dim", "ROC-AUC", "95% CI", "SD over folds",
                             "folds", "note"]))
     pairs = comparisons(results)

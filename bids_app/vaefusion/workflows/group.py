@@ -86,11 +86,10 @@ def run_group_level(cfg: Config) -> dict | None:
         embed_with_model(cfg, files, group=True)
         return None
     manifest = build_manifest(files, cfg)
-    from vaefusion.evaluation.folds import make_folds, partition_seed
+    from vaefusion.evaluation.crossval import partition
 
     for repeat in range(cfg.cv_repeats):  # refuse an impossible K before any training starts
-        make_folds(manifest.y(), cfg.folds, partition_seed(cfg.cv_seed, repeat),
-                   cfg.val_fraction)
+        partition(manifest, cfg, repeat)
     from vaefusion.evaluation.memory import check_group_memory
 
     check_group_memory(cfg, manifest)  # --mem: refuse what cannot fit before training

@@ -74,11 +74,13 @@ def run_participant_level(cfg: Config, embed: bool = True) -> list[Path]:
     log = logging.getLogger("vaefusion.participant")
     subjects = discover(cfg)
     if labels_needed(cfg):  # refuse an impossible classification before preprocessing
-        from vaefusion.evaluation.folds import make_folds, partition_seed
+        from vaefusion.evaluation.folds import make_partition
+        from vaefusion.inputs.participants import classification_groups
 
         y = classification_labels(subjects, cfg)
+        groups = None if cfg.cv_groups is None else classification_groups(subjects, cfg)
         for repeat in range(cfg.cv_repeats):
-            make_folds(y, cfg.folds, partition_seed(cfg.cv_seed, repeat), cfg.val_fraction)
+            make_partition(y, groups, cfg, repeat)
     configure_nipype(cfg)
     log.info("Preprocessing %d subject(s) (cache: %s)", len(subjects), cache_dir(cfg))
     graph = run_workflow(init_participant_wf(cfg, subjects), cfg)
