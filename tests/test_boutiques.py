@@ -126,7 +126,8 @@ def test_inputs_match_parser_semantics():
             assert inp.get("value-choices") == list(action.choices), f"{where}: choices"
         else:
             assert "value-choices" not in inp, where
-        if action.type is int or getattr(action.type, "__name__", "") == "_positive_int":
+        if action.type is int or getattr(action.type, "__name__", "") in {"_positive_int",
+                                                                          "_non_negative_int"}:
             assert inp["type"] == "Number" and inp.get("integer") is True, where
         elif action.type is float or getattr(action.type, "__name__", "") in {"_finite",
                                                                              "_positive"}:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from vaefusion.config import CLASSIFIERS as CONFIG_CLASSIFIERS
 from vaefusion.evaluation.classifier import (
     CLASSIFIERS,
     Protocol,
@@ -69,3 +70,7 @@ def test_permutation_p_counts_ties_and_never_reaches_zero():
     assert permutation_p(1.0, [0.5] * 99) == pytest.approx(0.01)
     assert math.isnan(permutation_p(0.7, []))
     assert permuted_labels(np.array([0, 1]), 0, 0) is None
+
+
+def test_the_config_names_the_registered_classifiers():
+    assert CONFIG_CLASSIFIERS == tuple(CLASSIFIERS)

@@ -36,6 +36,9 @@ DECODER_HEADS: tuple[str, ...] = ("leaky", "relu")
 #: The network's scalings (vaefusion.model.scaling): the paper's max-abs volumes only, or
 #: voxelwise standardisation by each modality's training mean and SD maps.
 SCALINGS: tuple[str, ...] = ("maxabs", "voxelwise")
+#: The classifiers of every method's features (vaefusion.evaluation.classifier.CLASSIFIERS,
+#: which a test checks this against: the config sits below evaluation/ and cannot import it).
+CLASSIFIERS: tuple[str, ...] = ("svm", "logistic-l1")
 #: What picks the kept epoch and drives early stopping (vaefusion.training.trainer).
 SELECTIONS: tuple[str, ...] = ("r2_subject", "loss")
 
@@ -139,6 +142,11 @@ class Config:
     cv_groups: str | None = field(default=None, metadata=METHOD)
     cv_repeats: int = 1  # not hashed: each repeat is its own unit, so adding repeats reuses
     svm_c: float | None = field(default=None, metadata=METHOD)  # None: chosen by inner CV
+    # the classifier every method's features go to (evaluation.classifier.CLASSIFIERS): the
+    # paper's linear SVM, or an L1 logistic regression; both with C by inner CV
+    classifier: str = field(default="svm", metadata=METHOD)
+    # label permutations of each AUC's null (0: none); the same permutations for every method
+    permutations: int = field(default=100, metadata=METHOD)
     epochs: int = field(default=200, metadata=METHOD)
     patience: int = field(default=20, metadata=METHOD)
     batch_subjects: int = field(default=1, metadata=METHOD)
@@ -201,6 +209,12 @@ class Config:
         if self.svm_c is not None and not self.svm_c > 0:
             raise UsageError(f"--svm-c {self.svm_c} must be a positive number (or leave it out "
                              "to choose C by inner cross-validation).")
+        if self.classifier not in CLASSIFIERS:
+            raise UsageError(f"--classifier {self.classifier} is not one of "
+                             f"{', '.join(CLASSIFIERS)}.")
+        if not 0 <= self.permutations <= 10_000:
+            raise UsageError(f"--permutations {self.permutations} must be from 0 (no null) to "
+                             f"10000.")
         if not self.seeds:
             raise UsageError("--seed needs one or more integers.")
         bad = [m for m in self.methods if m not in ALL_METHODS]

@@ -22,7 +22,7 @@ _DIRECT = ("participant_label", "session_label", "bids_filter_file", "skip_bids_
            "downsample", "augment", "model", "methods", "likelihood", "scaling", "kl_warmup",
            "free_bits",
            "cv_seed", "cv_repeats", "cv_groups",
-           "svm_c", "explain_fold", "diagnosis_map")
+           "svm_c", "classifier", "permutations", "explain_fold", "diagnosis_map")
 
 
 def expand_label_files(values: list[str], option: str) -> list[str]:

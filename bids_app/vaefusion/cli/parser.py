@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from vaefusion import __version__
-from vaefusion.config import ALL_METHODS, DEVICES, LIKELIHOODS, MISSING_POLICIES, SCALINGS
+from vaefusion.config import (
+    ALL_METHODS,
+    CLASSIFIERS,
+    DEVICES,
+    LIKELIHOODS,
+    MISSING_POLICIES,
+    SCALINGS,
+)
 from vaefusion.errors import EXIT_CODES, EXIT_USAGE
 
 ANALYSIS_LEVELS = ("participant", "group")
@@ -79,14 +86,22 @@ def _memory(value: str) -> float:
 _MEMORY_UNITS = {"": 1.0, "K": 2.0**-20, "M": 2.0**-10, "G": 1.0, "T": 2.0**10}
 
 
-def _positive_int(value: str) -> int:
+def _int_at_least(value: str, low: int) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{value}' is not an integer") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"'{value}' must be at least 1")
+    if number < low:
+        raise argparse.ArgumentTypeError(f"'{value}' must be at least {low}")
     return number
+
+
+def _positive_int(value: str) -> int:
+    return _int_at_least(value, 1)
+
+
+def _non_negative_int(value: str) -> int:
+    return _int_at_least(value, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--svm-c", type=_positive, default=None, metavar="C",
                    help="fix the linear SVM's C ([ours] unset: C chosen per fold by inner "
                    "5-fold CV on the training subjects over 1e-4 ... 1e2, for every method)")
+    g.add_argument("--classifier", choices=CLASSIFIERS, default=None,
+                   help="the classifier of every method's features: the paper's linear SVM, or "
+                   "an L1 logistic regression; C by the same inner CV ([paper] svm)")
+    g.add_argument("--permutations", type=_non_negative_int, default=None, metavar="P",
+                   help="label permutations of each AUC's null, the same for every method; "
+                   "the p value is (1 + #null >= AUC) / (1 + P); 0: none ([ours] 100)")
     g.add_argument("--epochs", type=_positive_int, default=None,
                    help="maximum epochs ([ours] 200)")
     g.add_argument("--patience", type=_positive_int, default=None,

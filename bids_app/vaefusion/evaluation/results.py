@@ -70,6 +70,8 @@ class FoldResult:
     test_subjects: list[str] = field(default_factory=list)  # subject keys (sub-XX[_ses-YY])
     test_labels: list[int] = field(default_factory=list)
     decision: list[float] = field(default_factory=list)  # SVM decision value per test subject
+    # the fold's test AUC under each label permutation (--permutations; empty: no null)
+    null_auc: list[float] = field(default_factory=list)
     importance: list[float] | None = None  # per modality (VAE only), sums to 1
     training: VAETraining | None = None  # VAE only
 
