@@ -13,6 +13,7 @@ from sklearn.decomposition import PCA
 from vaefusion.disk.io import atomic_save_npy
 from vaefusion.errors import EXIT_DATA, DataError
 from vaefusion.evaluation import classifier as classify
+from vaefusion.evaluation import folds
 from vaefusion.evaluation.baselines import (
     PCA_METHODS,
     NotAvailable,
@@ -93,13 +94,17 @@ def test_folds_partition_subjects(n0: int, n1: int, k: int, seed: int) -> None:
         assert np.array_equal(f.fit, np.sort(pool))
 
 
-def test_validation_is_a_stratified_tenth() -> None:
+def test_validation_is_stratified_and_holds_ten_subjects_where_it_can() -> None:
     y = _labels(60, 40)
-    for f in make_folds(y, 10, 7):
-        assert f.val.size == round(0.1 * (f.train.size + f.val.size))
-        assert np.array_equal(np.bincount(y[f.val], minlength=2), [5, 4]) or np.array_equal(
-            np.bincount(y[f.val], minlength=2), [6, 3]
-        )
+    for f in make_folds(y, 10, 7):  # a tenth of 90 is 9: raised to 10
+        assert f.val.size == 10
+        assert np.array_equal(np.bincount(y[f.val], minlength=2), [6, 4])
+    y = _labels(120, 120)
+    for f in make_folds(y, 5, 7):  # a tenth of 192 is 19: kept
+        assert f.val.size == 19
+    # small pools: at most a third of the pool, at least 2
+    assert [folds.validation_size(n, 0.1) for n in (4, 9, 27, 36, 54, 300)] == [
+        2, 3, 9, 10, 10, 30]
 
 
 def test_folds_are_reproducible_and_seeded() -> None:

@@ -27,6 +27,20 @@ MIN_VAL_SUBJECTS = 2
 MIN_TRAIN_SUBJECTS = 2
 
 
+#: A validation set holds at least this many subjects where the fold's training pool allows
+#: it (up to a third of the pool): it selects the VAE's epoch and stops its training, and 4
+#: subjects (10 % of 40) made that choice a coin toss.
+TARGET_VAL_SUBJECTS = 10
+
+
+def validation_size(pool: int, val_fraction: float) -> int:
+    """Subjects in the validation set of a fold whose training pool has ``pool`` subjects:
+    ``val_fraction`` of them, but at least :data:`TARGET_VAL_SUBJECTS` (no more than a third
+    of the pool) and at least :data:`MIN_VAL_SUBJECTS`."""
+    return max(MIN_VAL_SUBJECTS, int(round(val_fraction * pool)),
+               min(TARGET_VAL_SUBJECTS, pool // 3))
+
+
 @dataclass(frozen=True, eq=False)  # arrays: compare fields explicitly
 class Fold:
     """One cross-validation fold; the arrays hold sorted subject indices (rows of ``labels``)."""
@@ -92,7 +106,7 @@ def min_subjects_per_class(k: int, val_fraction: float = 0.1) -> int:
     m = max(k, 1)
     while True:
         pool = 2 * m - 2 * -(-m // k)
-        n_val = max(MIN_VAL_SUBJECTS, int(round(val_fraction * pool)))
+        n_val = validation_size(pool, val_fraction)
         if pool - n_val >= MIN_TRAIN_SUBJECTS:
             return m
         m += 1
@@ -245,7 +259,7 @@ def _with_validation(y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]],
     k = len(splits)
     folds: list[Fold] = []
     for i, (pool, test) in enumerate(splits):
-        n_val = max(MIN_VAL_SUBJECTS, int(round(val_fraction * pool.size)))
+        n_val = validation_size(pool.size, val_fraction)
         if pool.size - n_val < MIN_TRAIN_SUBJECTS:
             short = (f"too few to hold out a validation set of {n_val} and still train on "
                      f"{MIN_TRAIN_SUBJECTS}")
