@@ -80,6 +80,21 @@ def test_permuted_icn_volumes(writable_copy, tmp_path, caplog):
     assert "or their order with --icn-order" in msg
 
 
+def test_one_displaced_volume_warns_and_two_stop(tiny_bids, caplog):
+    img = nib.load(icn(tiny_bids, "02"))
+    maps = np.asarray(img.dataobj, np.float32)
+    one = maps.copy()
+    one[..., 2] = maps[..., 0]  # volume 3 now looks like component 1: one volume only
+    with caplog.at_level(logging.WARNING, logger="vaefusion.inputs"):
+        check_icn_identity(one, img.affine, "x.nii", "sub-02")
+    assert "sub-02's volume 3 looks like template component 1" in caplog.text
+    two = one.copy()
+    two[..., 3] = maps[..., 1]  # and volume 4 like component 2: a set that is not NeuroMark's
+    with pytest.raises(DataError, match="2 of 4 volumes do not match") as err:
+        check_icn_identity(two, img.affine, "x.nii", "sub-02")
+    assert err.value.code == 65
+
+
 def test_icn_order_accepts_a_documented_reordering(writable_copy, tmp_path):
     path = icn(writable_copy, "02")
     original = voxels(path)

@@ -35,6 +35,10 @@ ICN_MARGIN = 0.15
 #: ... or when its own component correlates less than this (simulated volumes down to 0.17:
 #: noisy maps of weak components, so this catches only sign flips and unrelated maps).
 ICN_MIN_R = 0.05
+#: Mismatched volumes a subject may have with a warning instead of a stop: one network can
+#: be displaced enough to resemble a neighbour (the simulator's shift arm at 9 mm: +0.19),
+#: while a permuted, swapped or foreign set mismatches two volumes or more.
+ICN_TOLERATED = 1
 #: Least fraction of the grey matter inside the NeuroMark brain mask (MNI GM: 0.87 and more;
 #: the origin at a corner: 0.00; rotated, rescaled and moved 30 mm: 0.65).
 GM_MIN_INSIDE = 0.75
@@ -161,6 +165,11 @@ def check_icn_identity(icn: np.ndarray, affine: np.ndarray, path: str, subject: 
     looks = (f"looks like template component {m.best} (r = {m.r_best:.2f}, against "
              f"{m.r_own:.2f} with component {m.volume})" if m.best != m.volume else
              f"matches no NeuroMark component (r = {m.r_own:.2f} with component {m.volume})")
+    if len(bad) <= ICN_TOLERATED < icn.shape[3] - 1:
+        LOG.warning("%s: %s's volume %d %s; only this volume, so the maps are taken to be "
+                    "NeuroMark's in its order (a displaced network can look like a neighbour).",
+                    path, subject, m.volume, looks)
+        return
     raise DataError(
         f"{path}: {subject}'s volume {m.volume} {looks}, and {len(bad)} of {icn.shape[3]} "
         f"volumes do not match their NeuroMark fMRI 1.0 component; give the maps of the "
