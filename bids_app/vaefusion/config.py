@@ -21,19 +21,23 @@ from typing import Any
 import tomli_w
 
 from vaefusion.errors import UsageError, option_file_error
+from vaefusion.model.objective import LIKELIHOODS as LIKELIHOOD_REGISTRY
+from vaefusion.model.objective import SCALINGS as SCALING_REGISTRY
+from vaefusion.model.objective import Likelihood, Objective, Registry, Scaling
 
 ALL_METHODS: tuple[str, ...] = ("vae", "pca-early", "pca-late", "pca-shared")
 MISSING_POLICIES: tuple[str, ...] = ("skip", "keep", "error")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-#: Decoder likelihoods (vaefusion.model.likelihood): a calibrated variance per volume over the
-#: brain mask, one shared over the mask, one shared over the whole box, or the unit variance.
-LIKELIHOODS: tuple[str, ...] = ("volume", "mask", "sigma", "unit")
+#: Decoder likelihoods by name (vaefusion.model.objective's registry, the choices as they are):
+#: a calibrated variance per volume over the brain mask, one shared over the mask, one shared
+#: over the whole box, or the unit variance.
+LIKELIHOODS: Registry[Likelihood] = LIKELIHOOD_REGISTRY
 #: Activations of the decoder's two stride-1 layers (vaefusion.model.network).
 DECODER_HEADS: tuple[str, ...] = ("leaky", "relu")
 
-#: The network's scalings (vaefusion.model.scaling): the paper's max-abs volumes only, or
-#: voxelwise standardisation by each modality's training mean and SD maps.
-SCALINGS: tuple[str, ...] = ("maxabs", "voxelwise")
+#: The network's scalings by name (vaefusion.model.objective's registry): the paper's max-abs
+#: volumes only, or voxelwise standardisation by each modality's training mean and SD maps.
+SCALINGS: Registry[Scaling] = SCALING_REGISTRY
 #: What picks the kept epoch and drives early stopping (vaefusion.training.trainer).
 SELECTIONS: tuple[str, ...] = ("r2_subject", "loss")
 
@@ -258,6 +262,10 @@ class Config:
         return Runtime(device=self.device, threads=self.omp_nthreads,
                        data_budget_bytes=int(budget / share),
                        gpus=gpus, nprocs=self.nprocs)
+
+    def objective(self) -> Objective:
+        """The training objective of ``likelihood`` and ``scaling`` (their registries' objects)."""
+        return Objective.named(self.likelihood, self.scaling)
 
     def method_settings(self) -> dict[str, Any]:
         """The settings that change results (fields marked ``METHOD``), JSON-able."""

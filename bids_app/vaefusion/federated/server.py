@@ -244,7 +244,7 @@ class Coordinator:
         grid = self.infos[self.active[0]].grid
         with torch.random.fork_rng(devices=[]):  # the caller's RNG is left as it was
             set_seed(s.seed)  # as a site's Trainer does before building the same network
-            model = VAE(grid, s.latent_dim, s.width)
+            model = VAE(grid, s.latent_dim, s.width, scaling=s.objective().scaling)
         return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 
     def _round(self, transport: Transport, r: int, weights: Weights
@@ -383,7 +383,7 @@ class Coordinator:
         last = history[-1] if history else None
         return {
             "downsample": s.downsample, "modalities": list(info.modalities),
-            "likelihood": s.likelihood, "sigma": last.sigma if last else None,
+            **s.objective().likelihood.to_meta(last.sigma if last else None),
             "version": __version__,
             "training": {
                 "federated": True, "algorithm": "FedAvg (weighted by volumes)",
@@ -445,7 +445,7 @@ class Coordinator:
         s = self.settings
         meta = self._model_meta(history)
         info = self.infos[self.active[0]]
-        model = VAE(info.grid, s.latent_dim, s.width)
+        model = VAE(info.grid, s.latent_dim, s.width, scaling=s.objective().scaling)
         model.load_state_dict({k: torch.tensor(np.array(v)) for k, v in weights.items()})
         model_dir = save_model(model, names.model_dir(self.output_dir), meta)
         summary = self._summary(history, loso, kfold, transport.traffic)

@@ -17,6 +17,7 @@ from typing import Any
 
 from vaefusion.config import LIKELIHOODS, Config, _type_name, _type_ok
 from vaefusion.errors import UsageError
+from vaefusion.model.objective import MaxAbsScaling, Objective
 
 #: Fewest subjects any aggregate a site sends may cover: the sum and the sum of squares of two
 #: values determine both, so a part of two subjects would reveal their features.
@@ -86,6 +87,12 @@ class FederatedSettings:
     def required_sites(self, n_sites: int) -> int:
         return n_sites if self.min_sites is None else min(self.min_sites, n_sites)
 
+    def objective(self) -> Objective:
+        """The federated objective: the likelihood, and max-abs whatever the default (voxelwise
+        statistics would have to be pooled over the sites, a secure sum of per-site sums and
+        squares, and the server's network, server.py, has no scaling to average)."""
+        return Objective(LIKELIHOODS.get(self.likelihood), MaxAbsScaling())
+
     def site_config(self, bids_dir: Path, output_dir: Path, work_dir: Path) -> Config:
         """The vaefusion Config of one site: its participant level and its local training.
 
@@ -102,10 +109,7 @@ class FederatedSettings:
             patience=self.epochs + 1, batch_subjects=self.batch_subjects, lr=self.lr,
             beta=self.beta, width=self.width, downsample=self.downsample,
             likelihood=self.likelihood, methods=["vae"],
-            # max-abs, whatever the default: voxelwise statistics would have to be pooled over
-            # the sites (a secure sum of per-site sums and squares), and the server's network
-            # (server.py) has no scaling to average
-            scaling="maxabs",
+            scaling=self.objective().scaling.name,
         )
 
     # ----------------------------------------------------------------- serialization

@@ -22,6 +22,7 @@ from vaefusion.evaluation.results import FoldResult
 from vaefusion.inputs.cache import read_meta
 from vaefusion.inputs.reference import citation
 from vaefusion.interpret.importance import modality_name
+from vaefusion.model.objective import LIKELIHOODS
 from vaefusion.reports import html
 from vaefusion.reports.html import Section
 
@@ -332,8 +333,8 @@ def learning_warnings(results: list[FoldResult], interp) -> list[str]:
                  and r.training.active_units < MIN_ACTIVE_UNITS]
     if collapsed:
         likelihood = collapsed[0].training.likelihood if collapsed[0].training else "unit"
-        fix = ("--likelihood sigma avoids this" if likelihood == "unit"
-               else "train longer (--epochs) or with a higher --lr")
+        hint = LIKELIHOODS.get(likelihood).collapse_hint if likelihood in LIKELIHOODS else ""
+        fix = f"{hint} avoids this" if hint else "train longer (--epochs) or with a higher --lr"
         items.append(f"{len(collapsed)} of {len(vae)} VAE folds have no active latent unit: "
                      f"the posterior collapsed to the prior, so maps and t-SNE show little "
                      f"(likelihood {likelihood}: {fix}).")

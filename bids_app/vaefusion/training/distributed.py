@@ -45,8 +45,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vaefusion.config import Config, Runtime
 from vaefusion.errors import VaefusionError
-from vaefusion.model.likelihood import MASKED, calibrated_sigma2, loss_terms, squared_error
+from vaefusion.model.likelihood import calibrated_sigma2, loss_terms, squared_error
 from vaefusion.model.network import volume_size
+from vaefusion.model.objective import Likelihood, Objective
 from vaefusion.training.data import SubjectBatches
 from vaefusion.training.metrics import ModalityMeans, PassAccumulator, PassStats
 from vaefusion.training.trainer import EpochStats, Trainer, _autocast
@@ -175,7 +176,7 @@ def _shards(data: SubjectBatches, batches: list[list[int]], ctx: DistContext
 
 
 def sharded_pass(tr: DistributedTrainer, data: SubjectBatches, epoch: int,
-                 optimizer: torch.optim.Optimizer | None, *, likelihood: str = "sigma",
+                 optimizer: torch.optim.Optimizer | None, *, objective: Objective,
                  sigma2: float | None = None, baseline: ModalityMeans | None = None,
                  beta: float | None = None, mask: torch.Tensor | None = None,
                  free_bits: float = 0.0) -> PassStats:
@@ -184,7 +185,8 @@ def sharded_pass(tr: DistributedTrainer, data: SubjectBatches, epoch: int,
     model, train = tr.model, optimizer is not None
     model.train(train)
     beta = tr.cfg.beta if beta is None else beta
-    masked = likelihood in MASKED
+    likelihood = objective.likelihood
+    masked = likelihood.masked
     lik = _Lik(likelihood, mask if masked else None, beta, free_bits,
                int(mask.sum()) if masked and mask is not None else volume_size(model.grid))
     acc = PassAccumulator(model.latent_dim, lik.n_voxels, beta, tr.device, baseline,
@@ -215,7 +217,7 @@ def sharded_pass(tr: DistributedTrainer, data: SubjectBatches, epoch: int,
 class _Lik(NamedTuple):
     """The objective's settings of one pass (the trainer's ``_pass`` keywords)."""
 
-    likelihood: str
+    likelihood: Likelihood
     mask: torch.Tensor | None
     beta: float
     free_bits: float
@@ -237,7 +239,7 @@ def _train_step(tr: DistributedTrainer, x: torch.Tensor | None, rows: torch.Tens
     eps = batch_noise(n_batch, chunk, model.latent_dim, device)[offset:offset + n]
     parts = [] if x is None else list(zip(x.split(chunk), eps.split(chunk), strict=True))
     s2 = None
-    if lik.likelihood in ("sigma", "mask"):  # the global batch's variance, before any backward
+    if lik.likelihood.batch_variance:  # the global batch's variance, before any backward
         sse = torch.zeros((), dtype=torch.float64, device=device)
         with torch.no_grad():
             for i, (part, e) in enumerate(parts):

@@ -13,8 +13,9 @@ from tqdm import tqdm
 
 from vaefusion.inputs.cache import read_meta
 from vaefusion.model.flops import activation_count
-from vaefusion.model.likelihood import MASKED, calibrated_sigma2, loss_terms, squared_error
+from vaefusion.model.likelihood import calibrated_sigma2, loss_terms, squared_error
 from vaefusion.model.network import VAE, volume_size
+from vaefusion.model.objective import Objective
 from vaefusion.training.data import SubjectBatches
 from vaefusion.training.metrics import ModalityMeans, PassAccumulator, PassStats
 
@@ -96,24 +97,26 @@ def net_rows(model: torch.nn.Module, modalities: Sequence[str], device: torch.de
 
 def _run_epoch(model: VAE, data: SubjectBatches, epoch: int, beta: float, device: torch.device,
                bf16: bool, optimizer: torch.optim.Optimizer | None, desc: str,
-               chunk: int | None = None, *, likelihood: str = "sigma",
+               chunk: int | None = None, *, objective: Objective,
                sigma2: float | None = None, baseline: ModalityMeans | None = None,
                mask: torch.Tensor | None = None, free_bits: float = 0.0) -> PassStats:
     """One pass; trains when ``optimizer`` is given. Returns its :class:`PassStats`.
 
     Each batch is one optimizer step on the mean loss of its volumes, computed in chunks of
-    ``chunk`` volumes whose gradients are accumulated (see :func:`chunk_volumes`). With
-    ``likelihood="sigma"`` training uses each batch's calibrated variance, and ``sigma2``
-    (validation: the training epoch's) fixes it instead. ``baseline`` enables R^2 (and, in
-    evaluation passes, the decoder head's dead-channel shares). ``mask`` (the brain mask) is
-    what the ``mask`` and ``volume`` likelihoods count; ``free_bits`` as in ``loss_terms``.
+    ``chunk`` volumes whose gradients are accumulated (see :func:`chunk_volumes`). With a
+    batch-variance likelihood (``objective.likelihood.batch_variance``: ``sigma``, ``mask``)
+    training uses each batch's calibrated variance, and ``sigma2`` (validation: the training
+    epoch's) fixes it instead. ``baseline`` enables R^2 (and, in evaluation passes, the
+    decoder head's dead-channel shares). ``mask`` (the brain mask) is what a masked likelihood
+    counts; ``free_bits`` as in ``loss_terms``.
     """
     train = optimizer is not None
     model.train(train)
     if chunk is None:
         chunk = chunk_volumes(model.grid, model.width, model.latent_dim, device)
     # sums stay on the device: one host sync per pass, not per batch
-    masked = likelihood in MASKED
+    likelihood = objective.likelihood
+    masked = likelihood.masked
     n_voxels = int(mask.sum()) if masked and mask is not None else volume_size(model.grid)
     acc = PassAccumulator(model.latent_dim, n_voxels, beta, device, baseline,
                           box_sse=not masked)
@@ -133,7 +136,7 @@ def _run_epoch(model: VAE, data: SubjectBatches, epoch: int, beta: float, device
             # a voxelwise network standardises each volume by its modality's statistics
             mrows = net_rows(model, names, device, chunk, len(parts))
             s2, noise = sigma2, [None] * len(parts)
-            if train and likelihood in ("sigma", "mask") and len(parts) > 1:
+            if train and likelihood.batch_variance and len(parts) > 1:
                 s2, noise = _batch_sigma2(model, parts, b * n_voxels, device, bf16,
                                           mask if masked else None, mrows)
             if train:

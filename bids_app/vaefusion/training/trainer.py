@@ -37,6 +37,7 @@ from vaefusion.config import Config, Runtime
 from vaefusion.errors import DataError, VaefusionError
 from vaefusion.model.checkpoint import load_model, save_model
 from vaefusion.model.network import VAE, volume_size
+from vaefusion.model.objective import MODALITY_MAPS
 from vaefusion.training.checkpoints import (
     CHECKPOINT,
     _load_checkpoint,
@@ -101,14 +102,13 @@ class Trainer:
         val_paths = [Path(p) for p in val_paths]
         self.train_data, self.val_data = self._make_data(train_paths, val_paths,
                                                          runtime.data_budget_bytes)
-        voxelwise = cfg.scaling == "voxelwise"
+        self.objective = cfg.objective()
         self.model = VAE(self.train_data.grid, self.latent_dim, cfg.width,
-                         decoder_head=cfg.decoder_head,
-                         scaling_modalities=modality_names(self.train_data) if voxelwise
-                         else None).to(self.device)
+                         decoder_head=cfg.decoder_head, scaling=self.objective.scaling,
+                         scaling_modalities=modality_names(self.train_data)).to(self.device)
         # the R^2 baseline: training subjects only (no RNG drawn)
         self.baseline = modality_means(self.train_data)
-        if self.model.scaling is not None:  # the fold's training statistics, in the model
+        if MODALITY_MAPS in self.objective.needs:  # the fold's training statistics, in the model
             self.model.scaling.fit(self.baseline.means[:-1].to(self.device),
                                    modality_sds(self.train_data, self.baseline).to(self.device))
         # speed switches (training/speed.py): off by default, no RNG drawn
@@ -197,7 +197,7 @@ class Trainer:
         t0 = time.perf_counter()
         beta = self.beta_at(epoch)
         train = self._pass(self.train_data, epoch, self.optimizer, f"epoch {epoch + 1}",
-                           likelihood=cfg.likelihood, baseline=self.baseline, beta=beta,
+                           objective=self.objective, baseline=self.baseline, beta=beta,
                            mask=self.mask, free_bits=cfg.free_bits)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -208,8 +208,9 @@ class Trainer:
         val = train
         if self.val_data is not None:
             # validation NLL under the variance fitted on training data (the model's sigma)
-            val = self._pass(self.val_data, epoch, None, "val", likelihood=cfg.likelihood,
-                             sigma2=None if cfg.likelihood == "volume" else train.sigma ** 2,
+            lik = self.objective.likelihood
+            val = self._pass(self.val_data, epoch, None, "val", objective=self.objective,
+                             sigma2=train.sigma ** 2 if lik.validation_variance else None,
                              baseline=self.baseline, beta=cfg.beta, mask=self.mask)
         stats = EpochStats.from_passes(epoch + 1, train, val, dt, beta)
         self.history.append(stats)
@@ -267,7 +268,7 @@ class Trainer:
         save_model(self.model, self.best_dir, {
             **self._meta_base,
             # the decoder's likelihood: x ~ N(decode(z), sigma^2 I)
-            "likelihood": cfg.likelihood, "sigma": stats.sigma,
+            **self.objective.likelihood.to_meta(stats.sigma),
             "training": {"latent_dim": self.latent_dim, "seed": self.seed,
                          "epoch": stats.epoch, "val_loss": stats.val_loss,
                          "val_kl_per_volume": stats.val_kl, "val_r2": stats.val_r2,
@@ -311,7 +312,7 @@ class Trainer:
             self.log.warning("%s: no active latent unit at the best epoch %d (KL %.3g nats per "
                              "volume): the posterior collapsed to the prior%s.", self.out_dir,
                              result.best_epoch, result.kl_per_volume,
-                             "; try --likelihood sigma" if self.cfg.likelihood == "unit"
+                             f"; try {hint}" if (hint := self.objective.likelihood.collapse_hint)
                              else "")
         if not result.stopped_early and result.best_epoch == result.epochs_run:
             self.log.warning("%s: the best epoch is the last one (%d): training had not "

@@ -1,0 +1,73 @@
+"""Variants by name: a :class:`Registry` of classes, each with a ``name`` and the fold
+statistics it ``needs`` (:class:`Variant`). The likelihoods and scalings
+(:mod:`vaefusion.model.objective`) and the methods (:mod:`vaefusion.evaluation.methods`) are
+found through one each; a name is compared only here (a dictionary key)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import ClassVar, Generic, TypeVar
+
+
+class Variant:
+    """A registered variant: a ``name`` and the fold statistics it ``needs``; variants are
+    stateless, so two objects of one class are equal."""
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+T = TypeVar("T", bound=Variant)
+
+
+class Registry(Generic[T]):
+    """Variants of one kind by name, in registration order. ``in`` and iteration give the
+    names, so a registry is the ``choices`` of an option as it is."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._classes: dict[str, type[T]] = {}
+
+    def register(self, cls: type[T]) -> type[T]:
+        """Add ``cls`` under ``cls.name`` (a class decorator); a name is registered once."""
+        name = cls.name
+        if not name or name in self._classes:
+            raise ValueError(f"{self.kind} {name!r} has no name or is registered already")
+        self._classes[name] = cls
+        return cls
+
+    def remove(self, name: str) -> None:
+        """Take ``name`` out again (a test's toy variant, once the test is done)."""
+        self._classes.pop(name, None)
+
+    def get(self, name: str) -> T:
+        """A new instance of the variant called ``name`` (``ValueError`` if there is none)."""
+        try:
+            return self._classes[name]()
+        except KeyError:
+            raise ValueError(f"unknown {self.kind} {name!r}; choose from "
+                             f"{', '.join(self._classes)}") from None
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._classes)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._classes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(self._classes))
+
+    def __len__(self) -> int:
+        return len(self._classes)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind}: {', '.join(self._classes)})"
