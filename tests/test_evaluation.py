@@ -14,11 +14,9 @@ from vaefusion.disk.io import atomic_save_npy
 from vaefusion.errors import EXIT_DATA, DataError
 from vaefusion.evaluation import classifier as classify
 from vaefusion.evaluation.baselines import (
-    PCA_METHODS,
     NotAvailable,
     brain_mask,
     cache_loader,
-    evaluate_pca_baselines,
     gram_pca_scores,
     modality_grams,
     shared_pca_scores,
@@ -32,6 +30,7 @@ from vaefusion.evaluation.classifier import (
     summarize_importance,
 )
 from vaefusion.evaluation.folds import make_folds
+from vaefusion.evaluation.methods import METHODS
 
 
 def evaluate_features(x, y, folds, backend):
@@ -432,6 +431,14 @@ def test_shared_pca_matches_sklearn() -> None:
         sign = np.sign((ours[..., j] * ref[..., j]).sum())
         np.testing.assert_allclose(sign * ours[..., j], ref[..., j],
                                    atol=1e-4 * np.abs(ref).max())
+
+
+#: the PCA baselines, as registered (vaefusion.evaluation.methods)
+PCA_METHODS = ("pca-early", "pca-late", "pca-shared")
+
+
+def evaluate_pca_baselines(method: str, *args, **kw):
+    return METHODS.get(method).evaluate(*args, **kw)
 
 
 @pytest.mark.parametrize("method", PCA_METHODS)

@@ -47,9 +47,8 @@ def cache(tmp_path_factory):
 
 @pytest.fixture
 def toy_likelihood():
-    LIKELIHOODS.register(FixedLikelihood)  # the one registration line
-    yield FixedLikelihood()
-    LIKELIHOODS.remove(FixedLikelihood.name)
+    with LIKELIHOODS.registered(FixedLikelihood) as likelihood:  # the one registration line
+        yield likelihood
 
 
 def test_the_registries_name_every_variant_and_the_config_reads_them():

@@ -6,6 +6,7 @@ found through one each; a name is compared only here (a dictionary key)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import ClassVar, Generic, TypeVar
 
 
@@ -45,9 +46,15 @@ class Registry(Generic[T]):
         self._classes[name] = cls
         return cls
 
-    def remove(self, name: str) -> None:
-        """Take ``name`` out again (a test's toy variant, once the test is done)."""
-        self._classes.pop(name, None)
+    @contextmanager
+    def registered(self, cls: type[T]) -> Iterator[T]:
+        """``cls`` registered for the ``with`` block only (a test's toy variant); yields an
+        instance."""
+        self.register(cls)
+        try:
+            yield cls()
+        finally:
+            self._classes.pop(cls.name, None)
 
     def get(self, name: str) -> T:
         """A new instance of the variant called ``name`` (``ValueError`` if there is none)."""
