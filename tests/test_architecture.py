@@ -9,6 +9,7 @@ reading the code).
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,45 @@ def test_science_knows_nothing_of_nipype_or_the_cli(package):
         if bad:
             offenders[name] = bad
     assert offenders == {}
+
+
+#: The modules that hold the variants' registries: the only place a variant's name is compared
+#: (as a registry key).
+REGISTRIES = {"model/registry.py", "model/objective.py", "evaluation/methods.py"}
+
+
+def name_comparisons(source: str, names: set[str]) -> list[str]:
+    """Lines of ``source`` that compare a string literal with a variant's name: ``==``,
+    ``!=``, ``in (...)`` or ``.startswith(...)`` (a name's prefix)."""
+    found = []
+    quoted = "|".join(re.escape(n) for n in sorted(names))
+    patterns = [re.compile(rf"""(==|!=)\s*["']({quoted})["']"""),
+                re.compile(rf"""["']({quoted})["']\s*(==|!=)"""),
+                re.compile(rf"""\bin\s*[(\[{{][^)\]}}]*["']({quoted})["']""")]
+    starts = re.compile(r"""startswith\(\s*["']([^"']+)["']""")
+    for number, line in enumerate(source.splitlines(), 1):
+        prefix = starts.search(line)
+        if any(p.search(line) for p in patterns) or (
+                prefix and any(n.startswith(prefix.group(1)) for n in names)):
+            found.append(f"{number}: {line.strip()}")
+    return found
+
+
+def test_the_name_grep_finds_a_comparison():
+    names = {"sigma", "pca-early"}
+    assert name_comparisons('if lik == "sigma":\n    x = "sigma"\n', names) == [
+        '1: if lik == "sigma":']
+    assert len(name_comparisons('a in ("mask", "sigma")\nm.startswith("pca-")\n', names)) == 2
+
+
+def test_no_variant_name_is_compared_outside_the_registries():
+    """A likelihood, a scaling or a method is chosen through its registry's object, never by
+    comparing its name (issue 23): a new variant then touches no other module."""
+    from vaefusion.evaluation.methods import METHODS
+    from vaefusion.model.objective import LIKELIHOODS, SCALINGS
+
+    names = {*LIKELIHOODS, *SCALINGS, *METHODS}
+    bad = {str(p.relative_to(PACKAGE)): hits for p in sorted(PACKAGE.rglob("*.py"))
+           if str(p.relative_to(PACKAGE)) not in REGISTRIES
+           and (hits := name_comparisons(p.read_text(), names))}
+    assert bad == {}

@@ -32,6 +32,7 @@ from vaefusion.disk import naming
 from vaefusion.disk.io import write_json, write_tsv
 from vaefusion.evaluation.classifier import SVM_C_GRID
 from vaefusion.evaluation.manifest import Manifest
+from vaefusion.evaluation.methods import is_encoder
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.evaluation.summary import (
     auc_table,
@@ -82,7 +83,7 @@ def write_group_outputs(cfg: Config, manifest: Manifest, results: list[FoldResul
     write_tsv(group / naming.COMPARISONS, comps, COMPARISON_COLUMNS)
 
     primary = cfg.latent_dims[0]
-    vae = [r for r in results if r.method == "vae"]
+    vae = [r for r in results if is_encoder(r.method)]
     importance = importance_summary(results, manifest.modalities, primary)
     imp_rows = [
         {"latent_dim": r.latent_dim, "seed": r.seed, "repeat": r.repeat, "fold": r.fold,
@@ -112,7 +113,7 @@ def write_group_outputs(cfg: Config, manifest: Manifest, results: list[FoldResul
         reasons = sorted({r.reason for r in rs if r.reason})
         if reasons:
             info["reason"] = "; ".join(reasons)
-        if row["method"] == "vae":
+        if is_encoder(row["method"]):
             info.update(vae_diagnostics(results, primary))
     backends = sorted({r.backend for r in results})
     summary = {

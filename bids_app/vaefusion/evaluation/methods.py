@@ -44,10 +44,13 @@ Loader = Callable[[int], "np.ndarray"]
 
 class Method(Variant):
     """A method of the comparison. Class attributes: ``name`` (``--methods``, file names),
-    ``per_fold`` (one unit per fold rather than per repeat), ``colour`` (the report's
-    figures)."""
+    ``per_fold`` (one unit per fold rather than per repeat), ``encoder`` (a trained network
+    whose results carry its training record, saved models, latents and the importance of each
+    modality's latent features: what the interpretation and the reports read), ``colour``
+    (the report's figures)."""
 
     per_fold: ClassVar[bool] = False
+    encoder: ClassVar[bool] = False
     colour: ClassVar[str] = "grey"
 
     def describe(self, latent_dim: int, n_modalities: int) -> str:
@@ -85,6 +88,7 @@ class VAEMethod(Method):
 
     name = "vae"
     per_fold = True
+    encoder = True
     colour = "#d62728"
 
     def describe(self, latent_dim: int, n_modalities: int) -> str:
@@ -319,6 +323,15 @@ def _checked_grams(load: Loader, n_subjects: int, grams: np.ndarray | None) -> n
     if grams.shape != (n_mod, n_subjects, n_subjects):
         raise ValueError(f"grams {grams.shape} do not match {n_mod} modalities, {n_subjects}")
     return grams
+
+
+#: The method every baseline is compared with (evaluation/summary.py).
+REFERENCE = VAEMethod.name
+
+
+def is_encoder(method: str) -> bool:
+    """Whether ``method`` is a registered encoder (:attr:`Method.encoder`: the VAE)."""
+    return method in METHODS and METHODS.get(method).encoder
 
 
 def selected_methods(names: Sequence[str]) -> list[Method]:

@@ -20,11 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from vaefusion.evaluation.methods import REFERENCE, is_encoder
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.evaluation.statistics import CorrectedT, corrected_resampled_t, paired_corrected_t
-
-#: The method every baseline is compared with.
-REFERENCE = "vae"
 
 #: The VAE's learning diagnostics averaged over folds into the summary (VAETraining fields).
 VAE_DIAGNOSTICS = ("active_units", "within_units", "kl_per_volume", "recon_r2",
@@ -168,7 +166,8 @@ def importance_summary(results: list[FoldResult], modalities: list[str],
     from vaefusion.evaluation.classifier import summarize_importance
 
     per_fold = [r.importance for r in results
-                if r.method == "vae" and r.latent_dim == latent_dim and r.importance is not None]
+                if is_encoder(r.method) and r.latent_dim == latent_dim
+                and r.importance is not None]
     if not per_fold:
         return []
     return summarize_importance(np.asarray(per_fold), modalities)

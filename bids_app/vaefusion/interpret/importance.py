@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vaefusion.evaluation.methods import is_encoder
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.inputs.reference import GMV_MODALITY, icns, modality_domain
 
@@ -52,7 +53,7 @@ def importance_matrix(results: list[FoldResult], n_modalities: int,
                       latent_dim: int) -> np.ndarray:
     """``(n_folds, n_modalities)``: every VAE fold's importance at ``latent_dim``."""
     rows = [r.importance for r in results
-            if r.method == "vae" and r.latent_dim == latent_dim and r.importance is not None]
+            if is_encoder(r.method) and r.latent_dim == latent_dim and r.importance is not None]
     mat = np.asarray(rows, dtype=np.float64).reshape(len(rows), n_modalities)
     return mat
 

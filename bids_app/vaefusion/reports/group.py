@@ -19,6 +19,7 @@ import numpy as np
 from vaefusion.config import Config
 from vaefusion.disk import naming
 from vaefusion.evaluation.manifest import Manifest
+from vaefusion.evaluation.methods import is_encoder
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.interpret.explain import ExplainedModel, select_explained
 from vaefusion.interpret.importance import TOP_FIGURE, ModalityImportance, rank_importance
@@ -125,7 +126,7 @@ def _explain(cfg: Config, manifest: Manifest, results: list[FoldResult],
     LOG.info("t-SNE of %d points (%s, perplexity %g): %s", len(out.layout.modality),
              out.layout.backend, out.layout.perplexity, group / naming.TSNE)
     out.figures["tsne"] = figures.tsne_figure(out.layout)
-    setting = [r for r in results if r.method == "vae" and r.latent_dim == explained.latent_dim
+    setting = [r for r in results if is_encoder(r.method) and r.latent_dim == explained.latent_dim
                and r.seed == explained.result.seed
                and getattr(r, "repeat", 0) == getattr(explained.result, "repeat", 0)]
     out.figures["training_curves"] = figures.training_figure(setting, _same(setting,

@@ -18,6 +18,7 @@ from vaefusion.config import Config
 from vaefusion.disk import naming
 from vaefusion.disk.io import atomic_write_text
 from vaefusion.evaluation.manifest import Manifest
+from vaefusion.evaluation.methods import is_encoder
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.inputs.cache import read_meta
 from vaefusion.inputs.reference import citation
@@ -205,7 +206,8 @@ def _seeds(table: list[dict], results: list[FoldResult], primary: int, interp) -
     s = Section("seeds", "Seed robustness")
     if not table:
         return s
-    seeds = sorted({r.seed for r in results if r.method == "vae"} or {r.seed for r in results})
+    seeds = sorted({r.seed for r in results if is_encoder(r.method)}
+                   or {r.seed for r in results})
     if len(seeds) < 2:
         s.add(html.para(f"One seed was run (--seed {seeds[0] if seeds else 0}): give several "
                         f"(e.g. --seed 0 1 2) to see how much the ROC-AUC depends on the "
@@ -302,7 +304,7 @@ def _latent(interp) -> Section:
 
 def _training(results: list[FoldResult], interp) -> Section:
     s = Section("training", "Training")
-    vae = [r for r in results if r.method == "vae" and r.training is not None]
+    vae = [r for r in results if is_encoder(r.method) and r.training is not None]
     if not vae:
         return s
     s.add(_fig(interp, "training_curves", "training curves",
@@ -327,7 +329,7 @@ def learning_warnings(results: list[FoldResult], interp) -> list[str]:
     """What says that the VAE did not learn (enough): a collapsed posterior, reconstructions
     worse than the mean, maps decoded as zeros or barely differing between the groups."""
     items = []
-    vae = [r for r in results if r.method == "vae" and r.training is not None]
+    vae = [r for r in results if is_encoder(r.method) and r.training is not None]
     collapsed = [r for r in vae if r.training is not None
                  and r.training.active_units is not None
                  and r.training.active_units < MIN_ACTIVE_UNITS]
