@@ -21,6 +21,7 @@ from nipype.interfaces.base import (
 
 from vaefusion.disk import naming
 from vaefusion.disk.io import atomic_write_text
+from vaefusion.disk.progress import write_unit_progress
 from vaefusion.evaluation.results import FoldResult
 
 
@@ -75,7 +76,6 @@ class FoldUnit(SimpleInterface):
         from vaefusion.evaluation.methods import METHODS
         from vaefusion.interfaces.errors import reported_errors
         from vaefusion.training.gpus import placed
-        from vaefusion.workflows.status import write_unit_progress
 
         out = Path(runtime.cwd)
         cfg, run = _settings(self.inputs)
