@@ -277,3 +277,19 @@ def test_no_variant_name_is_compared_outside_the_registries():
            if str(p.relative_to(PACKAGE)) not in REGISTRIES
            and (hits := name_comparisons(p.read_text(), names))}
     assert bad == {}
+
+
+def private_imports(graph_modules: dict[str, Path]) -> list[str]:
+    """``from vaefusion.x import _name`` anywhere in the package: a private name crossing a
+    module boundary."""
+    bad = []
+    for name, path in sorted(graph_modules.items()):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vaefusion"):
+                bad.extend(f"{name}: {node.module}.{a.name}" for a in node.names
+                           if a.name.startswith("_") and not a.name.startswith("__"))
+    return bad
+
+
+def test_no_private_name_is_imported_across_modules():
+    assert private_imports(_modules()) == []

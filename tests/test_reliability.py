@@ -986,7 +986,7 @@ def test_real_full_disk_is_recognised(tmp_path):
     from vaefusion.errors import disk_full_error
     from vaefusion.model.checkpoint import save_model
     from vaefusion.model.network import VAE
-    from vaefusion.training.trainer import _save_checkpoint
+    from vaefusion.training.trainer import save_checkpoint
 
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -1000,7 +1000,7 @@ def test_real_full_disk_is_recognised(tmp_path):
             "a.txt": lambda p: atomic_write_text(p, "x" * 2_000_000),
             "a.nii.gz": lambda p: write_nifti_atomic(p, nib.Nifti1Image(
                 np.random.default_rng(0).random((80, 80, 80), dtype=np.float32), np.eye(4))),
-            "last/checkpoint.pt": lambda p: _save_checkpoint(p, {"w": torch.ones(300_000)}),
+            "last/checkpoint.pt": lambda p: save_checkpoint(p, {"w": torch.ones(300_000)}),
             "best/model.safetensors": lambda p: save_model(VAE((32, 32, 32), 8, 1.0),
                                                            p.parent),
         }

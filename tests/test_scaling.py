@@ -141,7 +141,7 @@ def test_the_mean_map_scores_subject_r2_zero(cache, tmp_path):
     trainer = Trainer(cfg, cfg.runtime(), 4, 0, cache[:4], cache[4:], tmp_path / "t")
     with torch.no_grad():
         trainer.model.out.weight.zero_()
-    stats = passes._run_epoch(trainer.model, SubjectBatches(cache[:4], batch_subjects=2), 0,
+    stats = passes.run_pass(trainer.model, SubjectBatches(cache[:4], batch_subjects=2), 0,
                               1.0, torch.device("cpu"), False, None, "t",
                               objective=Objective.named("volume", "voxelwise"),
                               baseline=trainer.baseline, mask=trainer.mask)

@@ -167,7 +167,7 @@ def test_metrics_draw_no_random_numbers(cache, tmp_path):
     t = make_trainer(cache, tmp_path / "run", likelihood="sigma")
     before = torch.get_rng_state()
     means = modality_means(t.train_data)
-    stats = trainer_module._run_epoch(t.model, t.val_data, 0, 1.0, t.device, False, None, "v",
+    stats = trainer_module.run_pass(t.model, t.val_data, 0, 1.0, t.device, False, None, "v",
                                       objective=Objective.named("sigma", "maxabs"), sigma2=0.01,
                                       baseline=means)
     assert torch.equal(before, torch.get_rng_state())

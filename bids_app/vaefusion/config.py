@@ -310,9 +310,9 @@ class Config:
             )
         hints = typing.get_type_hints(cls)
         for key, value in data.items():
-            if not _type_ok(value, hints[key]):
+            if not type_ok(value, hints[key]):
                 raise UsageError(f"{source}: {key} = {value!r} is not a valid value (expected "
-                                 f"{_type_name(hints[key])}); fix the setting.")
+                                 f"{type_name(hints[key])}); fix the setting.")
         kwargs = {k: (Path(v) if k in _PATH_FIELDS and v is not None else v)
                   for k, v in data.items()}
         return cls(**kwargs)
@@ -366,15 +366,15 @@ def _device_uuids(count: int) -> list[str]:
     return out
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
+def type_ok(value: Any, hint: Any) -> bool:
     """Whether a TOML/JSON value fits a Config field's type (paths as strings, ints as floats)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
-        return any(_type_ok(value, a) for a in args)
+        return any(type_ok(value, a) for a in args)
     if hint is type(None):
         return value is None
     if origin is list:
-        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
+        return isinstance(value, list) and all(type_ok(v, args[0]) for v in value)
     if origin is dict:
         return isinstance(value, dict)
     if hint is Path:
@@ -386,7 +386,7 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
-def _type_name(hint: Any) -> str:
+def type_name(hint: Any) -> str:
     if isinstance(hint, type):
         return hint.__name__
     return str(hint).replace("typing.", "").replace("pathlib.", "")

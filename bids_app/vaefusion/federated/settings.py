@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaefusion.config import LIKELIHOODS, Config, _type_name, _type_ok
+from vaefusion.config import LIKELIHOODS, Config, type_name, type_ok
 from vaefusion.errors import UsageError
 from vaefusion.model.objective import MaxAbsScaling, Objective
 
@@ -128,9 +128,9 @@ class FederatedSettings:
                              f"settings: {', '.join(fields)}.")
         hints = typing.get_type_hints(cls)
         for key, value in data.items():
-            if not _type_ok(value, hints[key]):
+            if not type_ok(value, hints[key]):
                 raise UsageError(f"{source}: {key} = {value!r} is not a valid value (expected "
-                                 f"{_type_name(hints[key])}); fix the setting.")
+                                 f"{type_name(hints[key])}); fix the setting.")
         return cls(**data)
 
     @classmethod

@@ -50,7 +50,8 @@ from vaefusion.model.network import volume_size
 from vaefusion.model.objective import Likelihood, Objective
 from vaefusion.training.data import SubjectBatches
 from vaefusion.training.metrics import ModalityMeans, PassAccumulator, PassStats
-from vaefusion.training.trainer import EpochStats, Trainer, _autocast
+from vaefusion.training.passes import autocast
+from vaefusion.training.trainer import EpochStats, Trainer
 
 LOGGER = logging.getLogger("vaefusion.distributed")
 
@@ -205,7 +206,7 @@ def sharded_pass(tr: DistributedTrainer, data: SubjectBatches, epoch: int,
                 _train_step(tr, x, rows, net, offset, n_batch, lik, acc)
             elif x is not None:
                 for i, part in enumerate(x.split(tr.chunk)):
-                    with _autocast(tr.device, tr.bf16):
+                    with autocast(tr.device, tr.bf16):
                         recon, mu, logvar = model(part, rows=_rows(net, i, tr.chunk, part))
                     terms = loss_terms(recon, part, mu, logvar, beta, likelihood, sigma2,
                                        lik.mask, free_bits)
@@ -243,7 +244,7 @@ def _train_step(tr: DistributedTrainer, x: torch.Tensor | None, rows: torch.Tens
         sse = torch.zeros((), dtype=torch.float64, device=device)
         with torch.no_grad():
             for i, (part, e) in enumerate(parts):
-                with _autocast(device, tr.bf16):
+                with autocast(device, tr.bf16):
                     recon, _, _ = model(part, eps=e, rows=_rows(net, i, chunk, part))
                 sse += squared_error(recon, part, lik.mask).double().sum()
         dist.all_reduce(sse)
@@ -259,7 +260,7 @@ def _train_step(tr: DistributedTrainer, x: torch.Tensor | None, rows: torch.Tens
     for i, (part, e) in enumerate(parts):
         last = i == len(parts) - 1
         with (nullcontext() if last else tr.ddp.no_sync()):
-            with _autocast(device, tr.bf16):
+            with autocast(device, tr.bf16):
                 recon, mu, logvar = tr.ddp(part, eps=e, rows=_rows(net, i, chunk, part))
             terms = loss_terms(recon, part, mu, logvar, lik.beta, lik.likelihood, s2, lik.mask,
                                lik.free_bits)

@@ -30,11 +30,11 @@ CPU_CHUNK_ACTIVATIONS = 16_000_000
 GPU_CHUNK_FRACTION = 0.5
 
 
-def _modalities(paths: Sequence[Path]) -> list[str]:
+def cached_modalities(paths: Sequence[Path]) -> list[str]:
     return list(read_meta(Path(paths[0])).modalities) if paths else []
 
 
-def _autocast(device: torch.device, bf16: bool):
+def autocast(device: torch.device, bf16: bool):
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
@@ -79,7 +79,7 @@ def _batch_sigma2(model: VAE, parts: Sequence[torch.Tensor], n_values: int,
     with torch.no_grad():
         for part, r in zip(parts, rows or [None] * len(parts), strict=True):
             eps = torch.randn(part.shape[0], model.latent_dim, device=device)
-            with _autocast(device, bf16):
+            with autocast(device, bf16):
                 recon, _, _ = model(part, eps=eps, rows=r)
             sse += squared_error(recon, part, mask).double().sum()
             noise.append(eps)
@@ -95,7 +95,7 @@ def net_rows(model: torch.nn.Module, modalities: Sequence[str], device: torch.de
     return [None] * n_parts if rows is None else list(rows.split(chunk))
 
 
-def _run_epoch(model: VAE, data: SubjectBatches, epoch: int, beta: float, device: torch.device,
+def run_pass(model: VAE, data: SubjectBatches, epoch: int, beta: float, device: torch.device,
                bf16: bool, optimizer: torch.optim.Optimizer | None, desc: str,
                chunk: int | None = None, *, objective: Objective,
                sigma2: float | None = None, baseline: ModalityMeans | None = None,
@@ -142,7 +142,7 @@ def _run_epoch(model: VAE, data: SubjectBatches, epoch: int, beta: float, device
             if train:
                 optimizer.zero_grad(set_to_none=True)
             for i, (part, eps) in enumerate(zip(parts, noise, strict=True)):
-                with _autocast(device, bf16):
+                with autocast(device, bf16):
                     recon, mu, logvar = model(part, eps=eps, rows=mrows[i])
                 terms = loss_terms(recon, part, mu, logvar, beta, likelihood, s2,
                                    mask if masked else None, free_bits)

@@ -40,10 +40,10 @@ from vaefusion.model.network import VAE, volume_size
 from vaefusion.model.objective import MODALITY_MAPS
 from vaefusion.training.checkpoints import (
     CHECKPOINT,
-    _load_checkpoint,
-    _save_checkpoint,
-    _signature,
     clear_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    training_signature,
 )
 from vaefusion.training.data import SubjectBatches
 from vaefusion.training.device import (
@@ -56,11 +56,11 @@ from vaefusion.training.device import (
 from vaefusion.training.metrics import PassStats, modality_means, modality_names, modality_sds
 from vaefusion.training.passes import (
     CPU_CHUNK_ACTIVATIONS,
-    _autocast,
-    _modalities,
-    _run_epoch,
+    autocast,
+    cached_modalities,
     chunk_volumes,
     make_optimizer,
+    run_pass,
 )
 from vaefusion.training.results import EpochStats, TrainResult
 from vaefusion.training.speed import apply_switches, resolve_bf16
@@ -71,8 +71,8 @@ LOGGER = logging.getLogger("vaefusion.training")
 # Moved out (issue 18): results, checkpoints and one pass over the data live in their own
 # modules; the names stay importable from here for callers and tests.
 __all__ = ["CHECKPOINT", "CPU_CHUNK_ACTIVATIONS", "EpochStats", "TrainResult", "Trainer",
-           "_autocast", "_run_epoch", "_save_checkpoint", "chunk_volumes", "clear_checkpoint",
-           "make_optimizer", "train_vae"]
+           "autocast", "chunk_volumes", "clear_checkpoint", "make_optimizer", "run_pass",
+           "save_checkpoint", "train_vae"]
 
 
 # --------------------------------------------------------------------------- trainer
@@ -132,9 +132,9 @@ class Trainer:
                              cfg.width)
         # fixed for the run: on CUDA free memory shrinks once the caching allocator holds blocks
         self.chunk = chunk_volumes(self.train_data.grid, cfg.width, self.latent_dim, self.device)
-        self.signature = _signature(cfg, self.latent_dim, self.seed, train_paths, val_paths)
+        self.signature = training_signature(cfg, self.latent_dim, self.seed, train_paths, val_paths)
         self._meta_base: dict[str, Any] = {
-            "downsample": int(cfg.downsample), "modalities": _modalities(train_paths),
+            "downsample": int(cfg.downsample), "modalities": cached_modalities(train_paths),
             "version": __version__,
         }
         # progress, all of it in state_dict()
@@ -260,7 +260,7 @@ class Trainer:
               beta: float | None = None, **kw: Any) -> PassStats:
         """One pass over ``data`` (training when ``optimizer`` is given); the hook where
         :class:`vaefusion.training.distributed.DistributedTrainer` shards and reduces."""
-        return _run_epoch(self.model, data, epoch, self.cfg.beta if beta is None else beta,
+        return run_pass(self.model, data, epoch, self.cfg.beta if beta is None else beta,
                           self.device, self.bf16, optimizer, desc, self.chunk, **kw)
 
     def _save_best(self, stats: EpochStats) -> None:
@@ -364,7 +364,7 @@ class Trainer:
 
     def save_state(self) -> Path:
         """Write :meth:`state_dict` to ``out_dir/last/checkpoint.pt`` atomically."""
-        _save_checkpoint(self.checkpoint_path, self.state_dict())
+        save_checkpoint(self.checkpoint_path, self.state_dict())
         return self.checkpoint_path
 
     def resume(self) -> bool:
@@ -373,7 +373,7 @@ class Trainer:
         An unreadable checkpoint or one of other settings (the signature: everything but
         ``epochs`` and ``patience``) is ignored with a warning; returns whether it resumed.
         """
-        ckpt = _load_checkpoint(self.checkpoint_path)
+        ckpt = load_checkpoint(self.checkpoint_path)
         if ckpt is None:
             return False
         if ckpt.get("signature") != self.signature:
