@@ -12,7 +12,7 @@ Side by side, in one run, on the same synthetic subjects (53 ICN maps + GMV, Neu
   and downsampled, batched 54 volumes at a time by a DataLoader with the same workers;
 * ``resident``: :class:`vaefusion.training.data.SubjectBatches` with every volume in memory
   (the one-time load is reported apart);
-* ``streamed``: :mod:`vaefusion.training.stream`: the packed, memory-mapped float16 cache
+* ``streamed``: :mod:`vaefusion.bench.stream`: the packed, memory-mapped float16 cache
   (packing reported apart), DataLoader workers, pinned memory on CUDA.
 
 It prints subjects/s and volumes/s for each, ``ratio <streamed / naive volumes/s>``, the
@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vaefusion.bench.stream import PackedSubjects, pack_cache, stream_batches, write_index
 from vaefusion.inputs.preprocess import preprocess_subject
 from vaefusion.model.network import downsample_volumes, downsampled_grid
 from vaefusion.training.data import SubjectBatches
-from vaefusion.training.stream import PackedSubjects, pack_cache, stream_batches, write_index
 
 GRID = (53, 63, 52)
 N_ICN = 53

@@ -36,6 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("federated",),
     ("flare",),
     ("cli", "__main__"),
+    ("bench",),
 )
 #: subpackages that hold the science: they must not know the workflow engine or the CLI
 SCIENCE = ("inputs", "model", "training", "evaluation", "simulate")
@@ -293,3 +294,11 @@ def private_imports(graph_modules: dict[str, Path]) -> list[str]:
 
 def test_no_private_name_is_imported_across_modules():
     assert private_imports(_modules()) == []
+
+
+def test_the_product_never_imports_the_benchmarks_modules():
+    """``vaefusion.bench`` holds what only ``benchmarks/`` uses; nothing else imports it."""
+    graph = import_graph()
+    users = {m for m, imported in graph.items() if _unit(m) != "bench"
+             and any(_unit(t) == "bench" for t in imported)}
+    assert users == set()
