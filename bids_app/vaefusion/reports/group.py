@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +20,14 @@ from vaefusion.disk import naming
 from vaefusion.evaluation.manifest import Manifest
 from vaefusion.evaluation.methods import is_encoder
 from vaefusion.evaluation.results import FoldResult
-from vaefusion.interpret.explain import ExplainedModel, select_explained
-from vaefusion.interpret.importance import TOP_FIGURE, ModalityImportance, rank_importance
-from vaefusion.interpret.latent_space import LatentMap, latent_tsne, write_tsne
-from vaefusion.interpret.maps import GroupMaps, MapFiles, compute_group_maps, write_group_maps
+from vaefusion.interpret.explain import select_explained
+from vaefusion.interpret.importance import TOP_FIGURE, rank_importance
+from vaefusion.interpret.interpretation import GroupInterpretation
+from vaefusion.interpret.latent_space import latent_tsne, write_tsne
+from vaefusion.interpret.maps import compute_group_maps, write_group_maps
 from vaefusion.reports import figures
 
 LOG = logging.getLogger("vaefusion.reports")
-
-
-@dataclass
-class GroupInterpretation:
-    """What the interpretation computed and wrote."""
-
-    explained: ExplainedModel | None
-    ranking: list[ModalityImportance]
-    maps: GroupMaps | None = None
-    map_files: MapFiles | None = None
-    layout: LatentMap | None = None
-    figures: dict[str, bytes] = field(default_factory=dict)  # name -> PNG (group/figures/)
-    report: Path | None = None
-    subject_reports: list[Path] = field(default_factory=list)
 
 
 def write_interpretation(cfg: Config, manifest: Manifest, results: list[FoldResult],

@@ -23,6 +23,7 @@ from vaefusion.evaluation.results import FoldResult
 from vaefusion.inputs.cache import read_meta
 from vaefusion.inputs.reference import citation
 from vaefusion.interpret.importance import modality_name
+from vaefusion.interpret.interpretation import GroupInterpretation
 from vaefusion.model.objective import LIKELIHOODS
 from vaefusion.reports import html
 from vaefusion.reports.html import Section
@@ -39,8 +40,9 @@ WEAK_DECODED = 0.05
 
 
 def group_page(cfg: Config, manifest: Manifest, results: list[FoldResult],
-               summary: dict[str, Any], interp, table: list[dict]) -> Path:
-    """Write ``group/report.html``; ``interp`` is the :class:`GroupInterpretation`."""
+               summary: dict[str, Any], interp: GroupInterpretation, table: list[dict]
+               ) -> Path:
+    """Write ``group/report.html`` from the interpretation's results ``interp``."""
     assert cfg.output_dir is not None
     path = naming.group_report(cfg.output_dir)
     group = path.parent
@@ -71,13 +73,14 @@ def _rel(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path, start)).as_posix()
 
 
-def _fig(interp, name: str, alt: str, caption: str) -> str:
+def _fig(interp: GroupInterpretation, name: str, alt: str, caption: str) -> str:
     png = interp.figures.get(name)
     return html.image(png, alt, caption + f" (group/figures/{name}.png)") if png else ""
 
 
 # --------------------------------------------------------------------------- sections
-def _overview(cfg: Config, summary: dict, results: list[FoldResult], interp) -> Section:
+def _overview(cfg: Config, summary: dict, results: list[FoldResult],
+              interp: GroupInterpretation) -> Section:
     """The verdict (VAE against each baseline) and every learning warning first, then the
     VAE's AUC, what the figures explain, and the tables."""
     from vaefusion.evaluation.summary import verdict
@@ -172,7 +175,7 @@ def _classification(summary: dict, results: list[FoldResult]) -> Section:
     return s
 
 
-def _table_one(table: list[dict], interp) -> Section:
+def _table_one(table: list[dict], interp: GroupInterpretation) -> Section:
     s = Section("table1", "Table I: latent dim")
     if not table:
         return s
@@ -202,7 +205,8 @@ def _auc_text(row: dict) -> str:
     return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _seeds(table: list[dict], results: list[FoldResult], primary: int, interp) -> Section:
+def _seeds(table: list[dict], results: list[FoldResult], primary: int,
+           interp: GroupInterpretation) -> Section:
     s = Section("seeds", "Seed robustness")
     if not table:
         return s
@@ -228,7 +232,7 @@ def _seeds(table: list[dict], results: list[FoldResult], primary: int, interp) -
     return s
 
 
-def _importance(interp) -> Section:
+def _importance(interp: GroupInterpretation) -> Section:
     s = Section("importance", "Modality importance")
     if not interp.ranking:
         return s
@@ -246,7 +250,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _maps(interp, group: Path) -> Section:
+def _maps(interp: GroupInterpretation, group: Path) -> Section:
     s = Section("maps", "Group maps")
     maps, files = interp.maps, interp.map_files
     if maps is None or files is None:
@@ -291,7 +295,7 @@ def _maps(interp, group: Path) -> Section:
     return s
 
 
-def _latent(interp) -> Section:
+def _latent(interp: GroupInterpretation) -> Section:
     s = Section("tsne", "Latent structure")
     if interp.layout is None:
         return s
@@ -302,7 +306,7 @@ def _latent(interp) -> Section:
     return s
 
 
-def _training(results: list[FoldResult], interp) -> Section:
+def _training(results: list[FoldResult], interp: GroupInterpretation) -> Section:
     s = Section("training", "Training")
     vae = [r for r in results if is_encoder(r.method) and r.training is not None]
     if not vae:
@@ -325,7 +329,7 @@ def _training(results: list[FoldResult], interp) -> Section:
     return s
 
 
-def learning_warnings(results: list[FoldResult], interp) -> list[str]:
+def learning_warnings(results: list[FoldResult], interp: GroupInterpretation) -> list[str]:
     """What says that the VAE did not learn (enough): a collapsed posterior, reconstructions
     worse than the mean, maps decoded as zeros or barely differing between the groups."""
     items = []
@@ -423,7 +427,8 @@ def map_caveats(maps) -> list[str]:
     return items
 
 
-def _warnings(cfg: Config, manifest: Manifest, results: list[FoldResult], interp) -> Section:
+def _warnings(cfg: Config, manifest: Manifest, results: list[FoldResult],
+              interp: GroupInterpretation) -> Section:
     s = Section("warnings", "Warnings")
     items = learning_warnings(results, interp)
     for method in sorted({r.method for r in results if not r.available}):
@@ -440,7 +445,7 @@ def _warnings(cfg: Config, manifest: Manifest, results: list[FoldResult], interp
     return s
 
 
-def _subjects(interp, out: Path, group: Path) -> Section:
+def _subjects(interp: GroupInterpretation, out: Path, group: Path) -> Section:
     s = Section("subjects", "Subjects")
     if interp.subject_reports:
         s.add(html.para("Per-subject reports (inputs beside reconstructions, latents):"),
