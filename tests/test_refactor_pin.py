@@ -68,3 +68,18 @@ def test_outputs_are_byte_identical_to_the_pin(case, tiny_bids, tmp_path):
     assert sorted(got) == sorted(want)
     changed = [rel for rel in want if got[rel] != want[rel]]
     assert not changed, f"outputs differ from the pin: {changed}"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_pinned_summary_is_a_group_summary(case):
+    """summary.json is GroupSummary.to_dict(): the pinned document reads back as the type and
+    serialises to the same bytes (the one serialisation; without the software block, which
+    the pin leaves out)."""
+    from vaefusion.evaluation.group_summary import GroupSummary
+
+    pinned = GOLDEN / case / "group" / "summary.json"
+    summary = GroupSummary.from_dict(json.loads(pinned.read_bytes()))
+    assert summary.methods["vae"].diagnostics and summary.importance[0].mean > 0
+    doc = summary.to_dict()
+    assert doc.pop("software") == {}
+    assert json.dumps(doc, indent=2) + "\n" == pinned.read_text()  # as disk.io.write_json

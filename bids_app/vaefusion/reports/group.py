@@ -11,17 +11,17 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from vaefusion.config import Config
 from vaefusion.disk import naming
+from vaefusion.evaluation.group_summary import GroupSummary
 from vaefusion.evaluation.manifest import Manifest
 from vaefusion.evaluation.methods import is_encoder
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.interpret.explain import select_explained
-from vaefusion.interpret.importance import TOP_FIGURE, rank_importance
+from vaefusion.interpret.importance import TOP_FIGURE, importance_folds, ranked
 from vaefusion.interpret.interpretation import GroupInterpretation
 from vaefusion.interpret.latent_space import latent_tsne, write_tsne
 from vaefusion.interpret.maps import compute_group_maps, write_group_maps
@@ -31,7 +31,7 @@ LOG = logging.getLogger("vaefusion.reports")
 
 
 def write_interpretation(cfg: Config, manifest: Manifest, results: list[FoldResult],
-                         summary: dict[str, Any]) -> GroupInterpretation:
+                         summary: GroupSummary) -> GroupInterpretation:
     """Every figure, map and report of a trained group run."""
     from vaefusion.derivatives.dataset import write_descriptions
     from vaefusion.evaluation.summary import auc_table
@@ -42,7 +42,7 @@ def write_interpretation(cfg: Config, manifest: Manifest, results: list[FoldResu
     group = naming.group_dir(cfg.output_dir)
     primary = cfg.latent_dims[0]
     results = sorted(results, key=lambda r: r.sort_key)
-    ranking = rank_importance(results, manifest.modalities, primary)
+    ranking = ranked(summary.importance, importance_folds(results, primary))
     explained = select_explained(cfg, results)
     out = GroupInterpretation(explained=explained, ranking=ranking)
     pngs = out.figures

@@ -17,8 +17,9 @@ from vaefusion import __version__
 from vaefusion.config import Config
 from vaefusion.disk import naming
 from vaefusion.disk.io import atomic_write_text
+from vaefusion.evaluation.group_summary import GroupSummary, verdict
 from vaefusion.evaluation.manifest import Manifest
-from vaefusion.evaluation.methods import is_encoder
+from vaefusion.evaluation.methods import REFERENCE, is_encoder
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.inputs.cache import read_meta
 from vaefusion.inputs.reference import citation
@@ -40,7 +41,7 @@ WEAK_DECODED = 0.05
 
 
 def group_page(cfg: Config, manifest: Manifest, results: list[FoldResult],
-               summary: dict[str, Any], interp: GroupInterpretation, table: list[dict]
+               summary: GroupSummary, interp: GroupInterpretation, table: list[dict]
                ) -> Path:
     """Write ``group/report.html`` from the interpretation's results ``interp``."""
     assert cfg.output_dir is not None
@@ -61,7 +62,7 @@ def group_page(cfg: Config, manifest: Manifest, results: list[FoldResult],
         _about(cfg),
     ]
     subtitle = (f"vaefusion {__version__} · group level · {time.strftime('%Y-%m-%d %H:%M')} · "
-                f"{summary.get('n_subjects', len(manifest.files))} subjects")
+                f"{summary.n_subjects} subjects")
     atomic_write_text(path, html.page("vaefusion group report", subtitle,
                                       [s for s in sections if s.blocks]))
     return path
@@ -79,23 +80,21 @@ def _fig(interp: GroupInterpretation, name: str, alt: str, caption: str) -> str:
 
 
 # --------------------------------------------------------------------------- sections
-def _overview(cfg: Config, summary: dict, results: list[FoldResult],
+def _overview(cfg: Config, summary: GroupSummary, results: list[FoldResult],
               interp: GroupInterpretation) -> Section:
     """The verdict (VAE against each baseline) and every learning warning first, then the
     VAE's AUC, what the figures explain, and the tables."""
-    from vaefusion.evaluation.summary import verdict
-
     s = Section("overview", "Overview")
-    if summary.get("comparisons"):
-        s.add(html.para(verdict(summary)))
+    if summary.comparisons:
+        s.add(html.para(verdict(summary.comparisons)))
     for warning in learning_warnings(results, interp) + learning_log_warnings(cfg):
         s.add(html.note(warning))
-    vae = summary.get("methods", {}).get("vae")
-    if vae and vae.get("roc_auc_mean") is not None:
-        ci = vae.get("roc_auc_ci")
+    vae = summary.methods.get(REFERENCE)
+    if vae and vae.roc_auc_mean is not None:
+        ci = vae.roc_auc_ci
         ci_text = f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-        s.add(html.para(f"VAE ROC-AUC {vae['roc_auc_mean']:.3f}{ci_text} at latent dim "
-                        f"{vae.get('latent_dim')} over {vae.get('n_folds')} folds."))
+        s.add(html.para(f"VAE ROC-AUC {vae.roc_auc_mean:.3f}{ci_text} at latent dim "
+                        f"{vae.latent_dim} over {vae.n_folds} folds."))
     if interp.explained is not None:
         s.add(html.para(f"Figures and maps explain {interp.explained.describe()} (choose "
                         f"another fold with --explain-fold)."))
@@ -150,18 +149,16 @@ def _data(cfg: Config, manifest: Manifest) -> Section:
     return s
 
 
-def _classification(summary: dict, results: list[FoldResult]) -> Section:
+def _classification(summary: GroupSummary, results: list[FoldResult]) -> Section:
     from vaefusion.evaluation.summary import comparisons
 
     s = Section("classification", "Classification (ROC-AUC)")
     rows = []
-    for method, info in sorted(summary.get("methods", {}).items()):
-        ci = info.get("roc_auc_ci")
-        rows.append({"method": method, "latent dim": info.get("latent_dim"),
-                     "ROC-AUC": info.get("roc_auc_mean"), "95% CI": ci,
-                     "SD over folds": info.get("roc_auc_std"), "folds": info.get("n_folds"),
-                     "note": info.get("reason") or ("" if info.get("available", True)
-                                                    else "not available")})
+    for method, info in sorted(summary.methods.items()):
+        rows.append({"method": method, "latent dim": info.latent_dim,
+                     "ROC-AUC": info.roc_auc_mean, "95% CI": info.roc_auc_ci,
+                     "SD over folds": info.roc_auc_std, "folds": info.n_folds,
+                     "note": info.reason or ("" if info.available else "not available")})
     s.add(html.para("Mean over the test folds of every seed and repeat of the first latent "
                     "dim; the CI is the corrected resampled t (Nadeau & Bengio)."),
           html.table(rows, ["method", "latent dim", "ROC-AUC", "95% CI", "SD over folds",

@@ -18,6 +18,7 @@ from nipype.pipeline import engine as pe
 
 from vaefusion.config import Config
 from vaefusion.disk import naming
+from vaefusion.evaluation.group_summary import GroupSummary
 from vaefusion.evaluation.manifest import build_manifest
 from vaefusion.evaluation.methods import selected_methods
 from vaefusion.evaluation.results import FoldResult
@@ -81,7 +82,7 @@ def gathered_results(graph) -> list[FoldResult]:
     return rows
 
 
-def run_group_level(cfg: Config) -> dict | None:
+def run_group_level(cfg: Config) -> GroupSummary | None:
     """Preprocess (cached), then train and evaluate every fold, or embed with ``--model``."""
     from vaefusion.workflows.base import configure_nipype, run_workflow
     from vaefusion.workflows.participant import embed_with_model, run_participant_level
@@ -114,14 +115,14 @@ def run_group_level(cfg: Config) -> dict | None:
 
     results = gathered_results(graph)
     summary = write_group_outputs(cfg, manifest, results, summary_file=False)
-    from vaefusion.evaluation.summary import format_auc
+    from vaefusion.evaluation.group_summary import format_auc
 
-    for method, info in summary["methods"].items():
-        LOG.info("%-10s ROC-AUC %s (latent dim %d)", method, format_auc(info), info["latent_dim"])
-    for comp in summary["comparisons"]:
+    for method, info in summary.methods.items():
+        LOG.info("%-10s ROC-AUC %s (latent dim %d)", method, format_auc(info), info.latent_dim)
+    for comp in summary.comparisons:
         LOG.info("%s - %s: %+.3f, 95%% CI [%.3f, %.3f], p = %.3g (%d paired folds)",
-                 comp["method"], comp["baseline"], comp["mean_difference"], comp["ci"][0],
-                 comp["ci"][1], comp["p_value"], comp["n_pairs"])
+                 comp.method, comp.baseline, comp.mean_difference, comp.ci[0], comp.ci[1],
+                 comp.p_value, comp.n_pairs)
     from vaefusion.reports.group import write_interpretation
 
     write_interpretation(cfg, manifest, results, summary)
