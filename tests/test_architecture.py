@@ -342,7 +342,9 @@ def test_module_paths_in_the_docs_resolve():
 
     bad = []
     for doc in (ROOT / "benchmarks" / "README.md", PAGE):
-        for dotted in sorted(set(re.findall(r"vaefusion(?:\.\w+)+", doc.read_text()))):
+        found = set(re.findall(r"vaefusion(?:\.\w+)+", doc.read_text()))
+        # the recipe's example of a new method's module
+        for dotted in sorted(found - {"vaefusion.evaluation.my_method"}):
             parts = dotted.split(".")
             for k in range(len(parts), 0, -1):
                 try:

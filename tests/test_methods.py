@@ -48,10 +48,22 @@ def test_the_registry_holds_the_vae_and_the_three_baselines():
     assert method_colour("vae") == "#d62728" and method_colour("nothing") == "grey"
 
 
+def test_a_method_registered_by_path_is_imported_when_first_used():
+    with METHODS.registered("test_methods:ModalityMeans", "toy-means") as method:
+        assert isinstance(method, ModalityMeans) and list(METHODS)[-1] == "toy-means"
+    assert "toy-means" not in METHODS
+    with pytest.raises(ValueError, match="is called 'toy-means'"):
+        with METHODS.registered("test_methods:ModalityMeans", "other-name"):
+            pass
+    assert "other-name" not in METHODS
+
+
 @pytest.mark.slow
 def test_a_toy_baseline_runs_end_to_end_through_the_group_workflow(tiny_bids, tmp_path):
     out = tmp_path / "out"
-    with METHODS.registered(ModalityMeans):  # the one registration line
+    # the one registration line, as evaluation/methods.py would hold it for a module of
+    # its own (this one: tests/ is on the path)
+    with METHODS.registered("test_methods:ModalityMeans", "toy-means"):
         assert "toy-means" in build_parser()._option_string_actions["--methods"].choices
         code = main([str(tiny_bids), str(out), "group", "-w", str(tmp_path / "work"),
                      *TINY_GROUP, "--latent-dim", "2", "--seed", "1",

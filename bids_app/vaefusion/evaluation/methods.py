@@ -9,8 +9,10 @@ fold (``per_fold``: the VAE, a training each) or one per K-fold repeat over all 
 :class:`Baseline`, whose :meth:`Baseline.features` fits and embeds).
 
 A new baseline is one module with a :class:`Baseline` subclass plus one registration line
-(``METHODS.register(MyBaseline)``, here or in the module): the CLI choices, the Boutiques
-enum, the memory estimate, the workflow's nodes and the report read this registry.
+here, by path (``METHODS.register_at("my-method", "vaefusion.evaluation.my_method:MyMethod")``:
+the module imports :class:`Baseline` from here, so this module must not import it back): the
+CLI choices, the Boutiques enum (checked against them), the memory estimate, the workflow's
+nodes and the report read this registry.
 
 The heavy modules (numpy, torch) are imported where a method runs, so that the CLI can list
 the names cheaply.

@@ -5,6 +5,7 @@ found through one each; a name is compared only here (a dictionary key)."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import ClassVar, Generic, TypeVar
@@ -36,33 +37,53 @@ class Registry(Generic[T]):
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._classes: dict[str, type[T]] = {}
+        # a class, or where to import it from ("package.module:Class") until first used
+        self._classes: dict[str, type[T] | str] = {}
+
+    def _add(self, name: str, entry: type[T] | str) -> str:
+        if not name or name in self._classes:
+            raise ValueError(f"{self.kind} {name!r} has no name or is registered already")
+        self._classes[name] = entry
+        return name
 
     def register(self, cls: type[T]) -> type[T]:
         """Add ``cls`` under ``cls.name`` (a class decorator); a name is registered once."""
-        name = cls.name
-        if not name or name in self._classes:
-            raise ValueError(f"{self.kind} {name!r} has no name or is registered already")
-        self._classes[name] = cls
+        self._add(cls.name, cls)
         return cls
 
+    def register_at(self, name: str, target: str) -> str:
+        """Add the class at ``target`` (``"package.module:Class"``) under ``name`` without
+        importing it: the registration line of a variant in a module of its own, which
+        imports the registry's base class (so the registry cannot import it back); the
+        module is imported when the variant is first used. Returns ``name``."""
+        return self._add(name, target)
+
     @contextmanager
-    def registered(self, cls: type[T]) -> Iterator[T]:
-        """``cls`` registered for the ``with`` block only (a test's toy variant); yields an
-        instance."""
-        self.register(cls)
+    def registered(self, entry: type[T] | str, name: str = "") -> Iterator[T]:
+        """``entry`` (a class, or ``name`` at a ``"module:Class"`` target) registered for
+        the ``with`` block only (a test's toy variant); yields an instance."""
+        key = self.register_at(name, entry) if isinstance(entry, str) else \
+            self.register(entry).name
         try:
-            yield cls()
+            yield self.get(key)
         finally:
-            self._classes.pop(cls.name, None)
+            self._classes.pop(key, None)
 
     def get(self, name: str) -> T:
         """A new instance of the variant called ``name`` (``ValueError`` if there is none)."""
         try:
-            return self._classes[name]()
+            entry = self._classes[name]
         except KeyError:
             raise ValueError(f"unknown {self.kind} {name!r}; choose from "
                              f"{', '.join(self._classes)}") from None
+        if isinstance(entry, str):
+            module, _, attr = entry.partition(":")
+            entry = getattr(importlib.import_module(module), attr)
+            if entry.name != name:
+                raise ValueError(f"{self.kind} {name!r} at {self._classes[name]} is called "
+                                 f"{entry.name!r}")
+            self._classes[name] = entry
+        return entry()
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._classes)
