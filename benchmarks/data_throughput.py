@@ -12,7 +12,7 @@ Side by side, in one run, on the same synthetic subjects (53 ICN maps + GMV, Neu
   and downsampled, batched 54 volumes at a time by a DataLoader with the same workers;
 * ``resident``: :class:`vaefusion.training.data.SubjectBatches` with every volume in memory
   (the one-time load is reported apart);
-* ``streamed``: :mod:`vaefusion.training.stream`: the packed, memory-mapped float16 cache
+* ``streamed``: :mod:`vaefusion.bench.stream`: the packed, memory-mapped float16 cache
   (packing reported apart), DataLoader workers, pinned memory on CUDA.
 
 It prints subjects/s and volumes/s for each, ``ratio <streamed / naive volumes/s>``, the
@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vaefusion.bench.stream import PackedSubjects, pack_cache, stream_batches, write_index
 from vaefusion.inputs.preprocess import preprocess_subject
 from vaefusion.model.network import downsample_volumes, downsampled_grid
 from vaefusion.training.data import SubjectBatches
-from vaefusion.training.stream import PackedSubjects, pack_cache, stream_batches, write_index
 
 GRID = (53, 63, 52)
 N_ICN = 53
@@ -52,26 +52,35 @@ TARGET_VOLUMES_PER_S = 1341.0  # full-size model, bf16, one H100 (benchmarks/REA
 # --------------------------------------------------------------------------- inputs
 def write_niftis(root: Path, n: int, grid: tuple[int, ...], seed: int = 0
                  ) -> list[tuple[Path, Path]]:
-    """``n`` subjects: a 4D ICN ``.nii.gz`` (smooth maps) and a GMV ``.nii.gz`` on a grid
-    twice as fine (so it needs resampling, as SPM output does)."""
+    """``n`` subjects: a 4D ICN ``.nii.gz`` (the NeuroMark template maps plus smooth noise, so
+    that preprocessing's template checks pass) and a GMV ``.nii.gz`` (the MNI GM template with
+    a smooth multiplicative field) on SPM's 1.5 mm grid (so it needs resampling, as SPM output
+    does). ``grid`` is the ICN grid the benchmark reads (NeuroMark's 3 mm grid)."""
     from scipy.ndimage import zoom
 
+    from vaefusion.simulate.gm import gm_template
+    from vaefusion.simulate.grids import gm_grid, icn_grid
+    from vaefusion.simulate.icn import icn_templates
+
     rng = np.random.default_rng(seed)
-    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    templates, _ = icn_templates(3.0, N_ICN)
+    assert templates.shape[1:] == tuple(grid), (templates.shape, grid)
+    gm_base, gm_affine, affine = gm_template(1.5), gm_grid(1.5).affine, icn_grid(3.0).affine
     coarse = [max(2, g // 6) for g in grid]
+
+    def smooth(shape: tuple[int, ...]) -> np.ndarray:
+        field = zoom(rng.normal(size=coarse), [g / c for g, c in zip(shape, coarse,
+                                                                    strict=True)], order=1)
+        return field[:shape[0], :shape[1], :shape[2]]
+
+    peak = np.abs(templates).reshape(N_ICN, -1).max(axis=1)
     out = []
     for s in range(n):
-        icn = np.stack([zoom(rng.normal(size=coarse), [g / c for g, c in zip(grid, coarse,
-                                                                         strict=True)],
-                             order=1)[:grid[0], :grid[1], :grid[2]] for _ in range(N_ICN)], -1)
-        fine = tuple(2 * g for g in grid)
-        gm = zoom(rng.uniform(0, 1, size=coarse), [f / c for f, c in zip(fine, coarse,
-                                                                      strict=True)], order=1)
-        gm_affine = np.diag([1.5, 1.5, 1.5, 1.0])
+        icn = np.stack([templates[c] + 0.3 * peak[c] * smooth(grid) for c in range(N_ICN)], -1)
+        gm = gm_base * (1.0 + 0.05 * smooth(gm_base.shape))
         ip, gp = root / f"sub-{s:04d}_icn.nii.gz", root / f"sub-{s:04d}_gm.nii.gz"
         nib.save(nib.Nifti1Image(icn.astype(np.float32), affine), ip)
-        nib.save(nib.Nifti1Image(gm[:fine[0], :fine[1], :fine[2]].astype(np.float32),
-                                 gm_affine), gp)
+        nib.save(nib.Nifti1Image(gm.astype(np.float32), gm_affine), gp)
         out.append((ip, gp))
     return out
 

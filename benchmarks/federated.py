@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
+from vaefusion.bench.split import split_by_column
 from vaefusion.federated.evaluation import SiteEvaluator
 from vaefusion.federated.local import Sent, run_in_process
 from vaefusion.federated.messages import CLASSIFY, TRAIN
 from vaefusion.federated.settings import FederatedSettings
 from vaefusion.federated.site import SiteRunner, labelled
-from vaefusion.federated.split import split_by_column
 from vaefusion.inputs.cache import read_meta
 
 SIM = ["--icn-res", "9", "--gm-res", "4.5", "--n-components", "8", "--n-sites", "3",

@@ -71,7 +71,7 @@ def _down(x: np.ndarray, factor: int) -> np.ndarray:
 def figures(s1: np.ndarray, s2: np.ndarray, twin: np.ndarray, sites: list[str],
             templates: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """Every calibration figure on stacks ``(subjects, n + 1, X, Y, Z)`` (GM last)."""
-    from vaefusion.simulate import calibration as cal
+    from vaefusion.bench import calibration as cal
 
     n = templates.shape[0]
     nets = cal.network_masks(templates)

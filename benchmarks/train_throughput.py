@@ -8,7 +8,7 @@ default architecture (53x63x52, width 1), for
 
 * ``naive``: a first-draft fp32 eager loop: one volume per optimizer step, each subject read
   from the cache (``np.load``) when its turn comes;
-* ``vaefusion``: the production loop (:func:`vaefusion.training.trainer._run_epoch` on
+* ``vaefusion``: the production loop (:func:`vaefusion.training.trainer.run_pass` on
   :class:`vaefusion.loader.SubjectBatches`): one optimizer step (fused Adam) per whole subject,
   its volumes pushed through in memory-bounded chunks (all 54 at once on the tiny grid, one at
   a time at full size, where bigger passes only add page faults on CPU), data resident in
@@ -38,10 +38,11 @@ from vaefusion.inputs.cache import SubjectMeta, write_subject
 from vaefusion.model.flops import flops_per_volume
 from vaefusion.model.likelihood import loss_terms
 from vaefusion.model.network import VAE, downsample_volumes, downsampled_grid
+from vaefusion.model.objective import Objective
 from vaefusion.training.data import SubjectBatches
 from vaefusion.training.device import set_seed
 from vaefusion.training.speed import apply_switches
-from vaefusion.training.trainer import _run_epoch, make_optimizer
+from vaefusion.training.trainer import make_optimizer, run_pass
 
 FULL_GRID = (53, 63, 52)
 #: The speed switches timed with --switches (CUDA graphs only where CUDA is).
@@ -145,7 +146,8 @@ def bench_config(name: str, paths: list[Path], downsample: int, width: float, re
                           resident=True)
 
     def ours() -> None:
-        _run_epoch(model, data, 0, 1.0, device, bf16, opt, name)
+        run_pass(model, data, 0, 1.0, device, bf16, opt, name,
+                   objective=Objective.named("sigma", "maxabs"))
 
     wall, cpu = best_time(ours, repeats, sync)
     label = "vaefusion (whole subjects, resident)" + "".join(f" + {k}" for k in on)

@@ -9,6 +9,7 @@ reading the code).
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -30,10 +31,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("derivatives",),
     ("interpret",),
     ("reports",),
-    ("interfaces", "workflows"),
+    ("interfaces",),
+    ("workflows",),
     ("federated",),
     ("flare",),
     ("cli", "__main__"),
+    ("bench",),
 )
 #: subpackages that hold the science: they must not know the workflow engine or the CLI
 SCIENCE = ("inputs", "model", "training", "evaluation", "simulate")
@@ -117,7 +120,7 @@ def test_cycle_finder_finds_a_cycle():
 def test_graph_sees_lazy_imports():
     """The reader must see imports inside functions (where the old cycle hid)."""
     graph = import_graph()
-    assert "vaefusion.evaluation.crossval" in graph["vaefusion.interfaces.group"]
+    assert "vaefusion.evaluation.methods" in graph["vaefusion.interfaces.group"]
     assert "vaefusion.disk.naming" in graph["vaefusion.derivatives.subject"]
 
 
@@ -137,6 +140,28 @@ def test_graph_sees_type_checking_imports(tmp_path):
 def test_package_has_no_import_cycles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Subpackage (or root module) -> the others it imports."""
+    out: dict[str, set[str]] = {}
+    for module, imported in graph.items():
+        out.setdefault(_unit(module), set()).update(
+            _unit(t) for t in imported if _unit(t) != _unit(module))
+    for targets in list(out.values()):
+        for t in targets:
+            out.setdefault(t, set())
+    return out
+
+
+def test_no_package_level_cycles_and_no_floor_shared():
+    """0 cycles between subpackages (a module cycle is one too), and every floor holds one
+    package, so every arrow between packages runs down."""
+    assert find_cycle(package_graph(import_graph())) is None
+    assert find_cycle(package_graph({"vaefusion.a.x": {"vaefusion.b.y"},
+                                     "vaefusion.b.y": {"vaefusion.a.z"}})) == ["a", "b", "a"]
+    shared = [units for units in LAYERS if len(units) > 1]
+    assert shared == [("vaefusion", "errors"), ("simulate", "training"), ("cli", "__main__")]
 
 
 def _unit(module: str) -> str:
@@ -211,3 +236,124 @@ def test_science_knows_nothing_of_nipype_or_the_cli(package):
         if bad:
             offenders[name] = bad
     assert offenders == {}
+
+
+#: The modules that hold the variants' registries: the only place a variant's name is compared
+#: (as a registry key).
+REGISTRIES = {"model/registry.py", "model/objective.py", "evaluation/methods.py"}
+
+
+def name_comparisons(source: str, names: set[str]) -> list[str]:
+    """Lines of ``source`` that compare a string literal with a variant's name: ``==``,
+    ``!=``, ``in (...)`` or ``.startswith(...)`` (a name's prefix)."""
+    found = []
+    quoted = "|".join(re.escape(n) for n in sorted(names))
+    patterns = [re.compile(rf"""(==|!=)\s*["']({quoted})["']"""),
+                re.compile(rf"""["']({quoted})["']\s*(==|!=)"""),
+                re.compile(rf"""\bin\s*[(\[{{][^)\]}}]*["']({quoted})["']""")]
+    starts = re.compile(r"""startswith\(\s*["']([^"']+)["']""")
+    for number, line in enumerate(source.splitlines(), 1):
+        prefix = starts.search(line)
+        if any(p.search(line) for p in patterns) or (
+                prefix and any(n.startswith(prefix.group(1)) for n in names)):
+            found.append(f"{number}: {line.strip()}")
+    return found
+
+
+def test_the_name_grep_finds_a_comparison():
+    names = {"sigma", "pca-early"}
+    assert name_comparisons('if lik == "sigma":\n    x = "sigma"\n', names) == [
+        '1: if lik == "sigma":']
+    assert len(name_comparisons('a in ("mask", "sigma")\nm.startswith("pca-")\n', names)) == 2
+
+
+def test_no_variant_name_is_compared_outside_the_registries():
+    """A likelihood, a scaling or a method is chosen through its registry's object, never by
+    comparing its name (issue 23): a new variant then touches no other module."""
+    from vaefusion.evaluation.methods import METHODS
+    from vaefusion.model.objective import LIKELIHOODS, SCALINGS
+
+    names = {*LIKELIHOODS, *SCALINGS, *METHODS}
+    bad = {str(p.relative_to(PACKAGE)): hits for p in sorted(PACKAGE.rglob("*.py"))
+           if str(p.relative_to(PACKAGE)) not in REGISTRIES
+           and (hits := name_comparisons(p.read_text(), names))}
+    assert bad == {}
+
+
+def private_imports(graph_modules: dict[str, Path]) -> list[str]:
+    """``from vaefusion.x import _name`` anywhere in the package: a private name crossing a
+    module boundary."""
+    bad = []
+    for name, path in sorted(graph_modules.items()):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vaefusion"):
+                bad.extend(f"{name}: {node.module}.{a.name}" for a in node.names
+                           if a.name.startswith("_") and not a.name.startswith("__"))
+    return bad
+
+
+def test_no_private_name_is_imported_across_modules():
+    assert private_imports(_modules()) == []
+
+
+def test_the_product_never_imports_the_benchmarks_modules():
+    """``vaefusion.bench`` holds what only ``benchmarks/`` uses; nothing else imports it."""
+    graph = import_graph()
+    users = {m for m, imported in graph.items() if _unit(m) != "bench"
+             and any(_unit(t) == "bench" for t in imported)}
+    assert users == set()
+
+
+ROOT = PACKAGE.parents[1]
+PAGE = ROOT / "docs" / "architecture.md"
+
+
+def _section(title: str) -> str:
+    text = PAGE.read_text()
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_architecture_page_lists_every_module():
+    rows = {line.split("|")[1].strip().strip("`"): line
+            for line in _section("Subpackages").splitlines() if line.startswith("| `")}
+    missing = [f"{p.parent.name}/{p.name}" for p in sorted(PACKAGE.glob("*/*.py"))
+               if p.name != "__init__.py"
+               and f"`{p.name}`" not in rows.get(f"{p.parent.name}/", "")]
+    assert missing == []
+
+
+def test_the_recipes_name_files_that_exist():
+    """Every file a recipe of "Where new things go" names exists (in the package, or from
+    the repository root); the new method's example module is the one it asks for."""
+    names = re.findall(r"`([\w./-]+\.(?:py|md|json))`", _section("Where new things go"))
+    assert len(names) > 15
+    files = [n for n in names if "/" in n or n.endswith(".py")]  # not model.json's name
+    missing = [n for n in files if not (PACKAGE / n).exists() and not (ROOT / n).exists()
+               and n != "evaluation/my_method.py"]
+    assert missing == []
+
+
+def test_module_paths_in_the_docs_resolve():
+    """Dotted ``vaefusion.x.y`` paths in the benchmarks' README and this page name a module,
+    or a name in one (they drifted once)."""
+    import importlib
+
+    bad = []
+    for doc in (ROOT / "benchmarks" / "README.md", PAGE):
+        found = set(re.findall(r"vaefusion(?:\.\w+)+", doc.read_text()))
+        # the recipe's example of a new method's module
+        for dotted in sorted(found - {"vaefusion.evaluation.my_method"}):
+            parts = dotted.split(".")
+            for k in range(len(parts), 0, -1):
+                try:
+                    obj = importlib.import_module(".".join(parts[:k]))
+                except ImportError:
+                    continue
+                for attr in parts[k:]:
+                    obj = getattr(obj, attr, None)
+                if obj is None:
+                    bad.append(f"{doc.name}: {dotted}")
+                break
+    assert bad == []

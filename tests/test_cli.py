@@ -107,15 +107,15 @@ def test_a_crash_writes_a_crash_file_and_exits_1(tiny_bids, tmp_path, monkeypatc
 
 
 def test_demo_verdict_says_where_the_vae_does_not_win():
-    from vaefusion.evaluation.summary import verdict
+    from vaefusion.evaluation.group_summary import Comparison, verdict
 
-    def comp(baseline: str, lo: float, hi: float) -> dict:
-        return {"method": "vae", "baseline": baseline, "ci": [lo, hi],
-                "mean_difference": (lo + hi) / 2}
+    def comp(baseline: str, lo: float, hi: float) -> Comparison:
+        return Comparison(method="vae", baseline=baseline, latent_dim=4, n_pairs=5,
+                          mean_difference=(lo + hi) / 2, ci=[lo, hi], p_value=0.5)
 
-    text = verdict({"comparisons": [comp("pca-early", 0.02, 0.3), comp("pca-late", -0.2, 0.1),
-                                    comp("pca-shared", -0.4, -0.1)]})
+    text = verdict([comp("pca-early", 0.02, 0.3), comp("pca-late", -0.2, 0.1),
+                    comp("pca-shared", -0.4, -0.1)])
     assert "beats pca-early" in text and "worse than pca-shared" in text
     assert "is not shown to differ from pca-late (mean AUC difference -0.05 against pca-late" \
         in text
-    assert verdict({"comparisons": []}) == "The VAE was not compared with a baseline."
+    assert verdict([]) == "The VAE was not compared with a baseline."

@@ -71,12 +71,13 @@ def test_pca_baselines_see_the_vae_grid(tmp_path):
 
 
 def test_pca_unit_records_grid_c_and_repeat(tmp_path):
-    """run_pca_baseline: the grid after --downsample, the partition of --cv-seed + repeat
+    """A baseline's repeat unit: the grid after --downsample, the partition of --cv-seed + repeat
     (never --seed), a C per fold from the grid, and the Gram cache keyed by the grid."""
     from vaefusion.config import Runtime
     from vaefusion.evaluation.classifier import SVM_C_GRID
-    from vaefusion.evaluation.crossval import gram_cache_path, partition, run_pca_baseline
+    from vaefusion.evaluation.crossval import gram_cache_path, partition
     from vaefusion.evaluation.folds import make_folds
+    from vaefusion.evaluation.methods import METHODS
 
     files = [_write_random(tmp_path / "cache", f"{i:02d}", "SZ" if i % 2 else "HC", i)
              for i in range(1, 13)]
@@ -87,8 +88,8 @@ def test_pca_unit_records_grid_c_and_repeat(tmp_path):
         partition(manifest, cfg, 1), make_folds(manifest.y(), 3, 5), strict=True))
     rows = {}
     for seed, repeat in ((0, 0), (7, 0), (0, 1)):
-        rows[seed, repeat] = run_pca_baseline(cfg, runtime, manifest, "pca-late", 2, seed,
-                                              repeat, tmp_path / "pca")
+        rows[seed, repeat] = METHODS.get("pca-late").run_repeat(cfg, runtime, manifest, 2, seed,
+                                                                repeat, tmp_path / "pca")
     for (_, repeat), rs in rows.items():
         assert [(r.repeat, r.fold) for r in rs] == [(repeat, f) for f in range(3)]
         assert {r.grid for r in rs} == {"5x6x5"} and all(r.svm_c in SVM_C_GRID for r in rs)

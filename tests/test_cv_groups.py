@@ -116,11 +116,12 @@ def test_memory_check_sizes_the_largest_site_fold(tmp_path, monkeypatch):
     manifest = Manifest([str(npy)] * 30, [f"sub-{i:02d}" for i in range(30)], list(y),
                         ["ICN01", "GMV"], groups)
     seen = []
-    monkeypatch.setattr(memory, "group_needs", lambda *a, **k: seen.append(a[2]) or [])
+    monkeypatch.setattr(memory, "group_needs",
+                        lambda methods, sizes: seen.append(sizes.n_fit) or [])
     for cv_groups in ("site", None):
         cfg = Config(mem_gb=16.0, nprocs=1, device="cpu", omp_nthreads=1, folds=3,
                      cv_groups=cv_groups).resolve()
-        memory.check_group_memory(cfg, manifest)
+        memory.check_group_memory(cfg, manifest, [])
     assert seen == [25, 20]
 
 def test_partition_is_described():

@@ -32,7 +32,7 @@ def test_group_dry_run_plans_the_units_and_estimates_memory(tiny_bids, tmp_path,
     counts = text.split("Classes (diagnosis): ", 1)[1].splitlines()[0]
     assert "HC " in counts and "SZ " in counts
     assert "Units: 12 VAE fold(s) (latent dims 4 8 x seeds 0 1 x 1 repeat(s) x 3 folds" in text
-    assert "Units: 4 PCA baseline(s) (pca-late, each over all 3 folds)" in text
+    assert "Units: 4 baseline(s) (pca-late, each over all 3 folds)" in text
     assert "Memory: vae ~" in text and "pca-late ~" in text
     assert "per unit available (--mem 2 GB / --nprocs 1)" in text
     assert not out.exists()

@@ -15,11 +15,9 @@ from vaefusion.errors import EXIT_DATA, DataError
 from vaefusion.evaluation import classifier as classify
 from vaefusion.evaluation import folds
 from vaefusion.evaluation.baselines import (
-    PCA_METHODS,
     NotAvailable,
     brain_mask,
     cache_loader,
-    evaluate_pca_baselines,
     gram_pca_scores,
     modality_grams,
     shared_pca_scores,
@@ -33,6 +31,7 @@ from vaefusion.evaluation.classifier import (
     summarize_importance,
 )
 from vaefusion.evaluation.folds import make_folds
+from vaefusion.evaluation.methods import METHODS
 
 
 def evaluate_features(x, y, folds, backend):
@@ -455,6 +454,14 @@ def test_voxelwise_shared_pca_standardises_with_the_training_statistics() -> Non
         sign = np.sign((ours[..., j] * ref[..., j]).sum())
         np.testing.assert_allclose(sign * ours[..., j], ref[..., j],
                                    atol=1e-4 * np.abs(ref).max())
+
+
+#: the PCA baselines, as registered (vaefusion.evaluation.methods)
+PCA_METHODS = ("pca-early", "pca-late", "pca-shared")
+
+
+def evaluate_pca_baselines(method: str, *args, **kw):
+    return METHODS.get(method).evaluate(*args, **kw)
 
 
 @pytest.mark.parametrize("method", PCA_METHODS)

@@ -12,10 +12,11 @@ import torch
 from vaefusion.cli.parser import build_parser
 from vaefusion.cli.run import build_config
 from vaefusion.config import GPU_FRACTION, Config, Runtime, parse_gpus, resolve_gpus
+from vaefusion.disk.progress import write_unit_progress
 from vaefusion.errors import UsageError
 from vaefusion.training import gpus as gpus_module
 from vaefusion.training.gpus import gpu_lease, placed, units_per_gpu
-from vaefusion.workflows.status import RunStatus, write_unit_progress
+from vaefusion.workflows.status import RunStatus
 
 GiB = 2**30
 

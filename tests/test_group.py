@@ -159,7 +159,7 @@ def test_output_is_valid_bids_derivatives(group_run, tmp_path):
 def _unit_results(work: Path) -> dict[str, int]:
     """mtime (ns) of every finished group unit's nipype result file in the work dir."""
     found = {str(p.relative_to(work)): p.stat().st_mtime_ns
-             for node in ("vae_fold", "pca_baseline")
+             for node in ("fold_unit", "repeat_unit")
              for p in work.rglob(f"result_{node}.pklz")}
     assert found, f"no unit results under {work}"
     return found

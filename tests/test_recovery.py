@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from conftest import TINY_GROUP
-from vaefusion.workflows.status import RunStatus, write_unit_progress
+from vaefusion.disk.progress import write_unit_progress
+from vaefusion.workflows.status import RunStatus
 
 #: The group knobs of these tests: TINY_GROUP with enough epochs to interrupt in the middle
 #: (later options win), one PCA baseline, one thread per training.

@@ -998,7 +998,7 @@ def test_real_full_disk_is_recognised(tmp_path):
     from vaefusion.errors import disk_full_error
     from vaefusion.model.checkpoint import save_model
     from vaefusion.model.network import VAE
-    from vaefusion.training.trainer import _save_checkpoint
+    from vaefusion.training.trainer import save_checkpoint
 
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -1012,7 +1012,7 @@ def test_real_full_disk_is_recognised(tmp_path):
             "a.txt": lambda p: atomic_write_text(p, "x" * 2_000_000),
             "a.nii.gz": lambda p: write_nifti_atomic(p, nib.Nifti1Image(
                 np.random.default_rng(0).random((80, 80, 80), dtype=np.float32), np.eye(4))),
-            "last/checkpoint.pt": lambda p: _save_checkpoint(p, {"w": torch.ones(300_000)}),
+            "last/checkpoint.pt": lambda p: save_checkpoint(p, {"w": torch.ones(300_000)}),
             "best/model.safetensors": lambda p: save_model(VAE((32, 32, 32), 8, 1.0),
                                                            p.parent),
         }
@@ -1099,6 +1099,7 @@ def test_gram_matrices_beyond_mem_are_refused(tmp_path):
     from vaefusion.errors import UsageError
     from vaefusion.evaluation.manifest import Manifest
     from vaefusion.evaluation.memory import check_group_memory
+    from vaefusion.evaluation.methods import selected_methods
     from vaefusion.inputs.cache import SubjectMeta, write_subject
 
     mods = [f"ICN{i:02d}" for i in range(1, 54)] + ["GMV"]
@@ -1110,12 +1111,13 @@ def test_gram_matrices_beyond_mem_are_refused(tmp_path):
     cfg = Config(mem_gb=2.0, nprocs=2, device="cpu", omp_nthreads=1, latent_dims=[8],
                  folds=10, width=0.125, methods=["vae", "pca-early", "pca-late"]).resolve()
     with pytest.raises(UsageError) as info:
-        check_group_memory(cfg, manifest)
+        check_group_memory(cfg, manifest, selected_methods(cfg.methods))
     assert info.value.code == 64
     assert info.value.message.startswith("pca-early needs about 2.")
     assert "Gram matrices 54 x 2000^2 float64 (1.61 GB)" in info.value.message
     assert "(--methods vae)" in info.value.message
-    check_group_memory(Config(**{**cfg.__dict__, "mem_gb": 16.0}), manifest)  # fits
+    check_group_memory(Config(**{**cfg.__dict__, "mem_gb": 16.0}), manifest,
+                       selected_methods(cfg.methods))  # fits
 
 
 # --------------------------------------------------------------------------- the document

@@ -192,10 +192,9 @@ def test_overview_opens_with_the_verdict_and_the_learning_warnings(tmp_path):
     from vaefusion.config import Config
     from vaefusion.reports.group_page import _overview
 
-    summary = {"methods": {"vae": {"roc_auc_mean": 0.6, "roc_auc_ci": [0.4, 0.8],
-                                   "latent_dim": 8, "n_folds": 3}},
-               "comparisons": [{"baseline": "pca-early", "ci": [-0.5, -0.1],
-                                "mean_difference": -0.3}]}
+    vae = SimpleNamespace(roc_auc_mean=0.6, roc_auc_ci=[0.4, 0.8], latent_dim=8, n_folds=3)
+    summary = SimpleNamespace(methods={"vae": vae}, comparisons=[SimpleNamespace(
+        baseline="pca-early", ci=[-0.5, -0.1], mean_difference=-0.3)])
     interp = SimpleNamespace(maps=_weak_maps(0.005), explained=None)
     text = _overview(Config(output_dir=tmp_path), summary, [], interp).render()
     verdict = text.index("On this dataset the VAE is worse than pca-early.")
@@ -246,7 +245,8 @@ def test_overview_gathers_the_training_warnings_of_the_log(tmp_path, monkeypatch
             f"(every voxel)." for k in range(3)]
     monkeypatch.setattr(group_page, "_log_warnings",
                         lambda cfg: [*said, "sub-07 lacks a modality (no GMV file found)"])
-    text = group_page._overview(Config(output_dir=tmp_path), {"methods": {}}, [],
+    text = group_page._overview(Config(output_dir=tmp_path),
+                                SimpleNamespace(methods={}, comparisons=[]), [],
                                 SimpleNamespace(maps=None, explained=None)).render()
     assert "3 training units: ICN05 is decoded as zeros (every voxel)." in text
     assert "lacks a modality" not in text
@@ -266,11 +266,12 @@ def test_overview_says_when_training_had_not_converged(tmp_path):
         return SimpleNamespace(method="vae", training=training)
 
     results = [fold(20, False), fold(20, False), fold(12, True)]
-    text = _overview(Config(output_dir=tmp_path), {"methods": {}}, results,
+    empty = SimpleNamespace(methods={}, comparisons=[])
+    text = _overview(Config(output_dir=tmp_path), empty, results,
                      SimpleNamespace(maps=None, explained=None)).render()
     assert "2 of 3 VAE folds kept their last epoch (20): training had not converged" in text
     assert "kept their last epoch" not in _overview(
-        Config(output_dir=tmp_path), {"methods": {}}, [fold(12, True)],
+        Config(output_dir=tmp_path), empty, [fold(12, True)],
         SimpleNamespace(maps=None, explained=None)).render()
 
 

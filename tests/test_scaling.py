@@ -15,7 +15,8 @@ from vaefusion.cli.generate import main as generate
 from vaefusion.config import SCALINGS as CONFIG_SCALINGS
 from vaefusion.model.checkpoint import load_model, save_model
 from vaefusion.model.network import VAE
-from vaefusion.model.scaling import SCALINGS, SD_FLOOR, VoxelScaling
+from vaefusion.model.objective import SCALINGS, Objective, VoxelwiseScaling
+from vaefusion.model.scaling import SD_FLOOR, VoxelScaling
 from vaefusion.training import inference, passes
 from vaefusion.training.data import SubjectBatches
 from vaefusion.training.trainer import Trainer
@@ -27,7 +28,7 @@ NAMES = ["ICN01", "ICN02", "GMV"]
 def fitted(grid=GRID, seed: int = 0) -> VAE:
     """A voxelwise network with made-up statistics (zero SD outside a box 'brain')."""
     torch.manual_seed(seed)
-    model = VAE(grid, 4, 0.125, scaling_modalities=NAMES)
+    model = VAE(grid, 4, 0.125, scaling=VoxelwiseScaling(), scaling_modalities=NAMES)
     means = torch.rand(len(NAMES), 1, *grid)
     sds = torch.rand(len(NAMES), 1, *grid) + 0.1
     sds[..., 0, :, :] = 0.0  # one face of the box: never non-zero in training
@@ -37,7 +38,7 @@ def fitted(grid=GRID, seed: int = 0) -> VAE:
 
 
 def test_the_config_and_the_model_name_the_same_scalings():
-    assert CONFIG_SCALINGS == SCALINGS
+    assert CONFIG_SCALINGS is SCALINGS and list(SCALINGS) == ["maxabs", "voxelwise"]
     assert tiny_config(scaling="voxelwise").scaling == "voxelwise"
 
 
@@ -140,9 +141,10 @@ def test_the_mean_map_scores_subject_r2_zero(cache, tmp_path):
     trainer = Trainer(cfg, cfg.runtime(), 4, 0, cache[:4], cache[4:], tmp_path / "t")
     with torch.no_grad():
         trainer.model.out.weight.zero_()
-    stats = passes._run_epoch(trainer.model, SubjectBatches(cache[:4], batch_subjects=2), 0,
+    stats = passes.run_pass(trainer.model, SubjectBatches(cache[:4], batch_subjects=2), 0,
                               1.0, torch.device("cpu"), False, None, "t",
-                              likelihood="volume", baseline=trainer.baseline, mask=trainer.mask)
+                              objective=Objective.named("volume", "voxelwise"),
+                              baseline=trainer.baseline, mask=trainer.mask)
     assert stats.r2_subject == pytest.approx(0.0, abs=1e-6)
     assert stats.r2 > 0.3  # the mean maps themselves: each modality's own shape
 

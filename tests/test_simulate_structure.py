@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from vaefusion.bench import calibration as cal
 from vaefusion.inputs.preprocess import scale_maxabs, stack_subject
-from vaefusion.simulate import calibration as cal
 from vaefusion.simulate import simulate_dataset
 from vaefusion.simulate.config import DEFAULT_GM_EFFECTS, DEFAULT_ICN_EFFECTS
 from vaefusion.simulate.grids import icn_grid

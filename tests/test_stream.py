@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from test_training import make_cache
+from vaefusion.bench.stream import PackedSubjects, pack_cache, stream_batches
 from vaefusion.training.data import SubjectBatches
-from vaefusion.training.stream import PackedSubjects, pack_cache, stream_batches
 
 
 def test_streamed_batches_are_the_resident_batches(tmp_path):

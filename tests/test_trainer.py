@@ -22,6 +22,7 @@ from vaefusion.evaluation.manifest import build_manifest
 from vaefusion.inputs.cache import load_stack, read_meta, write_subject
 from vaefusion.inputs.preprocess import preprocess_subject
 from vaefusion.model.likelihood import kl_per_dim, loss_terms
+from vaefusion.model.objective import Objective
 from vaefusion.training import trainer as trainer_module
 from vaefusion.training.metrics import ModalityMeans, PassAccumulator, modality_means
 from vaefusion.training.trainer import Trainer
@@ -166,8 +167,9 @@ def test_metrics_draw_no_random_numbers(cache, tmp_path):
     t = make_trainer(cache, tmp_path / "run", likelihood="sigma")
     before = torch.get_rng_state()
     means = modality_means(t.train_data)
-    stats = trainer_module._run_epoch(t.model, t.val_data, 0, 1.0, t.device, False, None, "v",
-                                      likelihood="sigma", sigma2=0.01, baseline=means)
+    stats = trainer_module.run_pass(t.model, t.val_data, 0, 1.0, t.device, False, None, "v",
+                                      objective=Objective.named("sigma", "maxabs"), sigma2=0.01,
+                                      baseline=means)
     assert torch.equal(before, torch.get_rng_state())
     assert stats.volumes == t.val_data.n_volumes and len(stats.kl_dims) == 8
 

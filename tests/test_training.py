@@ -16,6 +16,7 @@ from vaefusion.inputs.cache import SubjectMeta, write_subject
 from vaefusion.model.checkpoint import load_model
 from vaefusion.model.likelihood import loss_terms
 from vaefusion.model.network import VAE
+from vaefusion.model.objective import Objective
 from vaefusion.training import inference, trainer
 from vaefusion.training.data import SubjectBatches, epoch_order
 from vaefusion.training.device import select_device, set_seed
@@ -172,7 +173,7 @@ def scripted_validation(monkeypatch, losses: list[float], within_units: int) -> 
     """Validation passes report these losses, one per epoch, and this many within-modality
     units (training is real)."""
     scripted = iter(losses)
-    real = trainer._run_epoch
+    real = trainer.run_pass
 
     def fake(model, data, epoch, beta, device, bf16, optimizer, desc, chunk=None, **kw):
         out = real(model, data, epoch, beta, device, bf16, optimizer, desc, chunk, **kw)
@@ -180,7 +181,7 @@ def scripted_validation(monkeypatch, losses: list[float], within_units: int) -> 
             return out._replace(loss=next(scripted), within_units=within_units)
         return out
 
-    monkeypatch.setattr(trainer, "_run_epoch", fake)
+    monkeypatch.setattr(trainer, "run_pass", fake)
 
 
 def test_best_checkpoint_is_kept_and_early_stopping(cache, tmp_path, monkeypatch):
@@ -235,8 +236,9 @@ def test_chunked_batches_give_the_full_batch_gradient(cache, likelihood):
         model.forward = lambda x, sample=None, eps=None, rows=None, m=model: VAE.forward(
             m, x, sample=False, rows=rows)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps .grad after the step
-        loss = trainer._run_epoch(model, data, 0, 1.0, torch.device("cpu"), False, opt, "t",
-                                  chunk=chunk, likelihood=likelihood).loss
+        loss = trainer.run_pass(model, data, 0, 1.0, torch.device("cpu"), False, opt, "t",
+                                  chunk=chunk,
+                                  objective=Objective.named(likelihood, "maxabs")).loss
         grads.append((loss, [p.grad.clone() for p in model.parameters()]))
     (l6, g6), (l1, g1) = grads
     assert l6 == pytest.approx(l1, rel=1e-5)
@@ -254,8 +256,8 @@ def test_chunked_sigma_decodes_the_same_z_in_both_passes(cache):
     torch.manual_seed(0)
     model = VAE(GRID, 8, 0.25)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    stats = trainer._run_epoch(model, data, 0, 1.0, torch.device("cpu"), False, opt, "t",
-                               chunk=1, likelihood="sigma")
+    stats = trainer.run_pass(model, data, 0, 1.0, torch.device("cpu"), False, opt, "t",
+                               chunk=1, objective=Objective.named("sigma", "maxabs"))
     n = math.prod(GRID)
     assert stats.volumes == 6 and stats.sigma < 1.0
     assert stats.recon == pytest.approx(0.5 * n * (math.log(2 * math.pi * stats.sigma ** 2) + 1),

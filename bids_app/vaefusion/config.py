@@ -23,19 +23,25 @@ import tomli_w
 
 from vaefusion.disk.naming import alnum
 from vaefusion.errors import UsageError, option_file_error
+from vaefusion.model.objective import LIKELIHOODS as LIKELIHOOD_REGISTRY
+from vaefusion.model.objective import SCALINGS as SCALING_REGISTRY
+from vaefusion.model.objective import Likelihood, Objective, Registry, Scaling
 
-ALL_METHODS: tuple[str, ...] = ("vae", "pca-early", "pca-late", "pca-shared")
+#: The methods run when ``--methods`` does not choose (each a name registered in
+#: vaefusion.evaluation.methods, which checks the choice).
+DEFAULT_METHODS: tuple[str, ...] = ("vae", "pca-early", "pca-late", "pca-shared")
 MISSING_POLICIES: tuple[str, ...] = ("skip", "keep", "error")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-#: Decoder likelihoods (vaefusion.model.likelihood): a calibrated variance per volume over the
-#: brain mask, one shared over the mask, one shared over the whole box, or the unit variance.
-LIKELIHOODS: tuple[str, ...] = ("volume", "mask", "sigma", "unit")
+#: Decoder likelihoods by name (vaefusion.model.objective's registry, the choices as they are):
+#: a calibrated variance per volume over the brain mask, one shared over the mask, one shared
+#: over the whole box, or the unit variance.
+LIKELIHOODS: Registry[Likelihood] = LIKELIHOOD_REGISTRY
 #: Activations of the decoder's two stride-1 layers (vaefusion.model.network).
 DECODER_HEADS: tuple[str, ...] = ("leaky", "relu")
 
-#: The network's scalings (vaefusion.model.scaling): the paper's max-abs volumes only, or
-#: voxelwise standardisation by each modality's training mean and SD maps.
-SCALINGS: tuple[str, ...] = ("maxabs", "voxelwise")
+#: The network's scalings by name (vaefusion.model.objective's registry): the paper's max-abs
+#: volumes only, or voxelwise standardisation by each modality's training mean and SD maps.
+SCALINGS: Registry[Scaling] = SCALING_REGISTRY
 #: The classifiers of every method's features (vaefusion.evaluation.classifier.CLASSIFIERS,
 #: which a test checks this against: the config sits below evaluation/ and cannot import it).
 CLASSIFIERS: tuple[str, ...] = ("svm", "logistic-l1")
@@ -168,7 +174,7 @@ class Config:
     decoder_head: str = field(default="leaky", metadata=METHOD)  # config file only
     selection: str = field(default="r2_subject", metadata=METHOD)  # config file only
     model: Path | None = None
-    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     # which fold's model (of the first latent dim, seed and repeat) the figures, maps and report
     # explain; not hashed: it changes no trained unit, only the interpretation written after
     explain_fold: int = 0
@@ -217,11 +223,8 @@ class Config:
                              f"10000.")
         if not self.seeds:
             raise UsageError("--seed needs one or more integers.")
-        bad = [m for m in self.methods if m not in ALL_METHODS]
-        if bad or not self.methods:
-            raise UsageError(
-                f"--methods got {' '.join(bad) or 'nothing'}; choose from {' '.join(ALL_METHODS)}."
-            )
+        if not self.methods:  # the names: vaefusion.evaluation.methods.selected_methods
+            raise UsageError("--methods got nothing; choose one or more methods.")
         if not 0 <= self.explain_fold < self.folds:
             raise UsageError(f"--explain-fold {self.explain_fold} is not a fold of --folds "
                              f"{self.folds}; choose 0 to {self.folds - 1}.")
@@ -308,6 +311,10 @@ class Config:
                        data_budget_bytes=int(budget / share),
                        gpus=gpus, nprocs=self.nprocs)
 
+    def objective(self) -> Objective:
+        """The training objective of ``likelihood`` and ``scaling`` (their registries' objects)."""
+        return Objective.named(self.likelihood, self.scaling)
+
     def method_settings(self) -> dict[str, Any]:
         """The settings that change results (fields marked ``METHOD``), JSON-able."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -352,9 +359,9 @@ class Config:
             )
         hints = typing.get_type_hints(cls)
         for key, value in data.items():
-            if not _type_ok(value, hints[key]):
+            if not type_ok(value, hints[key]):
                 raise UsageError(f"{source}: {key} = {value!r} is not a valid value (expected "
-                                 f"{_type_name(hints[key])}); fix the setting.")
+                                 f"{type_name(hints[key])}); fix the setting.")
         kwargs = {k: (Path(v) if k in _PATH_FIELDS and v is not None else v)
                   for k, v in data.items()}
         return cls(**kwargs)
@@ -433,15 +440,15 @@ def _device_uuids(count: int) -> list[str]:
     return out
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
+def type_ok(value: Any, hint: Any) -> bool:
     """Whether a TOML/JSON value fits a Config field's type (paths as strings, ints as floats)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
-        return any(_type_ok(value, a) for a in args)
+        return any(type_ok(value, a) for a in args)
     if hint is type(None):
         return value is None
     if origin is list:
-        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
+        return isinstance(value, list) and all(type_ok(v, args[0]) for v in value)
     if origin is dict:
         return isinstance(value, dict)
     if hint is Path:
@@ -453,7 +460,7 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
-def _type_name(hint: Any) -> str:
+def type_name(hint: Any) -> str:
     if isinstance(hint, type):
         return hint.__name__
     return str(hint).replace("typing.", "").replace("pathlib.", "")

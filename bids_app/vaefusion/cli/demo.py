@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from vaefusion.cli.run import main as vaefusion
     from vaefusion.cli.simulate import main as simulate
     from vaefusion.disk import naming
-    from vaefusion.evaluation.summary import format_auc, verdict
+    from vaefusion.evaluation.group_summary import GroupSummary, format_auc, verdict
 
     root = args.out_dir.resolve()
     ds, out, work = root / "bids", root / "derivatives", root / "work"
@@ -63,18 +63,19 @@ def main(argv: list[str] | None = None) -> int:
         code = vaefusion([*common[:2], level, *common[2:], *extra])
         if code:
             return code
-    summary = json.loads((naming.group_dir(out) / naming.SUMMARY).read_text())
+    summary = GroupSummary.from_dict(
+        json.loads((naming.group_dir(out) / naming.SUMMARY).read_text()))
     print(f"\n[demo] done in {time.monotonic() - start:.0f} s; "
-          f"{summary['n_subjects']} subjects, {summary['folds']}-fold cross-validation")
+          f"{summary.n_subjects} subjects, {summary.folds}-fold cross-validation")
     print(f"{'method':<12}ROC-AUC mean [95% CI, corrected resampled t] (SD over folds)")
-    for method, info in summary["methods"].items():
+    for method, info in summary.methods.items():
         print(f"{method:<12}{format_auc(info)}")
-    for comp in summary.get("comparisons", []):
-        lo, hi = comp["ci"]
-        print(f"{comp['method']} - {comp['baseline']:<11}{comp['mean_difference']:+.3f} "
-              f"[{lo:+.3f}, {hi:+.3f}], p = {comp['p_value']:.2g}")
-    print(verdict(summary))
-    top = ", ".join(f"{i['modality']} ({i['domain']})" for i in summary["importance"][:5])
+    for comp in summary.comparisons:
+        lo, hi = comp.ci
+        print(f"{comp.method} - {comp.baseline:<11}{comp.mean_difference:+.3f} "
+              f"[{lo:+.3f}, {hi:+.3f}], p = {comp.p_value:.2g}")
+    print(verdict(summary.comparisons))
+    top = ", ".join(f"{i.modality} ({i.domain})" for i in summary.importance[:5])
     print(f"most important modalities (VAE): {top}")
     truth = json.loads((ds / "code" / "simulation.json").read_text())
     planted = [e["modality"] for e in truth["icn_effects"]] + ["GMV"] * bool(truth["gm_effects"])

@@ -56,14 +56,17 @@ def _unit_lines(cfg: Config, n_subjects: int) -> list[str]:
     if cfg.analysis_level != "group":
         return lines
     settings = len(cfg.latent_dims) * len(cfg.seeds) * cfg.cv_repeats
-    if "vae" in cfg.methods:
+    from vaefusion.evaluation.methods import is_encoder
+
+    encoders = [m for m in cfg.methods if is_encoder(m)]
+    if encoders:
         lines.append(f"Units: {settings * cfg.folds} VAE fold(s) (latent dims "
                      f"{' '.join(map(str, cfg.latent_dims))} x seeds "
                      f"{' '.join(map(str, cfg.seeds))} x {cfg.cv_repeats} repeat(s) x "
                      f"{cfg.folds} folds, up to {cfg.epochs} epochs each)")
-    baselines = [m for m in cfg.methods if m.startswith("pca-")]
+    baselines = [m for m in cfg.methods if not is_encoder(m)]
     if baselines:
-        lines.append(f"Units: {settings * len(baselines)} PCA baseline(s) "
+        lines.append(f"Units: {settings * len(baselines)} baseline(s) "
                      f"({' '.join(baselines)}, each over all {cfg.folds} folds)")
     return lines
 
@@ -75,7 +78,8 @@ def _memory_lines(cfg: Config, subjects, classes: Counter) -> list[str]:
         return ["Memory: about 1 GB per preprocessing unit (one subject at a time)"]
     import nibabel as nib
 
-    from vaefusion.evaluation.memory import GiB, gb, group_needs
+    from vaefusion.evaluation.memory import GiB, UnitSizes, gb, group_needs
+    from vaefusion.evaluation.methods import selected_methods
     from vaefusion.model.network import downsampled_grid
 
     icn = next((s.icn for s in subjects if s.icn), None)
@@ -83,9 +87,10 @@ def _memory_lines(cfg: Config, subjects, classes: Counter) -> list[str]:
         return []
     grid = downsampled_grid(nib.load(icn).shape[:3], cfg.downsample)
     n = classes.get(cfg.positive_label, 0) + classes.get(cfg.negative_label, 0)
-    needs = group_needs(cfg.methods, len(subjects), n - n // cfg.folds, cfg.n_components + 1,
-                        grid, cfg.batch_subjects, cfg.width, max(cfg.latent_dims),
-                        cfg.runtime().data_budget_bytes, cfg.device == "cuda", cfg.downsample)
+    needs = group_needs(selected_methods(cfg.methods), UnitSizes(
+        len(subjects), n - n // cfg.folds, cfg.n_components + 1, tuple(grid),
+        cfg.batch_subjects, cfg.width, max(cfg.latent_dims), cfg.runtime().data_budget_bytes,
+        cfg.device == "cuda", cfg.downsample))
     limit = float(cfg.mem_gb or 0) * GiB / max(1, cfg.nprocs)
     return [f"Memory: {', '.join(f'{d.method} ~{gb(d.total)}' for d in needs)} per unit; "
             f"{gb(limit)} per unit available (--mem {cfg.mem_gb:g} GB / --nprocs "

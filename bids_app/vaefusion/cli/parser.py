@@ -14,15 +14,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from vaefusion import __version__
-from vaefusion.config import (
-    ALL_METHODS,
-    CLASSIFIERS,
-    DEVICES,
-    LIKELIHOODS,
-    MISSING_POLICIES,
-    SCALINGS,
-)
+from vaefusion.config import CLASSIFIERS, DEVICES, LIKELIHOODS, MISSING_POLICIES, SCALINGS
 from vaefusion.errors import EXIT_CODES, EXIT_USAGE
+from vaefusion.evaluation.methods import METHODS
 
 ANALYSIS_LEVELS = ("participant", "group")
 
@@ -255,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TorchIO augmentation of training volumes")
     g.add_argument("--model", type=Path, default=None, metavar="DIR",
                    help="a trained model: embed with it instead of training")
-    g.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=None,
+    g.add_argument("--methods", nargs="+", choices=METHODS, default=None,
                    help="methods to evaluate (all); pca-late (one PCA per modality) is the "
                    "paper's \"early fusion PCA\" row, see the README")
 

@@ -1,11 +1,9 @@
 """Group outputs from typed results: TSV tables, models, latents and ``summary.json``.
 
-The headline numbers of ``group/summary.json`` use the first ``--latent-dim`` value (the
-primary setting) and average over the folds of every repeat and seed, with the 95% CI of the
-corrected resampled t and the paired comparisons of the VAE with each baseline
-(``comparisons.tsv``); the full sweep is in the TSVs. Choosing the best latent dim or seed
-after seeing test AUCs would be optimistic, so it is never done. Every row of a table names
-the seed, repeat and fold it came from.
+``group/summary.json`` is the evaluation's :class:`~vaefusion.evaluation.group_summary.GroupSummary`
+(its headline numbers at the first ``--latent-dim``, with the paired comparisons of
+``comparisons.tsv``); the full sweep is in the TSVs. Every row of a table names the seed,
+repeat and fold it came from.
 """
 
 from __future__ import annotations
@@ -13,11 +11,9 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from vaefusion import __version__
 from vaefusion.config import Config
 from vaefusion.derivatives.provenance import software_versions
 from vaefusion.derivatives.subject import (
@@ -30,16 +26,11 @@ from vaefusion.derivatives.subject import (
 )
 from vaefusion.disk import naming
 from vaefusion.disk.io import write_json, write_tsv
-from vaefusion.evaluation.classifier import SVM_C_GRID
-from vaefusion.evaluation.folds import describe_partition
+from vaefusion.evaluation.group_summary import GroupSummary, summarize_group
 from vaefusion.evaluation.manifest import Manifest
+from vaefusion.evaluation.methods import is_encoder
 from vaefusion.evaluation.results import FoldResult
-from vaefusion.evaluation.summary import (
-    auc_table,
-    comparisons,
-    importance_summary,
-    vae_diagnostics,
-)
+from vaefusion.evaluation.summary import auc_table, comparisons
 from vaefusion.inputs.reference import modality_domain
 
 METRIC_COLUMNS = ["method", "latent_dim", "seed", "repeat", "fold", "roc_auc", "svm_c",
@@ -55,7 +46,7 @@ LATENTS_TABLE_COLUMNS = ["participant_id", "session_id", "fold", *LATENT_ROW_COL
 
 
 def write_group_outputs(cfg: Config, manifest: Manifest, results: list[FoldResult],
-                        summary_file: bool = True) -> dict:
+                        summary_file: bool = True) -> GroupSummary:
     """Write everything under OUTPUT_DIR/group (and per-subject latents); returns the summary.
 
     ``summary_file=False`` leaves ``summary.json`` to the caller, who writes it
@@ -87,9 +78,7 @@ def write_group_outputs(cfg: Config, manifest: Manifest, results: list[FoldResul
     comps = comparisons(results)
     write_tsv(group / naming.COMPARISONS, comps, COMPARISON_COLUMNS)
 
-    primary = cfg.latent_dims[0]
-    vae = [r for r in results if r.method == "vae"]
-    importance = importance_summary(results, manifest.modalities, primary)
+    vae = [r for r in results if is_encoder(r.method)]
     imp_rows = [
         {"latent_dim": r.latent_dim, "seed": r.seed, "repeat": r.repeat, "fold": r.fold,
          "modality": m, "domain": modality_domain(m), "importance": v}
@@ -101,64 +90,15 @@ def write_group_outputs(cfg: Config, manifest: Manifest, results: list[FoldResul
         _write_models_and_latents(cfg, manifest, vae, group)
         _write_history(vae, group)
 
-    methods: dict[str, Any] = {}
-    for row in table:
-        if row["latent_dim"] != primary:
-            continue
-        rs = [r for r in results if (r.method, r.latent_dim) == (row["method"], primary)]
-        info = methods[row["method"]] = {
-            "roc_auc_mean": _number(row["roc_auc_mean"]),
-            "roc_auc_std": _number(row["roc_auc_std"]),
-            "roc_auc_ci": (None if math.isnan(row["ci_low"])
-                           else [row["ci_low"], row["ci_high"]]),
-            "latent_dim": primary, "n_folds": row["n_folds"], "n_repeats": row["n_repeats"],
-            "seeds": cfg.seeds, "available": row["available"],
-            "grid": rs[0].grid,
-        }
-        reasons = sorted({r.reason for r in rs if r.reason})
-        if reasons:
-            info["reason"] = "; ".join(reasons)
-        if row["method"] == "vae":
-            info.update(vae_diagnostics(results, primary))
-    backends = sorted({r.backend for r in results})
-    summary = {
-        "methods": methods,
-        "comparisons": [
-            {"method": c["method"], "baseline": c["baseline"], "latent_dim": c["latent_dim"],
-             "n_pairs": c["n_pairs"], "mean_difference": c["mean_difference"],
-             "ci": [c["ci_low"], c["ci_high"]], "p_value": c["p_value"]}
-            for c in comps if c["latent_dim"] == primary],
-        "importance": importance,
-        "n_subjects": len(manifest.files),
-        "n_classified": int(manifest.classified.size),
-        "n_positive": int((manifest.y() == 1).sum()),
-        "n_negative": int((manifest.y() == 0).sum()),
-        "labels": {"positive": cfg.positive_label, "negative": cfg.negative_label},
-        "folds": cfg.folds, "latent_dims": cfg.latent_dims, "seeds": cfg.seeds,
-        "cv_seed": cfg.cv_seed, "cv_repeats": cfg.cv_repeats, "cv_groups": cfg.cv_groups,
-        "partition": describe_partition(cfg.folds, cfg.cv_repeats, cfg.cv_groups,
-                                        len(set(g for g in manifest.groups or [] if g))),
-        # null: C chosen per fold by inner cross-validation over svm_c_grid
-        "svm_c": cfg.svm_c, "svm_c_grid": list(SVM_C_GRID),
-        "classifier_backend": backends[0] if len(backends) == 1 else backends,
-        "device": sorted({r.training.device for r in vae if r.training is not None}) or None,
-        "vaefusion_version": __version__,
-        # what else the numbers depend on (seeds and backend above): the software versions
-        "software": software_versions(),
-    }
+    summary = summarize_group(cfg, manifest, results, table, comps, software_versions())
     if summary_file:
         write_summary(cfg.output_dir, summary)
     return summary
 
 
-def write_summary(out: Path, summary: dict) -> Path:
+def write_summary(out: Path, summary: GroupSummary) -> Path:
     """``group/summary.json``: written last, so that it appears only after a full success."""
-    return write_json(naming.group_dir(out) / naming.SUMMARY, summary)
-
-
-def _number(value: float) -> float | None:
-    """JSON has no NaN: a missing number is null."""
-    return None if math.isnan(value) else value
+    return write_json(naming.group_dir(out) / naming.SUMMARY, summary.to_dict())
 
 
 def write_latents_table(path: Path, items: list[SubjectLatents]) -> Path:

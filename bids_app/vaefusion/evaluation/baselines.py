@@ -52,12 +52,7 @@ from scipy import linalg
 from threadpoolctl import threadpool_limits
 
 from vaefusion.errors import DataError
-from vaefusion.evaluation.classifier import FoldMetrics, evaluate_fold
-from vaefusion.evaluation.folds import Fold, check_labels
 from vaefusion.inputs.cache import load_stack
-
-PCA_METHODS: tuple[str, ...] = ("pca-early", "pca-late", "pca-shared")
-
 
 #: One subject's volumes as an (n_modalities, n_voxels) array, by index or as a list.
 SubjectArrays = Sequence[np.ndarray] | Callable[[int], np.ndarray]
@@ -150,7 +145,7 @@ def preloaded(load: Callable[[int], np.ndarray], n_subjects: int,
     return [first, *(load(i) for i in range(1, n_subjects))]
 
 
-def _as_loader(subject_arrays: SubjectArrays, n_subjects: int) -> Callable[[int], np.ndarray]:
+def as_loader(subject_arrays: SubjectArrays, n_subjects: int) -> Callable[[int], np.ndarray]:
     """A callable returning subject ``i`` as a 2-D float32 (n_modalities, V) array."""
     if not callable(subject_arrays) and len(subject_arrays) != n_subjects:
         raise ValueError(f"{len(subject_arrays)} subject arrays for {n_subjects} labels")
@@ -181,7 +176,7 @@ def modality_grams(subject_arrays: SubjectArrays, n_subjects: int,
     multiplied once, so the data are read ``1 + n / (2 * block)`` times. ``G.sum(0)`` is the
     Gram matrix of the concatenated subject vectors (``pca-early``).
     """
-    load = _as_loader(subject_arrays, n_subjects)
+    load = as_loader(subject_arrays, n_subjects)
     n_mod, n_vox = load(0).shape
     block = max(1, int(block_bytes // (n_mod * n_vox * 8)))
     starts = list(range(0, n_subjects, block))
@@ -285,7 +280,7 @@ def shared_pca_scores(subject_arrays: SubjectArrays, n_subjects: int, fit_idx: n
     as in scikit-learn's randomized PCA, with every product against the centred data matrix
     accumulated subject by subject (float32 products, float64 accumulators).
     """
-    load = _as_loader(subject_arrays, n_subjects)
+    load = as_loader(subject_arrays, n_subjects)
     fit_idx = np.asarray(fit_idx)
     n_mod, n_vox = load(fit_idx[0]).shape
     n_samples = fit_idx.size * n_mod
@@ -338,75 +333,3 @@ def shared_pca_scores(subject_arrays: SubjectArrays, n_subjects: int, fit_idx: n
     flat = _fix_signs(scores.reshape(n_subjects * n_mod, n_components),
                       (fit_idx[:, None] * n_mod + np.arange(n_mod)).ravel())
     return flat.reshape(n_subjects, n_mod * n_components)  # modality-major per subject
-
-
-# --------------------------------------------------------------------------------- evaluation
-def pca_component_limit(method: str, n_fit: int, n_modalities: int, n_voxels: int) -> int:
-    """Most components a ``method`` PCA can have with ``n_fit`` training subjects."""
-    if method == "pca-early":
-        return min(n_fit, n_modalities * n_voxels)
-    if method == "pca-late":
-        return min(n_fit, n_voxels)
-    if method == "pca-shared":
-        return min(n_fit * n_modalities, n_voxels)
-    raise ValueError(f"unknown PCA baseline {method!r}; use one of {PCA_METHODS}")
-
-
-def pca_features(method: str, subject_arrays: SubjectArrays, n_subjects: int,
-                 fit_idx: np.ndarray, latent_dim: int, *, grams: np.ndarray | None = None,
-                 seed: int = 0, voxelwise: bool = False) -> np.ndarray:
-    """Features of all subjects from a ``method`` PCA fitted on subjects ``fit_idx`` only
-    (``voxelwise``: ``pca-shared`` standardises as the voxelwise network does).
-
-    Raises :class:`NotAvailable` when ``latent_dim`` exceeds the component limit.
-    """
-    load = _as_loader(subject_arrays, n_subjects)
-    n_mod, n_vox = load(fit_idx[0]).shape
-    limit = pca_component_limit(method, len(fit_idx), n_mod, n_vox)
-    if latent_dim > limit:
-        raise NotAvailable(method, latent_dim, limit)
-    if method == "pca-shared":
-        return shared_pca_scores(load, n_subjects, fit_idx, latent_dim, seed=seed,
-                                 voxelwise=voxelwise)
-    if grams is None:
-        grams = modality_grams(load, n_subjects)
-    if grams.shape != (n_mod, n_subjects, n_subjects):
-        raise ValueError(f"grams {grams.shape} do not match {n_mod} modalities, {n_subjects}")
-    if method == "pca-early":
-        return gram_pca_scores(grams.sum(axis=0), fit_idx, latent_dim)
-    return np.concatenate([gram_pca_scores(g, fit_idx, latent_dim) for g in grams], axis=1)
-
-
-def evaluate_pca_baselines(method: str, subject_arrays: SubjectArrays, labels: np.ndarray,
-                           folds: Sequence[Fold], latent_dim: int, backend: str, *,
-                           grams: np.ndarray | None = None, seed: int = 0,
-                           svm_c: float | None = None, partition_seed: int = 0,
-                           voxelwise: bool = False) -> list[FoldMetrics] | NotAvailable:
-    """Per-fold SVM metrics of one PCA baseline, or a :class:`NotAvailable` (returned, not
-    raised) when ``latent_dim`` exceeds the component limit in any fold.
-
-    ``grams`` (from :func:`modality_grams`) can be passed to share one pass over the data
-    between ``pca-early``, ``pca-late`` and several latent dims; ``seed`` drives the random
-    projection of ``pca-shared`` and ``voxelwise`` its standardisation (the VAE's
-    ``--scaling``). ``svm_c`` and ``partition_seed`` go to the classifier
-    (:func:`vaefusion.evaluation.classifier.evaluate_fold`), as for the VAE.
-    """
-    y = check_labels(labels)
-    load = _as_loader(subject_arrays, y.size)
-    n_mod, n_vox = load(0).shape
-    for fold in folds:  # before reading any data: "not available" is decided by sizes alone
-        limit = pca_component_limit(method, fold.train.size, n_mod, n_vox)
-        if latent_dim > limit:
-            return NotAvailable(method, latent_dim, limit)
-    if method != "pca-shared" and grams is None:
-        grams = modality_grams(load, y.size)
-    metrics = []
-    for fold in folds:
-        # the unsupervised part on the VAE's subjects (the fold's training subjects, not its
-        # validation subjects, which only select the VAE's epoch); the classifier then uses
-        # train + validation for every method alike
-        features = pca_features(method, load, y.size, fold.train, latent_dim, grams=grams,
-                                seed=seed, voxelwise=voxelwise)
-        metrics.append(evaluate_fold(features, y, fold, backend, svm_c, partition_seed))
-    return metrics
-

@@ -1,4 +1,5 @@
-"""Cross-validated evaluation units: one VAE fold, one PCA baseline over all folds of a repeat.
+"""Cross-validated evaluation units: one VAE fold (a baseline's unit over all folds of a repeat
+is :meth:`vaefusion.evaluation.methods.Baseline.run`), the folds and the Gram cache's path.
 
 Each unit reads the group *manifest* (which cached subjects exist, their labels and which of
 them are classified), does its work, and returns typed :class:`FoldResult` objects. The nipype
@@ -20,10 +21,10 @@ import numpy as np
 
 from vaefusion.config import Config, Runtime
 from vaefusion.disk import naming
-from vaefusion.disk.io import atomic_save_npy, atomic_save_npz
+from vaefusion.disk.io import atomic_save_npz
+from vaefusion.evaluation.classifier import Protocol
 from vaefusion.evaluation.manifest import Manifest
 from vaefusion.evaluation.results import FoldResult, VAETraining
-from vaefusion.training.device import configure_threads
 from vaefusion.training.inference import embed_groups
 
 LOG = logging.getLogger("vaefusion.crossval")
@@ -38,7 +39,18 @@ def partition(manifest: Manifest, cfg: Config, repeat: int):
     return make_partition(manifest.y(), manifest.cv_groups(), cfg, repeat)
 
 
-def _grid_text(grid) -> str:
+def classification_protocol(cfg: Config, manifest: Manifest, repeat: int) -> Protocol:
+    """The classifier and the permutation null of repeat ``repeat``: the same for every
+    method and fold (the permutations are seeded by the partition's seed)."""
+    from vaefusion.evaluation.classifier import permuted_labels
+    from vaefusion.evaluation.folds import partition_seed
+
+    seed = int(np.random.SeedSequence([partition_seed(cfg.cv_seed, repeat), 2])
+               .generate_state(1)[0])
+    return Protocol(cfg.classifier, permuted_labels(manifest.y(), cfg.permutations, seed))
+
+
+def grid_text(grid) -> str:
     return "x".join(str(int(n)) for n in grid)
 
 
@@ -72,7 +84,8 @@ def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: 
     features = np.stack([mus[i] for i in cls]).reshape(cls.size, -1)
     backend = choose_backend("auto" if runtime.device == "cuda" else "sklearn")
     metrics = evaluate_fold(features, manifest.y(), f, backend, cfg.svm_c,
-                            partition_seed(cfg.cv_seed, repeat))
+                            partition_seed(cfg.cv_seed, repeat),
+                            classification_protocol(cfg, manifest, repeat))
     importance = modality_importance(metrics.weights, len(manifest.modalities), latent_dim)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,9 +115,10 @@ def run_vae_fold(cfg: Config, runtime: Runtime, manifest: Manifest, latent_dim: 
     return FoldResult(
         method="vae", latent_dim=latent_dim, seed=seed, fold=fold, roc_auc=metrics.roc_auc,
         n_train=metrics.n_train, n_test=metrics.n_test, backend=metrics.backend, repeat=repeat,
-        svm_c=metrics.c, grid=_grid_text(result.model.grid),
+        svm_c=metrics.c, grid=grid_text(result.model.grid),
         test_subjects=[manifest.keys[cls[i]] for i in f.test],
         test_labels=manifest.y()[f.test].tolist(), decision=metrics.decision.tolist(),
+        null_auc=metrics.null_auc.tolist(),
         importance=importance.tolist(), training=training)
 
 
@@ -127,70 +141,6 @@ def gram_cache_path(cache_dir: Path, files: list[Path], downsample: int = 1) -> 
         st = Path(f).stat()
         digest.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return naming.gram_cache(cache_dir, digest.hexdigest()[:16])
-
-
-def run_pca_baseline(cfg: Config, runtime: Runtime, manifest: Manifest, method: str,
-                     latent_dim: int, seed: int, repeat: int = 0,
-                     cache_dir: Path | None = None) -> list[FoldResult]:
-    """One PCA baseline over all folds of K-fold repeat ``repeat``; one result per fold.
-
-    The data are the VAE's (the cached stacks at ``--downsample``), the folds and the
-    classifier protocol too; ``seed`` drives only ``pca-shared``'s random projection.
-    Not-available (more components than training samples) gives one result per fold with
-    ``available=False``, ``roc_auc`` NaN and the reason: the paper's "X".
-    """
-    from vaefusion.evaluation.baselines import (
-        NotAvailable,
-        brain_mask,
-        cache_loader,
-        evaluate_pca_baselines,
-        load_at_grid,
-        modality_grams,
-        preloaded,
-    )
-    from vaefusion.evaluation.classifier import choose_backend
-    from vaefusion.evaluation.folds import partition_seed
-
-    configure_threads(runtime.threads)
-    cls = manifest.classified
-    files = [Path(manifest.files[i]) for i in cls]
-    y = manifest.y()
-    folds = partition(manifest, cfg, repeat)
-    grid = _grid_text(load_at_grid(files[0], cfg.downsample).shape[1:])
-    mask = brain_mask(load_at_grid(p, cfg.downsample) for p in files)
-    # nprocs units may hold their data at once: the runtime's budget is already per process
-    load = preloaded(cache_loader(files, mask, cfg.downsample), len(files),
-                     runtime.data_budget_bytes)
-    grams = None
-    gram_cache = (gram_cache_path(cache_dir, files, cfg.downsample) if cache_dir is not None
-                  else None)
-    if method != "pca-shared":
-        # the Gram matrices do not depend on fold, seed or latent dim: share them on disk
-        if gram_cache is not None and gram_cache.exists():
-            grams = np.load(gram_cache)
-        else:
-            grams = modality_grams(load, len(files))
-            if gram_cache is not None:
-                atomic_save_npy(gram_cache, grams)
-    backend = choose_backend("auto" if runtime.device == "cuda" else "sklearn")
-    result = evaluate_pca_baselines(method, load, y, folds, latent_dim, backend, grams=grams,
-                                    seed=seed, svm_c=cfg.svm_c,
-                                    partition_seed=partition_seed(cfg.cv_seed, repeat),
-                                    voxelwise=cfg.scaling == "voxelwise")
-    rows = []
-    for f in folds:
-        m = None if isinstance(result, NotAvailable) else result[f.index]
-        rows.append(FoldResult(
-            method=method, latent_dim=latent_dim, seed=seed, fold=f.index,
-            roc_auc=float("nan") if m is None else m.roc_auc, n_train=int(f.fit.size),
-            n_test=int(f.test.size), backend=backend, repeat=repeat,
-            svm_c=None if m is None else m.c, grid=grid, available=m is not None,
-            reason=str(result) if m is None else None,
-            test_subjects=[manifest.keys[cls[i]] for i in f.test],
-            test_labels=y[f.test].tolist(), decision=[] if m is None else m.decision.tolist()))
-    if isinstance(result, NotAvailable):
-        LOG.info("%s with %d components: not available (%s)", method, latent_dim, result)
-    return rows
 
 
 def _learning(result) -> dict:

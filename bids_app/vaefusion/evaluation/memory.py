@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from vaefusion.errors import UsageError
 
@@ -82,45 +83,70 @@ def vae_need(n_volumes: int, batch_volumes: int, grid: Sequence[int], width: flo
     return MemoryNeed("vae", fixed, data, detail)
 
 
-def pca_need(method: str, n_subjects: int, n_fit: int, n_modalities: int, n_voxels: int,
-             latent_dim: int, data_budget: int) -> MemoryNeed:
-    """One PCA baseline: its fixed matrices, and the subjects' arrays when they fit."""
-    data_bytes = n_subjects * n_modalities * n_voxels * 4
-    data = data_bytes if data_bytes <= data_budget else 0
-    if method == "pca-shared":
-        rank = latent_dim + OVERSAMPLES
-        # V x rank products (a few live at once) and the samples x rank range, float64
-        fixed = 4 * n_voxels * rank * 8 + 2 * n_fit * n_modalities * rank * 8
-        detail = f"randomized PCA of {n_fit * n_modalities} volumes x {n_voxels} voxels"
-    else:
-        grams = n_modalities * n_subjects**2 * 8
-        blocks = 2 * min(GRAM_BLOCK_BYTES, n_subjects * n_modalities * n_voxels * 8)
-        fixed = grams + blocks
-        detail = (f"Gram matrices {n_modalities} x {n_subjects}^2 float64 ({gb(grams)}) "
-                  f"and two blocks of subjects")
-    return MemoryNeed(method, fixed, data, detail)
+@dataclass(frozen=True)
+class UnitSizes:
+    """The sizes one unit of a method works with: ``n_fit`` is a fold's training + validation
+    subjects, ``grid`` the analysed one (after ``downsample``)."""
+
+    n_subjects: int
+    n_fit: int
+    n_modalities: int
+    grid: tuple[int, ...]
+    batch_subjects: int
+    width: float
+    latent_dim: int
+    data_budget: int
+    cuda: bool = False
+    downsample: int = 1
+
+    @property
+    def n_voxels(self) -> int:
+        return math.prod(self.grid)
+
+    def data_bytes(self) -> int:
+        """The subjects' arrays in memory when they fit the budget (else 0: they stream)."""
+        data = self.n_subjects * self.n_modalities * self.n_voxels * 4
+        return data if data <= self.data_budget else 0
 
 
-def group_needs(methods: Sequence[str], n_subjects: int, n_fit: int, n_modalities: int,
-                grid: Sequence[int], batch_subjects: int, width: float, latent_dim: int,
-                data_budget: int, cuda: bool = False, downsample: int = 1
-                ) -> list[MemoryNeed]:
-    """The needs of one unit of each method; ``grid`` is the analysed one (after
-    ``downsample``)."""
-    needs = []
-    for method in methods:
-        if method == "vae":
-            needs.append(vae_need(n_fit * n_modalities, batch_subjects * n_modalities, grid,
-                                  width, latent_dim, data_budget, cuda, downsample == 1))
-        else:
-            needs.append(pca_need(method, n_subjects, n_fit, n_modalities, math.prod(grid),
-                                  latent_dim, data_budget))
-    return needs
+def shared_pca_need(method: str, s: UnitSizes) -> MemoryNeed:
+    """A randomized PCA of every training volume (``pca-shared``): its fixed matrices, and
+    the subjects' arrays when they fit."""
+    rank = s.latent_dim + OVERSAMPLES
+    # V x rank products (a few live at once) and the samples x rank range, float64
+    fixed = 4 * s.n_voxels * rank * 8 + 2 * s.n_fit * s.n_modalities * rank * 8
+    detail = f"randomized PCA of {s.n_fit * s.n_modalities} volumes x {s.n_voxels} voxels"
+    return MemoryNeed(method, fixed, s.data_bytes(), detail)
 
 
-def check_group_memory(cfg, manifest) -> list[MemoryNeed]:
-    """Log each method's estimate; refuse (exit 64) a setting whose unit cannot fit in
-    ``--mem`` divided by ``--nprocs``, before any training."""
+def gram_pca_need(method: str, s: UnitSizes) -> MemoryNeed:
+    """An exact PCA from the per-modality Gram matrices (``pca-early``, ``pca-late``)."""
+    grams = s.n_modalities * s.n_subjects**2 * 8
+    blocks = 2 * min(GRAM_BLOCK_BYTES, s.n_subjects * s.n_modalities * s.n_voxels * 8)
+    detail = (f"Gram matrices {s.n_modalities} x {s.n_subjects}^2 float64 ({gb(grams)}) "
+              f"and two blocks of subjects")
+    return MemoryNeed(method, grams + blocks, s.data_bytes(), detail)
+
+
+class Estimated(Protocol):
+    """A method as the memory check sees it (:class:`vaefusion.evaluation.methods.Method`)."""
+
+    name: str
+
+    def memory_need(self, sizes: UnitSizes) -> MemoryNeed: ...
+
+    def memory_fix(self, selected: Sequence[str]) -> str: ...
+
+
+def group_needs(methods: Sequence[Estimated], sizes: UnitSizes) -> list[MemoryNeed]:
+    """The needs of one unit of each method."""
+    return [m.memory_need(sizes) for m in methods]
+
+
+def check_group_memory(cfg, manifest, methods: Sequence[Estimated]) -> list[MemoryNeed]:
+    """Log each method's estimate (``methods``: those of ``--methods``); refuse (exit 64) a
+    setting whose unit cannot fit in ``--mem`` divided by ``--nprocs``, before any
+    training."""
     from vaefusion.evaluation.folds import make_partition
     from vaefusion.inputs.cache import read_meta
     from vaefusion.model.network import downsampled_grid
@@ -133,22 +159,16 @@ def check_group_memory(cfg, manifest) -> list[MemoryNeed]:
     # the largest fold's training + validation subjects (leave-one-site-out: uneven folds)
     n_fit = max(f.fit.size for f in make_partition(manifest.y(), manifest.cv_groups(), cfg, 0))
     latent = max(cfg.latent_dims)
-    needs = group_needs(cfg.methods, len(manifest.files), n_fit, len(manifest.modalities),
-                        grid, cfg.batch_subjects, cfg.width, latent,
-                        runtime.data_budget_bytes, runtime.device == "cuda", cfg.downsample)
+    needs = group_needs(methods, UnitSizes(
+        len(manifest.files), n_fit, len(manifest.modalities), tuple(grid), cfg.batch_subjects,
+        cfg.width, latent, runtime.data_budget_bytes, runtime.device == "cuda",
+        cfg.downsample))
     share = f"{gb(limit)} per unit (--mem {cfg.mem_gb:g} GB / --nprocs {cfg.nprocs})"
     LOG.info("Memory: %s; %s", ", ".join(f"{d.method} ~{gb(d.total)}" for d in needs), share)
-    for need in needs:
+    for method, need in zip(methods, needs, strict=True):
         if BASE_BYTES + need.fixed <= limit:
             continue
-        if need.method == "vae":
-            fix = "lower --width or --batch-subjects, or raise --downsample"
-        elif need.method == "pca-shared":
-            fix = "raise --downsample, or leave pca-shared out (--methods)"
-        else:
-            keep = " ".join(m for m in cfg.methods if m not in ("pca-early", "pca-late"))
-            fix = (f"raise --downsample, or leave pca-early and pca-late out "
-                   f"(--methods {keep or 'vae'})")
+        fix = method.memory_fix(cfg.methods)
         raise UsageError(
             f"{need.method} needs about {gb(BASE_BYTES + need.fixed)} per unit for "
             f"{len(manifest.files)} subjects ({need.detail}), more than the {share}; raise "

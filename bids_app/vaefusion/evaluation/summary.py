@@ -20,11 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from vaefusion.evaluation.methods import REFERENCE, is_encoder
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.evaluation.statistics import CorrectedT, corrected_resampled_t, paired_corrected_t
-
-#: The method every baseline is compared with.
-REFERENCE = "vae"
 
 #: The VAE's learning diagnostics averaged over folds into the summary (VAETraining fields).
 VAE_DIAGNOSTICS = ("active_units", "within_units", "kl_per_volume", "recon_r2",
@@ -127,48 +125,14 @@ def vae_diagnostics(results: list[FoldResult], latent_dim: int) -> dict[str, flo
     return out
 
 
-def verdict(summary: dict[str, Any]) -> str:
-    """One plain sentence: does the VAE beat each baseline, by the paired 95% CI? (The
-    console of vaefusion-demo and the top of the group report say it.)"""
-    wins, ties, losses = [], [], []
-    for comp in summary.get("comparisons", []):
-        lo, hi = comp["ci"]
-        (wins if lo > 0 else losses if hi < 0 else ties).append(comp)
-    if not (wins or ties or losses):
-        return "The VAE was not compared with a baseline."
-
-    def names(comps: list[dict[str, Any]]) -> str:
-        return ", ".join(c["baseline"] for c in comps)
-
-    parts = []
-    if wins:
-        parts.append(f"beats {names(wins)}")
-    if losses:
-        parts.append(f"is worse than {names(losses)}")
-    if ties:
-        diffs = ", ".join(f"{c['mean_difference']:+.2f} against {c['baseline']}" for c in ties)
-        parts.append(f"is not shown to differ from {names(ties)} (mean AUC difference {diffs}; "
-                     "the 95% CI of each paired difference includes 0)")
-    return "On this dataset the VAE " + "; ".join(parts) + "."
-
-
-def format_auc(info: dict[str, Any]) -> str:
-    """A summary entry as text: ``0.812 [0.701, 0.923] (SD 0.050 over 10 folds)``."""
-    auc = info.get("roc_auc_mean")
-    if auc is None:
-        return f"not available ({info['reason']})" if info.get("reason") else "not available"
-    ci = info.get("roc_auc_ci")
-    ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-    return f"{auc:.3f}{ci_text} (SD {info['roc_auc_std']:.3f} over {info['n_folds']} folds)"
-
-
 def importance_summary(results: list[FoldResult], modalities: list[str],
                        latent_dim: int) -> list[dict[str, Any]]:
     """VAE modality importance at ``latent_dim``: mean and std over folds (and seeds)."""
     from vaefusion.evaluation.classifier import summarize_importance
 
     per_fold = [r.importance for r in results
-                if r.method == "vae" and r.latent_dim == latent_dim and r.importance is not None]
+                if is_encoder(r.method) and r.latent_dim == latent_dim
+                and r.importance is not None]
     if not per_fold:
         return []
     return summarize_importance(np.asarray(per_fold), modalities)

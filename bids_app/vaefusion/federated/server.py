@@ -121,6 +121,10 @@ class FederatedResult:
     model_dir: Path
 
 
+#: The numbers of a local update that must be finite (beside its weights).
+UPDATE_NUMBERS = ("train_loss", "train_recon", "train_kl", "sigma")
+
+
 def _pooled(updates: Sequence[LocalUpdate], attr: str) -> float:
     total = sum(u.n_volumes for u in updates)
     return float(sum(u.n_volumes * getattr(u, attr) for u in updates) / total)
@@ -250,7 +254,7 @@ class Coordinator:
         grid = self.infos[self.active[0]].grid
         with torch.random.fork_rng(devices=[]):  # the caller's RNG is left as it was
             set_seed(s.seed)  # as a site's Trainer does before building the same network
-            model = VAE(grid, s.latent_dim, s.width)
+            model = VAE(grid, s.latent_dim, s.width, scaling=s.objective().scaling)
         return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 
     def _round(self, transport: Transport, r: int, weights: Weights
@@ -410,7 +414,7 @@ class Coordinator:
         last = history[-1] if history else None
         return {
             "downsample": s.downsample, "modalities": list(info.modalities),
-            "likelihood": s.likelihood, "sigma": last.sigma if last else None,
+            **s.objective().likelihood.to_meta(last.sigma if last else None),
             "version": __version__,
             "training": {
                 "federated": True, "algorithm": "FedAvg (weighted by volumes)",
@@ -474,7 +478,7 @@ class Coordinator:
         s = self.settings
         meta = self._model_meta(history)
         info = self.infos[self.active[0]]
-        model = VAE(info.grid, s.latent_dim, s.width)
+        model = VAE(info.grid, s.latent_dim, s.width, scaling=s.objective().scaling)
         model.load_state_dict({k: torch.tensor(np.array(v)) for k, v in weights.items()})
         model_dir = save_model(model, names.model_dir(self.output_dir), meta)
         summary = self._summary(history, loso, kfold, transport.traffic)
@@ -506,7 +510,7 @@ def _update_problem(u: LocalUpdate, declared: int, weights: Weights) -> str | No
                     f"{list(ref.shape)}")
         if np.issubdtype(w.dtype, np.floating) and not np.isfinite(w).all():
             return f"sent non-finite weights ({key}: {int((~np.isfinite(w)).sum())} values)"
-    for name in ("train_loss", "train_recon", "train_kl", "sigma"):
+    for name in UPDATE_NUMBERS:
         if not math.isfinite(getattr(u, name)):
             return f"reported a non-finite {name.replace('_', ' ')}"
     return None

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaefusion.config import LIKELIHOODS, Config, _type_name, _type_ok
+from vaefusion.config import LIKELIHOODS, Config, type_name, type_ok
 from vaefusion.errors import UsageError
+from vaefusion.model.objective import MaxAbsScaling, Objective
 
 #: Fewest subjects any aggregate a site sends may cover: the sum and the sum of squares of two
 #: values determine both, so a part of two subjects would reveal their features.
@@ -98,6 +99,12 @@ class FederatedSettings:
     def required_sites(self, n_sites: int) -> int:
         return n_sites if self.min_sites is None else min(self.min_sites, n_sites)
 
+    def objective(self) -> Objective:
+        """The federated objective: the likelihood, and max-abs whatever the default (voxelwise
+        statistics would have to be pooled over the sites, a secure sum of per-site sums and
+        squares, and the server's network, server.py, has no scaling to average)."""
+        return Objective(LIKELIHOODS.get(self.likelihood), MaxAbsScaling())
+
     def site_config(self, bids_dir: Path, output_dir: Path, work_dir: Path) -> Config:
         """The vaefusion Config of one site: its participant level and its local training.
 
@@ -114,10 +121,7 @@ class FederatedSettings:
             patience=self.epochs + 1, batch_subjects=self.batch_subjects, lr=self.lr,
             beta=self.beta, width=self.width, downsample=self.downsample,
             likelihood=self.likelihood, methods=["vae"],
-            # max-abs, whatever the default: voxelwise statistics would have to be pooled over
-            # the sites (a secure sum of per-site sums and squares), and the server's network
-            # (server.py) has no scaling to average
-            scaling="maxabs",
+            scaling=self.objective().scaling.name,
         )
 
     # ----------------------------------------------------------------- serialization
@@ -136,9 +140,9 @@ class FederatedSettings:
                              f"settings: {', '.join(fields)}.")
         hints = typing.get_type_hints(cls)
         for key, value in data.items():
-            if not _type_ok(value, hints[key]):
+            if not type_ok(value, hints[key]):
                 raise UsageError(f"{source}: {key} = {value!r} is not a valid value (expected "
-                                 f"{_type_name(hints[key])}); fix the setting.")
+                                 f"{type_name(hints[key])}); fix the setting.")
         return cls(**data)
 
     @classmethod

@@ -1,4 +1,5 @@
-"""Thin nipype interfaces for the group level: one VAE fold, one PCA baseline, a gatherer.
+"""Thin nipype interfaces for the group level: one fold of a per-fold method (the VAE), one
+repeat of a baseline (vaefusion.evaluation.methods), a gatherer.
 
 Results cross node boundaries as JSON lists of :meth:`FoldResult.to_dict`; they are typed
 again on the way out (:func:`read_results`).
@@ -20,6 +21,7 @@ from nipype.interfaces.base import (
 
 from vaefusion.disk import naming
 from vaefusion.disk.io import atomic_write_text
+from vaefusion.disk.progress import write_unit_progress
 from vaefusion.evaluation.results import FoldResult
 
 
@@ -46,7 +48,8 @@ class _UnitInputSpec(BaseInterfaceInputSpec):
     repeat = traits.Int(mandatory=True, desc="K-fold repeat (partition seed: cv_seed + repeat)")
 
 
-class _VAEFoldInputSpec(_UnitInputSpec):
+class _FoldInputSpec(_UnitInputSpec):
+    method = traits.Str(mandatory=True, desc="a per-fold method's registered name")
     fold = traits.Int(mandatory=True)
     train_root = traits.Str(mandatory=True, desc="folder for resumable training checkpoints")
 
@@ -62,22 +65,22 @@ def _settings(inputs):
     return Config.from_dict(json.loads(inputs.method_json)), Runtime.from_json(inputs.runtime_json)
 
 
-class VAEFold(SimpleInterface):
-    """Train, embed and classify one (latent dim, seed, repeat, fold)."""
+class FoldUnit(SimpleInterface):
+    """Fit (train), embed and classify one (method, latent dim, seed, repeat, fold)."""
 
-    input_spec = _VAEFoldInputSpec
+    input_spec = _FoldInputSpec
     output_spec = _ResultOutputSpec
 
     def _run_interface(self, runtime):
-        from vaefusion.evaluation.crossval import run_vae_fold
         from vaefusion.evaluation.manifest import Manifest
+        from vaefusion.evaluation.methods import METHODS
         from vaefusion.interfaces.errors import reported_errors
         from vaefusion.training.gpus import placed
-        from vaefusion.workflows.status import write_unit_progress
 
         out = Path(runtime.cwd)
         cfg, run = _settings(self.inputs)
-        unit = naming.unit_name("vae", self.inputs.latent_dim, self.inputs.seed,
+        method = METHODS.get(self.inputs.method)
+        unit = naming.unit_name(method.name, self.inputs.latent_dim, self.inputs.seed,
                                 self.inputs.repeat, self.inputs.fold)
         progress = Path(self.inputs.train_root) / unit / naming.UNIT_PROGRESS
         progress.unlink(missing_ok=True)  # an earlier run's epochs
@@ -90,35 +93,36 @@ class VAEFold(SimpleInterface):
                 def report(stats) -> None:  # the epoch, for OUTPUT_DIR/logs/status.json
                     write_unit_progress(progress, stats.epoch, cfg.epochs, gpu=run.gpu)
 
-                result = run_vae_fold(cfg, run, Manifest.read(self.inputs.manifest),
-                                      self.inputs.latent_dim, self.inputs.seed,
-                                      self.inputs.repeat, self.inputs.fold,
-                                      Path(self.inputs.train_root), out, on_epoch_end=report)
+                result = method.run_fold(cfg, run, Manifest.read(self.inputs.manifest),
+                                         self.inputs.latent_dim, self.inputs.seed,
+                                         self.inputs.repeat, self.inputs.fold,
+                                         Path(self.inputs.train_root), out,
+                                         on_epoch_end=report)
             self._results["result"] = write_results(out / naming.UNIT_RESULT, [result])
         return runtime
 
 
-class _PCAInputSpec(_UnitInputSpec):
-    method = traits.Enum("pca-early", "pca-late", "pca-shared", mandatory=True)
+class _RepeatInputSpec(_UnitInputSpec):
+    method = traits.Str(mandatory=True, desc="a baseline's registered name")
     cache_dir = traits.Str(mandatory=True, desc="folder for the shared Gram matrices")
 
 
-class PCABaseline(SimpleInterface):
-    """One PCA baseline at one latent dim, seed and repeat, over all folds."""
+class RepeatUnit(SimpleInterface):
+    """One baseline at one latent dim, seed and repeat, over all folds."""
 
-    input_spec = _PCAInputSpec
+    input_spec = _RepeatInputSpec
     output_spec = _ResultOutputSpec
 
     def _run_interface(self, runtime):
-        from vaefusion.evaluation.crossval import run_pca_baseline
         from vaefusion.evaluation.manifest import Manifest
+        from vaefusion.evaluation.methods import METHODS
         from vaefusion.interfaces.errors import reported_errors
 
         with reported_errors(runtime.cwd):
-            rows = run_pca_baseline(*_settings(self.inputs),
-                                    Manifest.read(self.inputs.manifest), self.inputs.method,
-                                    self.inputs.latent_dim, self.inputs.seed,
-                                    self.inputs.repeat, Path(self.inputs.cache_dir))
+            rows = METHODS.get(self.inputs.method).run_repeat(
+                *_settings(self.inputs), Manifest.read(self.inputs.manifest),
+                self.inputs.latent_dim, self.inputs.seed, self.inputs.repeat,
+                Path(self.inputs.cache_dir))
             self._results["result"] = write_results(Path(runtime.cwd) / naming.UNIT_RESULT,
                                                     rows)
         return runtime

@@ -15,6 +15,7 @@ import numpy as np
 
 from vaefusion.config import Config
 from vaefusion.disk import naming
+from vaefusion.evaluation.methods import is_encoder
 from vaefusion.evaluation.results import FoldResult
 
 
@@ -48,7 +49,7 @@ def select_explained(cfg: Config, results: list[FoldResult]) -> ExplainedModel |
     when the run trained no VAE."""
     assert cfg.output_dir is not None
     chosen = [r for r in results
-              if r.method == "vae" and r.latent_dim == cfg.latent_dims[0]
+              if is_encoder(r.method) and r.latent_dim == cfg.latent_dims[0]
               and r.seed == cfg.seeds[0] and getattr(r, "repeat", 0) == 0
               and r.fold == cfg.explain_fold and r.training is not None]
     if not chosen:

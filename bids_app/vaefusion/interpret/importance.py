@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
+from vaefusion.evaluation.group_summary import ImportanceShare
+from vaefusion.evaluation.methods import is_encoder
 from vaefusion.evaluation.results import FoldResult
-from vaefusion.inputs.reference import GMV_MODALITY, icns, modality_domain
+from vaefusion.evaluation.summary import importance_summary
+from vaefusion.inputs.reference import GMV_MODALITY, icns
 
 #: How many modalities the importance figure shows (paper Fig. 2).
 TOP_FIGURE = 10
@@ -48,26 +49,24 @@ def modality_name(modality: str) -> str:
     return modality
 
 
-def importance_matrix(results: list[FoldResult], n_modalities: int,
-                      latent_dim: int) -> np.ndarray:
-    """``(n_folds, n_modalities)``: every VAE fold's importance at ``latent_dim``."""
-    rows = [r.importance for r in results
-            if r.method == "vae" and r.latent_dim == latent_dim and r.importance is not None]
-    mat = np.asarray(rows, dtype=np.float64).reshape(len(rows), n_modalities)
-    return mat
+def importance_folds(results: list[FoldResult], latent_dim: int) -> int:
+    """How many encoder folds at ``latent_dim`` have an importance."""
+    return sum(1 for r in results if is_encoder(r.method) and r.latent_dim == latent_dim
+               and r.importance is not None)
+
+
+def ranked(shares: list[ImportanceShare], n_folds: int) -> list[ModalityImportance]:
+    """The summary's importance (computed once: :func:`vaefusion.evaluation.summary.
+    importance_summary`, most important first) with ranks and NeuroMark names."""
+    return [ModalityImportance(rank=k + 1, modality=s.modality, domain=s.domain,
+                               name=modality_name(s.modality), mean=s.mean, std=s.std,
+                               n_folds=n_folds)
+            for k, s in enumerate(shares)]
 
 
 def rank_importance(results: list[FoldResult], modalities: list[str],
                     latent_dim: int) -> list[ModalityImportance]:
     """The modalities, most important first (ties keep the modality order); empty without
-    VAE results."""
-    mat = importance_matrix(results, len(modalities), latent_dim)
-    if mat.shape[0] == 0:
-        return []
-    mean, std = mat.mean(axis=0), mat.std(axis=0)
-    order = np.argsort(-mean, kind="stable")
-    return [ModalityImportance(rank=k + 1, modality=modalities[i],
-                               domain=modality_domain(modalities[i]),
-                               name=modality_name(modalities[i]), mean=float(mean[i]),
-                               std=float(std[i]), n_folds=int(mat.shape[0]))
-            for k, i in enumerate(order)]
+    VAE results. (A run ranks its summary's importance instead: :func:`ranked`.)"""
+    shares = [ImportanceShare(**d) for d in importance_summary(results, modalities, latent_dim)]
+    return ranked(shares, importance_folds(results, latent_dim))

@@ -5,9 +5,19 @@ Every value here is a true negative log-likelihood per volume, constants include
     -log N(x; recon, sigma^2 I) = 0.5 * N * log(2 pi sigma^2) + SSE / (2 sigma^2)
 
 with ``N`` the voxels of a volume and ``SSE`` the summed squared error, so losses are
-comparable across grids, widths and likelihoods. Two likelihoods (``--likelihood``, default
-``sigma``):
+comparable across grids, widths and likelihoods. The likelihoods are classes registered by
+name in :mod:`vaefusion.model.objective` (``--likelihood``); four are registered, and the
+default is ``volume``:
 
+* ``volume``: one calibrated variance per volume over the mask's voxels, ``sigma_v^2 =
+  SSE_v / N_mask``. The reconstruction term becomes ``0.5 N log(SSE_v)`` up to constants, so
+  each volume's error counts relative to its own size: a sparse ICN map drawn as zeros (a
+  large error relative to its small energy) is pulled towards its shape as hard as the dense
+  GMV map, where one shared variance lets the dense volume dominate. With one subject per
+  batch each modality appears once, so this is also the per-modality calibrated variance.
+* ``mask``: like ``sigma``, but the squared error and its variance count only the voxels of
+  the brain mask (voxels where any training volume is non-zero): the empty box around the
+  brain, which any decoder draws perfectly, no longer shrinks the variance.
 * ``sigma`` (calibrated decoder, Rybkin et al. 2021, "Simple and effective VAE training with
   calibrated decoders"): one variance shared by every voxel, volume and modality, set to its
   maximum-likelihood value for the batch, ``sigma^2 = SSE / (volumes * N)`` (the batch's mean
@@ -22,16 +32,6 @@ comparable across grids, widths and likelihoods. Two likelihoods (``--likelihood
 * ``unit``: sigma = 1, the loss of earlier versions (``0.5 * SSE`` plus the constant
   ``0.5 * N * log(2 pi)``, which has no gradient): same gradients, for reproducing older runs.
 
-* ``mask``: like ``sigma``, but the squared error and its variance count only the voxels of
-  the brain mask (voxels where any training volume is non-zero): the empty box around the
-  brain, which any decoder draws perfectly, no longer shrinks the variance.
-* ``volume``: one calibrated variance per volume over the mask's voxels, ``sigma_v^2 =
-  SSE_v / N_mask``. The reconstruction term becomes ``0.5 N log(SSE_v)`` up to constants, so
-  each volume's error counts relative to its own size: a sparse ICN map drawn as zeros (a
-  large error relative to its small energy) is pulled towards its shape as hard as the dense
-  GMV map, where one shared variance lets the dense volume dominate. With one subject per
-  batch each modality appears once, so this is also the per-modality calibrated variance.
-
 KL options (``kl_terms``): ``beta`` (a weight), a linear warm-up of beta over the first
 epochs (the trainer's), and free bits (Kingma et al. 2016): each latent dimension's batch-mean
 KL below ``free_bits`` nats costs ``free_bits`` (no gradient pushes it further to the prior).
@@ -42,18 +42,19 @@ Computed in float32 even under bf16 autocast (sums over ~10^5 voxels lose precis
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 
-#: Factor of the squared error in the unit-variance NLL (``0.5 * SSE``).
-RECON_SCALE: float = 0.5
-
-#: Floor of the calibrated variance: a perfect reconstruction must not give log(0).
-MIN_SIGMA2: float = 1e-6
-
-LOG_2PI: float = math.log(2.0 * math.pi)
+from vaefusion.model.objective import (  # noqa: F401 (re-exported: the terms' helpers)
+    LIKELIHOODS,
+    LOG_2PI,
+    MIN_SIGMA2,
+    RECON_SCALE,
+    Likelihood,
+    calibrated_sigma2,
+    gaussian_nll,
+)
 
 
 class LossTerms(NamedTuple):
@@ -80,10 +81,6 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.sum(mu.pow(2) + logvar.exp() - 1.0 - logvar, dim=1)
 
 
-#: Likelihoods whose squared error counts only the brain mask's voxels.
-MASKED: tuple[str, ...] = ("mask", "volume")
-
-
 def squared_error(recon: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None
                   ) -> torch.Tensor:
     """Per-sample sum of squared errors over voxels (float32), inside ``mask`` when given
@@ -99,52 +96,26 @@ def reconstruction_nll(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return RECON_SCALE * squared_error(recon, x)
 
 
-def calibrated_sigma2(sse_sum: torch.Tensor, n_values: int) -> torch.Tensor:
-    """The maximum-likelihood shared variance, detached: the mean squared error over
-    ``n_values`` voxels, floored at ``MIN_SIGMA2`` (stays on the device: no host sync)."""
-    return (sse_sum.detach().float() / max(int(n_values), 1)).clamp_min(MIN_SIGMA2)
-
-
-def gaussian_nll(sse: torch.Tensor, n_voxels: int, sigma2: float | torch.Tensor
-                 ) -> torch.Tensor:
-    """``-log N(x; recon, sigma^2 I)`` per volume from its SSE, constants included."""
-    sigma2 = torch.as_tensor(sigma2, dtype=sse.dtype, device=sse.device)
-    return 0.5 * n_voxels * (LOG_2PI + torch.log(sigma2)) + sse / (2.0 * sigma2)
-
-
 def loss_terms(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-               beta: float = 1.0, likelihood: str = "sigma",
+               beta: float = 1.0, likelihood: Likelihood | str = "sigma",
                sigma2: float | torch.Tensor | None = None, mask: torch.Tensor | None = None,
                free_bits: float = 0.0) -> LossTerms:
     """Negative ELBO, mean over the volumes of the batch, with its terms.
 
-    ``likelihood="sigma"`` (``"mask"``) uses ``sigma2`` when given (a chunk of a larger
-    batch, or validation with the training variance), else the batch's own mean squared error
-    (over the mask's voxels). ``"volume"`` gives each volume its own calibrated variance over
-    the mask and ignores ``sigma2``. ``"unit"`` is sigma = 1 and ignores ``sigma2``. ``mask``
-    (a boolean grid) is needed by ``mask`` and ``volume``. ``free_bits`` > 0 floors each
-    latent dimension's batch-mean KL in the objective (``loss``), not in the reported ``kl``.
+    ``likelihood`` (a :class:`~vaefusion.model.objective.Likelihood`, or a name in its
+    registry) chooses the variance: see its ``nll``. ``sigma2`` is a given variance (a chunk
+    of a larger batch, or validation with the training variance), which a per-volume or unit
+    likelihood ignores. ``mask`` (a boolean grid) is needed by a masked likelihood.
+    ``free_bits`` > 0 floors each latent dimension's batch-mean KL in the objective
+    (``loss``), not in the reported ``kl``.
     """
-    masked = likelihood in MASKED
-    if masked and mask is None:
-        raise ValueError(f"likelihood {likelihood!r} needs the brain mask")
-    sse = squared_error(recon, x, mask if masked else None)
-    n_voxels = int(mask.sum()) if masked else recon[0].numel()
+    lik = LIKELIHOODS.get(likelihood) if isinstance(likelihood, str) else likelihood
+    if lik.masked and mask is None:
+        raise ValueError(f"likelihood {lik.name!r} needs the brain mask")
+    sse = squared_error(recon, x, mask if lik.masked else None)
+    n_voxels = int(mask.sum()) if lik.masked else recon[0].numel()
     kl = kl_divergence(mu.float(), logvar.float())
-    if likelihood == "unit":
-        # written as before (0.5 * SSE), the constant added on top: bit-identical gradients
-        s2 = torch.ones((), device=sse.device)
-        rec = RECON_SCALE * sse + 0.5 * n_voxels * LOG_2PI
-    elif likelihood in ("sigma", "mask"):
-        s2 = (calibrated_sigma2(sse.sum(), sse.numel() * n_voxels) if sigma2 is None
-              else torch.as_tensor(sigma2, dtype=sse.dtype, device=sse.device).detach())
-        rec = gaussian_nll(sse, n_voxels, s2)
-    elif likelihood == "volume":
-        s2 = (sse.detach() / max(n_voxels, 1)).clamp_min(MIN_SIGMA2)
-        rec = gaussian_nll(sse, n_voxels, s2)
-    else:
-        raise ValueError(f"unknown likelihood {likelihood!r}; choose 'volume', 'mask', "
-                         "'sigma' or 'unit'")
+    rec, s2 = lik.nll(sse, n_voxels, sigma2)
     if free_bits > 0:
         per_dim = kl_per_dim(mu.float(), logvar.float()).mean(0)
         kl_objective = per_dim.clamp_min(float(free_bits)).sum()

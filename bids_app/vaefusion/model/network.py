@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaefusion.model.objective import MaxAbsScaling, Scaling, scaling_of
 from vaefusion.model.scaling import VoxelScaling
 
 Grid = tuple[int, int, int]
@@ -177,7 +178,7 @@ class VAE(nn.Module):
 
     def __init__(self, grid: Sequence[int] = (53, 63, 52), latent_dim: int = 128,
                  width: float = 1.0, channel_floor: int = CHANNEL_FLOOR,
-                 decoder_head: str = "leaky",
+                 decoder_head: str = "leaky", scaling: Scaling | None = None,
                  scaling_modalities: Sequence[str] | None = None) -> None:
         super().__init__()
         if latent_dim < 1:
@@ -211,14 +212,20 @@ class VAE(nn.Module):
         # reach 53x63x52 from 4x4x4 without a crop).
         self.head = nn.Conv3d(dec[-1], head, KERNEL, stride=1, padding=1)
         self.out = nn.Conv3d(head, 1, KERNEL, stride=1, padding=1, bias=False)
-        # voxelwise: statistics set by the trainer (fit) or loaded with the weights
+        # the scaling's kind (model/objective.py); a per-modality one is a layer whose
+        # statistics the trainer sets (fit) or the weights bring (the buffers keep the name
+        # ``scaling``, as in format 3's files)
+        self.scaling_kind: Scaling = scaling if scaling is not None else MaxAbsScaling()
+        if self.scaling_kind.per_modality and not scaling_modalities:
+            raise ValueError(f"scaling {self.scaling_kind.name!r} needs the modalities")
         self.scaling: VoxelScaling | None = (
-            VoxelScaling(scaling_modalities, self.grid) if scaling_modalities else None)
+            VoxelScaling(scaling_modalities, self.grid) if self.scaling_kind.per_modality
+            else None)
 
     @property
     def scaling_name(self) -> str:
-        """``voxelwise`` when the network standardises per modality, else ``maxabs``."""
-        return "maxabs" if self.scaling is None else "voxelwise"
+        """The scaling's registered name (``maxabs``, ``voxelwise``)."""
+        return self.scaling_kind.name
 
     def modality_rows(self, modalities: Sequence[str], device: torch.device | str | None = None
                       ) -> torch.Tensor | None:
@@ -236,8 +243,7 @@ class VAE(nn.Module):
         """What is needed to rebuild this network."""
         return {"grid": list(self.grid), "latent_dim": self.latent_dim, "width": self.width,
                 "channel_floor": self.channel_floor, "decoder_head": self.decoder_head,
-                "scaling": self.scaling_name,
-                "scaling_modalities": list(self.scaling.names) if self.scaling else [],
+                **self.scaling_kind.to_meta(list(self.scaling.names) if self.scaling else []),
                 "format": MODEL_FORMAT}
 
     def head_activation(self, h: torch.Tensor) -> torch.Tensor:
@@ -300,6 +306,5 @@ def layout_of(meta: dict[str, Any]) -> dict[str, Any]:
     mods = meta.get("scaling_modalities") or []
     return {"channel_floor": int(meta.get("channel_floor", 1)),
             "decoder_head": str(meta.get("decoder_head", "relu")),
-            "scaling_modalities": [str(m) for m in mods]
-            if meta.get("scaling", "maxabs") == "voxelwise" else None}
+            "scaling": scaling_of(meta), "scaling_modalities": [str(m) for m in mods]}
 

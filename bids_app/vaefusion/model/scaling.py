@@ -1,4 +1,6 @@
-"""Voxelwise standardisation inside the network (``--scaling voxelwise``, model format 3).
+"""Voxelwise standardisation inside the network (``--scaling voxelwise``, model format 3): the
+network layer of :class:`vaefusion.model.objective.VoxelwiseScaling` (the scalings are
+registered by name there).
 
 The paper feeds the network max-abs scaled volumes and asks its decoder to draw each map
 whole: the modality's mean map and the subject's departure from it. The decoder then spends
@@ -27,10 +29,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-
-#: Scalings of the network's input and output: the paper's max-abs only, or voxelwise too
-#: (``vaefusion.config.SCALINGS`` repeats it: the model takes plain values, not the config).
-SCALINGS: tuple[str, ...] = ("maxabs", "voxelwise")
 
 #: A voxel's SD is floored at this share of the modality's mean in-mask SD: a voxel that barely
 #: varies in the training subjects would otherwise turn tiny differences into huge inputs.

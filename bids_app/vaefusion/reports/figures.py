@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from vaefusion.evaluation.methods import METHODS
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.inputs.reference import icns
 from vaefusion.interpret.importance import ModalityImportance
@@ -32,8 +33,11 @@ DPI = 110
 DOMAIN_COLOURS = dict(zip((*dict.fromkeys(i.domain for i in icns()), "GM", "NA"), (
     "#8c564b", "#17becf", "#2ca02c", "#1f77b4", "#9467bd", "#d62728", "#bcbd22", "#7f7f7f",
     "#000000"), strict=False))
-METHOD_COLOURS = {"vae": "#d62728", "pca-early": "#1f77b4", "pca-late": "#2ca02c",
-                  "pca-shared": "#9467bd"}
+
+
+def method_colour(method: str) -> str:
+    """The method's colour (its class's, vaefusion.evaluation.methods), grey if unknown."""
+    return METHODS.get(method).colour if method in METHODS else "grey"
 
 
 def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (7, 4.5),
@@ -131,7 +135,7 @@ def auc_figure(rows: Sequence[dict]) -> bytes:
         err = np.vstack([np.where(np.isnan(lo), 0, mean - lo),
                          np.where(np.isnan(hi), 0, hi - mean)])
         ax.errorbar(x, mean, yerr=np.nan_to_num(err), fmt="o-" if len(dims) > 1 else "o",
-                    capsize=3, color=METHOD_COLOURS.get(method), label=method)
+                    capsize=3, color=method_colour(method), label=method)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_xticks(range(len(dims)), [str(d) for d in dims])
     ax.set_xlabel("latent dim (components for PCA)")
@@ -159,9 +163,9 @@ def seed_figure(results: Sequence[FoldResult], latent_dim: int) -> bytes:
         seeds = sorted(per[method])
         means = np.array([np.mean(per[method][s]) for s in seeds])
         ax.bar(i, means.mean(), yerr=means.std() if len(means) > 1 else None, capsize=4,
-               color=METHOD_COLOURS.get(method, "grey"), alpha=0.35, edgecolor="black", lw=0.5)
+               color=method_colour(method), alpha=0.35, edgecolor="black", lw=0.5)
         jitter = np.linspace(-0.2, 0.2, len(seeds)) if len(seeds) > 1 else np.zeros(1)
-        ax.scatter(i + jitter, means, color=METHOD_COLOURS.get(method, "grey"), zorder=3, s=22)
+        ax.scatter(i + jitter, means, color=method_colour(method), zorder=3, s=22)
         for x, m, s in zip(i + jitter, means, seeds, strict=True):
             ax.annotate(str(s), (x, m), textcoords="offset points", xytext=(0, 5), ha="center",
                         fontsize=7)

@@ -10,41 +10,28 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from vaefusion.config import Config
 from vaefusion.disk import naming
+from vaefusion.evaluation.group_summary import GroupSummary
 from vaefusion.evaluation.manifest import Manifest
+from vaefusion.evaluation.methods import is_encoder
 from vaefusion.evaluation.results import FoldResult
-from vaefusion.interpret.explain import ExplainedModel, select_explained
-from vaefusion.interpret.importance import TOP_FIGURE, ModalityImportance, rank_importance
-from vaefusion.interpret.latent_space import LatentMap, latent_tsne, write_tsne
-from vaefusion.interpret.maps import GroupMaps, MapFiles, compute_group_maps, write_group_maps
+from vaefusion.interpret.explain import select_explained
+from vaefusion.interpret.importance import TOP_FIGURE, importance_folds, ranked
+from vaefusion.interpret.interpretation import GroupInterpretation
+from vaefusion.interpret.latent_space import latent_tsne, write_tsne
+from vaefusion.interpret.maps import compute_group_maps, write_group_maps
 from vaefusion.reports import figures
 
 LOG = logging.getLogger("vaefusion.reports")
 
 
-@dataclass
-class GroupInterpretation:
-    """What the interpretation computed and wrote."""
-
-    explained: ExplainedModel | None
-    ranking: list[ModalityImportance]
-    maps: GroupMaps | None = None
-    map_files: MapFiles | None = None
-    layout: LatentMap | None = None
-    figures: dict[str, bytes] = field(default_factory=dict)  # name -> PNG (group/figures/)
-    report: Path | None = None
-    subject_reports: list[Path] = field(default_factory=list)
-
-
 def write_interpretation(cfg: Config, manifest: Manifest, results: list[FoldResult],
-                         summary: dict[str, Any]) -> GroupInterpretation:
+                         summary: GroupSummary) -> GroupInterpretation:
     """Every figure, map and report of a trained group run."""
     from vaefusion.derivatives.dataset import write_descriptions
     from vaefusion.evaluation.summary import auc_table
@@ -55,7 +42,7 @@ def write_interpretation(cfg: Config, manifest: Manifest, results: list[FoldResu
     group = naming.group_dir(cfg.output_dir)
     primary = cfg.latent_dims[0]
     results = sorted(results, key=lambda r: r.sort_key)
-    ranking = rank_importance(results, manifest.modalities, primary)
+    ranking = ranked(summary.importance, importance_folds(results, primary))
     explained = select_explained(cfg, results)
     out = GroupInterpretation(explained=explained, ranking=ranking)
     pngs = out.figures
@@ -125,7 +112,7 @@ def _explain(cfg: Config, manifest: Manifest, results: list[FoldResult],
     LOG.info("t-SNE of %d points (%s, perplexity %g): %s", len(out.layout.modality),
              out.layout.backend, out.layout.perplexity, group / naming.TSNE)
     out.figures["tsne"] = figures.tsne_figure(out.layout)
-    setting = [r for r in results if r.method == "vae" and r.latent_dim == explained.latent_dim
+    setting = [r for r in results if is_encoder(r.method) and r.latent_dim == explained.latent_dim
                and r.seed == explained.result.seed
                and getattr(r, "repeat", 0) == getattr(explained.result, "repeat", 0)]
     out.figures["training_curves"] = figures.training_figure(setting, _same(setting,

@@ -17,11 +17,15 @@ from vaefusion import __version__
 from vaefusion.config import Config
 from vaefusion.disk import naming
 from vaefusion.disk.io import atomic_write_text
+from vaefusion.evaluation.group_summary import GroupSummary, verdict
 from vaefusion.evaluation.manifest import Manifest
+from vaefusion.evaluation.methods import REFERENCE, is_encoder
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.inputs.cache import read_meta
 from vaefusion.inputs.reference import citation
 from vaefusion.interpret.importance import modality_name
+from vaefusion.interpret.interpretation import GroupInterpretation
+from vaefusion.model.objective import LIKELIHOODS
 from vaefusion.reports import html
 from vaefusion.reports.html import Section
 
@@ -37,8 +41,9 @@ WEAK_DECODED = 0.05
 
 
 def group_page(cfg: Config, manifest: Manifest, results: list[FoldResult],
-               summary: dict[str, Any], interp, table: list[dict]) -> Path:
-    """Write ``group/report.html``; ``interp`` is the :class:`GroupInterpretation`."""
+               summary: GroupSummary, interp: GroupInterpretation, table: list[dict]
+               ) -> Path:
+    """Write ``group/report.html`` from the interpretation's results ``interp``."""
     assert cfg.output_dir is not None
     path = naming.group_report(cfg.output_dir)
     group = path.parent
@@ -57,7 +62,7 @@ def group_page(cfg: Config, manifest: Manifest, results: list[FoldResult],
         _about(cfg),
     ]
     subtitle = (f"vaefusion {__version__} · group level · {time.strftime('%Y-%m-%d %H:%M')} · "
-                f"{summary.get('n_subjects', len(manifest.files))} subjects")
+                f"{summary.n_subjects} subjects")
     atomic_write_text(path, html.page("vaefusion group report", subtitle,
                                       [s for s in sections if s.blocks]))
     return path
@@ -69,28 +74,27 @@ def _rel(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path, start)).as_posix()
 
 
-def _fig(interp, name: str, alt: str, caption: str) -> str:
+def _fig(interp: GroupInterpretation, name: str, alt: str, caption: str) -> str:
     png = interp.figures.get(name)
     return html.image(png, alt, caption + f" (group/figures/{name}.png)") if png else ""
 
 
 # --------------------------------------------------------------------------- sections
-def _overview(cfg: Config, summary: dict, results: list[FoldResult], interp) -> Section:
+def _overview(cfg: Config, summary: GroupSummary, results: list[FoldResult],
+              interp: GroupInterpretation) -> Section:
     """The verdict (VAE against each baseline) and every learning warning first, then the
     VAE's AUC, what the figures explain, and the tables."""
-    from vaefusion.evaluation.summary import verdict
-
     s = Section("overview", "Overview")
-    if summary.get("comparisons"):
-        s.add(html.para(verdict(summary)))
+    if summary.comparisons:
+        s.add(html.para(verdict(summary.comparisons)))
     for warning in learning_warnings(results, interp) + learning_log_warnings(cfg):
         s.add(html.note(warning))
-    vae = summary.get("methods", {}).get("vae")
-    if vae and vae.get("roc_auc_mean") is not None:
-        ci = vae.get("roc_auc_ci")
+    vae = summary.methods.get(REFERENCE)
+    if vae and vae.roc_auc_mean is not None:
+        ci = vae.roc_auc_ci
         ci_text = f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-        s.add(html.para(f"VAE ROC-AUC {vae['roc_auc_mean']:.3f}{ci_text} at latent dim "
-                        f"{vae.get('latent_dim')} over {vae.get('n_folds')} folds."))
+        s.add(html.para(f"VAE ROC-AUC {vae.roc_auc_mean:.3f}{ci_text} at latent dim "
+                        f"{vae.latent_dim} over {vae.n_folds} folds."))
     if interp.explained is not None:
         s.add(html.para(f"Figures and maps explain {interp.explained.describe()} (choose "
                         f"another fold with --explain-fold)."))
@@ -145,19 +149,18 @@ def _data(cfg: Config, manifest: Manifest) -> Section:
     return s
 
 
-def _classification(summary: dict, results: list[FoldResult]) -> Section:
+def _classification(summary: GroupSummary, results: list[FoldResult]) -> Section:
     from vaefusion.evaluation.summary import comparisons
 
     s = Section("classification", "Classification (ROC-AUC)")
     rows = []
-    for method, info in sorted(summary.get("methods", {}).items()):
-        ci = info.get("roc_auc_ci")
-        rows.append({"method": method, "latent dim": info.get("latent_dim"),
-                     "ROC-AUC": info.get("roc_auc_mean"), "95% CI": ci,
-                     "SD over folds": info.get("roc_auc_std"), "folds": info.get("n_folds"),
-                     "note": info.get("reason") or ("" if info.get("available", True)
-                                                    else "not available")})
-    s.add(html.para(f"Partition: {summary.get('partition', 'stratified K-fold')}. Mean over "
+    for method, info in sorted(summary.methods.items()):
+        rows.append({"method": method, "latent dim": info.latent_dim,
+                     "ROC-AUC": info.roc_auc_mean, "95% CI": info.roc_auc_ci,
+                     "SD over folds": info.roc_auc_std, "folds": info.n_folds,
+                     "permutation p": info.permutation_p,
+                     "note": info.reason or ("" if info.available else "not available")})
+    s.add(html.para(f"Partition: {summary.partition or 'stratified K-fold'}. Mean over "
                     "the test folds of every seed and repeat of the first latent dim; the CI is "
                     "the corrected resampled t (Nadeau & Bengio)."),
           html.table(rows, ["method", "latent dim", "ROC-AUC", "95% CI", "SD over folds",
@@ -171,7 +174,7 @@ def _classification(summary: dict, results: list[FoldResult]) -> Section:
     return s
 
 
-def _table_one(table: list[dict], interp) -> Section:
+def _table_one(table: list[dict], interp: GroupInterpretation) -> Section:
     s = Section("table1", "Table I: latent dim")
     if not table:
         return s
@@ -201,11 +204,13 @@ def _auc_text(row: dict) -> str:
     return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _seeds(table: list[dict], results: list[FoldResult], primary: int, interp) -> Section:
+def _seeds(table: list[dict], results: list[FoldResult], primary: int,
+           interp: GroupInterpretation) -> Section:
     s = Section("seeds", "Seed robustness")
     if not table:
         return s
-    seeds = sorted({r.seed for r in results if r.method == "vae"} or {r.seed for r in results})
+    seeds = sorted({r.seed for r in results if is_encoder(r.method)}
+                   or {r.seed for r in results})
     if len(seeds) < 2:
         s.add(html.para(f"One seed was run (--seed {seeds[0] if seeds else 0}): give several "
                         f"(e.g. --seed 0 1 2) to see how much the ROC-AUC depends on the "
@@ -226,7 +231,7 @@ def _seeds(table: list[dict], results: list[FoldResult], primary: int, interp) -
     return s
 
 
-def _importance(interp) -> Section:
+def _importance(interp: GroupInterpretation) -> Section:
     s = Section("importance", "Modality importance")
     if not interp.ranking:
         return s
@@ -244,7 +249,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _maps(interp, group: Path) -> Section:
+def _maps(interp: GroupInterpretation, group: Path) -> Section:
     s = Section("maps", "Group maps")
     maps, files = interp.maps, interp.map_files
     if maps is None or files is None:
@@ -289,7 +294,7 @@ def _maps(interp, group: Path) -> Section:
     return s
 
 
-def _latent(interp) -> Section:
+def _latent(interp: GroupInterpretation) -> Section:
     s = Section("tsne", "Latent structure")
     if interp.layout is None:
         return s
@@ -300,9 +305,9 @@ def _latent(interp) -> Section:
     return s
 
 
-def _training(results: list[FoldResult], interp) -> Section:
+def _training(results: list[FoldResult], interp: GroupInterpretation) -> Section:
     s = Section("training", "Training")
-    vae = [r for r in results if r.method == "vae" and r.training is not None]
+    vae = [r for r in results if is_encoder(r.method) and r.training is not None]
     if not vae:
         return s
     s.add(_fig(interp, "training_curves", "training curves",
@@ -323,18 +328,18 @@ def _training(results: list[FoldResult], interp) -> Section:
     return s
 
 
-def learning_warnings(results: list[FoldResult], interp) -> list[str]:
+def learning_warnings(results: list[FoldResult], interp: GroupInterpretation) -> list[str]:
     """What says that the VAE did not learn (enough): a collapsed posterior, reconstructions
     worse than the mean, maps decoded as zeros or barely differing between the groups."""
     items = []
-    vae = [r for r in results if r.method == "vae" and r.training is not None]
+    vae = [r for r in results if is_encoder(r.method) and r.training is not None]
     collapsed = [r for r in vae if r.training is not None
                  and r.training.active_units is not None
                  and r.training.active_units < MIN_ACTIVE_UNITS]
     if collapsed:
         likelihood = collapsed[0].training.likelihood if collapsed[0].training else "unit"
-        fix = ("--likelihood sigma avoids this" if likelihood == "unit"
-               else "train longer (--epochs) or with a higher --lr")
+        hint = LIKELIHOODS.get(likelihood).collapse_hint if likelihood in LIKELIHOODS else ""
+        fix = f"{hint} avoids this" if hint else "train longer (--epochs) or with a higher --lr"
         items.append(f"{len(collapsed)} of {len(vae)} VAE folds have no active latent unit: "
                      f"the posterior collapsed to the prior, so maps and t-SNE show little "
                      f"(likelihood {likelihood}: {fix}).")
@@ -421,7 +426,8 @@ def map_caveats(maps) -> list[str]:
     return items
 
 
-def _warnings(cfg: Config, manifest: Manifest, results: list[FoldResult], interp) -> Section:
+def _warnings(cfg: Config, manifest: Manifest, results: list[FoldResult],
+              interp: GroupInterpretation) -> Section:
     s = Section("warnings", "Warnings")
     items = learning_warnings(results, interp)
     for method in sorted({r.method for r in results if not r.available}):
@@ -438,7 +444,7 @@ def _warnings(cfg: Config, manifest: Manifest, results: list[FoldResult], interp
     return s
 
 
-def _subjects(interp, out: Path, group: Path) -> Section:
+def _subjects(interp: GroupInterpretation, out: Path, group: Path) -> Section:
     s = Section("subjects", "Subjects")
     if interp.subject_reports:
         s.add(html.para("Per-subject reports (inputs beside reconstructions, latents):"),

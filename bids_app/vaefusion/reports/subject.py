@@ -21,6 +21,7 @@ from vaefusion.config import Config
 from vaefusion.disk import naming
 from vaefusion.disk.io import atomic_write_text
 from vaefusion.evaluation.manifest import Manifest
+from vaefusion.evaluation.methods import is_encoder
 from vaefusion.evaluation.results import FoldResult
 from vaefusion.inputs.cache import SubjectMeta, load_stack, read_meta
 from vaefusion.inputs.reference import GMV_MODALITY
@@ -105,7 +106,7 @@ def _decisions(cfg: Config, results: list[FoldResult]) -> dict[str, tuple[int, f
     """Subject key -> (fold, SVM decision value) at the first latent dim, seed and repeat."""
     out = {}
     for r in results:
-        if (r.method == "vae" and r.latent_dim == cfg.latent_dims[0]
+        if (is_encoder(r.method) and r.latent_dim == cfg.latent_dims[0]
                 and r.seed == cfg.seeds[0] and getattr(r, "repeat", 0) == 0):
             for key, d in zip(r.test_subjects, r.decision, strict=False):
                 out[key] = (r.fold, float(d))

@@ -20,7 +20,7 @@ LOGGER = logging.getLogger("vaefusion.training")
 
 CHECKPOINT = "checkpoint.pt"
 
-def _signature(cfg: Config, latent_dim: int, seed: int, train: Sequence[Path],
+def training_signature(cfg: Config, latent_dim: int, seed: int, train: Sequence[Path],
                val: Sequence[Path]) -> dict[str, Any]:
     """Settings a resumed run must share with the run it continues (epochs may grow)."""
     return {
@@ -34,7 +34,7 @@ def _signature(cfg: Config, latent_dim: int, seed: int, train: Sequence[Path],
     }
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomic write (temp file + rename) so a kill never leaves half a checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.part")
@@ -63,7 +63,7 @@ def _nbytes(state: Any) -> int:
     return 0
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any] | None:
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:

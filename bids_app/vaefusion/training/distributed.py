@@ -45,11 +45,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vaefusion.config import Config, Runtime
 from vaefusion.errors import VaefusionError
-from vaefusion.model.likelihood import MASKED, calibrated_sigma2, loss_terms, squared_error
+from vaefusion.model.likelihood import calibrated_sigma2, loss_terms, squared_error
 from vaefusion.model.network import volume_size
+from vaefusion.model.objective import Likelihood, Objective
 from vaefusion.training.data import SubjectBatches
 from vaefusion.training.metrics import ModalityMeans, PassAccumulator, PassStats
-from vaefusion.training.trainer import EpochStats, Trainer, _autocast
+from vaefusion.training.passes import autocast
+from vaefusion.training.trainer import EpochStats, Trainer
 
 LOGGER = logging.getLogger("vaefusion.distributed")
 
@@ -175,7 +177,7 @@ def _shards(data: SubjectBatches, batches: list[list[int]], ctx: DistContext
 
 
 def sharded_pass(tr: DistributedTrainer, data: SubjectBatches, epoch: int,
-                 optimizer: torch.optim.Optimizer | None, *, likelihood: str = "sigma",
+                 optimizer: torch.optim.Optimizer | None, *, objective: Objective,
                  sigma2: float | None = None, baseline: ModalityMeans | None = None,
                  beta: float | None = None, mask: torch.Tensor | None = None,
                  free_bits: float = 0.0) -> PassStats:
@@ -184,7 +186,8 @@ def sharded_pass(tr: DistributedTrainer, data: SubjectBatches, epoch: int,
     model, train = tr.model, optimizer is not None
     model.train(train)
     beta = tr.cfg.beta if beta is None else beta
-    masked = likelihood in MASKED
+    likelihood = objective.likelihood
+    masked = likelihood.masked
     lik = _Lik(likelihood, mask if masked else None, beta, free_bits,
                int(mask.sum()) if masked and mask is not None else volume_size(model.grid))
     acc = PassAccumulator(model.latent_dim, lik.n_voxels, beta, tr.device, baseline,
@@ -203,7 +206,7 @@ def sharded_pass(tr: DistributedTrainer, data: SubjectBatches, epoch: int,
                 _train_step(tr, x, rows, net, offset, n_batch, lik, acc)
             elif x is not None:
                 for i, part in enumerate(x.split(tr.chunk)):
-                    with _autocast(tr.device, tr.bf16):
+                    with autocast(tr.device, tr.bf16):
                         recon, mu, logvar = model(part, rows=_rows(net, i, tr.chunk, part))
                     terms = loss_terms(recon, part, mu, logvar, beta, likelihood, sigma2,
                                        lik.mask, free_bits)
@@ -215,7 +218,7 @@ def sharded_pass(tr: DistributedTrainer, data: SubjectBatches, epoch: int,
 class _Lik(NamedTuple):
     """The objective's settings of one pass (the trainer's ``_pass`` keywords)."""
 
-    likelihood: str
+    likelihood: Likelihood
     mask: torch.Tensor | None
     beta: float
     free_bits: float
@@ -237,11 +240,11 @@ def _train_step(tr: DistributedTrainer, x: torch.Tensor | None, rows: torch.Tens
     eps = batch_noise(n_batch, chunk, model.latent_dim, device)[offset:offset + n]
     parts = [] if x is None else list(zip(x.split(chunk), eps.split(chunk), strict=True))
     s2 = None
-    if lik.likelihood in ("sigma", "mask"):  # the global batch's variance, before any backward
+    if lik.likelihood.batch_variance:  # the global batch's variance, before any backward
         sse = torch.zeros((), dtype=torch.float64, device=device)
         with torch.no_grad():
             for i, (part, e) in enumerate(parts):
-                with _autocast(device, tr.bf16):
+                with autocast(device, tr.bf16):
                     recon, _, _ = model(part, eps=e, rows=_rows(net, i, chunk, part))
                 sse += squared_error(recon, part, lik.mask).double().sum()
         dist.all_reduce(sse)
@@ -257,7 +260,7 @@ def _train_step(tr: DistributedTrainer, x: torch.Tensor | None, rows: torch.Tens
     for i, (part, e) in enumerate(parts):
         last = i == len(parts) - 1
         with (nullcontext() if last else tr.ddp.no_sync()):
-            with _autocast(device, tr.bf16):
+            with autocast(device, tr.bf16):
                 recon, mu, logvar = tr.ddp(part, eps=e, rows=_rows(net, i, chunk, part))
             terms = loss_terms(recon, part, mu, logvar, lik.beta, lik.likelihood, s2, lik.mask,
                                lik.free_bits)

@@ -13,8 +13,9 @@ from tqdm import tqdm
 
 from vaefusion.inputs.cache import read_meta
 from vaefusion.model.flops import activation_count
-from vaefusion.model.likelihood import MASKED, calibrated_sigma2, loss_terms, squared_error
+from vaefusion.model.likelihood import calibrated_sigma2, loss_terms, squared_error
 from vaefusion.model.network import VAE, volume_size
+from vaefusion.model.objective import Objective
 from vaefusion.training.data import SubjectBatches
 from vaefusion.training.metrics import ModalityMeans, PassAccumulator, PassStats
 
@@ -29,11 +30,11 @@ CPU_CHUNK_ACTIVATIONS = 16_000_000
 GPU_CHUNK_FRACTION = 0.5
 
 
-def _modalities(paths: Sequence[Path]) -> list[str]:
+def cached_modalities(paths: Sequence[Path]) -> list[str]:
     return list(read_meta(Path(paths[0])).modalities) if paths else []
 
 
-def _autocast(device: torch.device, bf16: bool):
+def autocast(device: torch.device, bf16: bool):
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
@@ -78,7 +79,7 @@ def _batch_sigma2(model: VAE, parts: Sequence[torch.Tensor], n_values: int,
     with torch.no_grad():
         for part, r in zip(parts, rows or [None] * len(parts), strict=True):
             eps = torch.randn(part.shape[0], model.latent_dim, device=device)
-            with _autocast(device, bf16):
+            with autocast(device, bf16):
                 recon, _, _ = model(part, eps=eps, rows=r)
             sse += squared_error(recon, part, mask).double().sum()
             noise.append(eps)
@@ -94,26 +95,28 @@ def net_rows(model: torch.nn.Module, modalities: Sequence[str], device: torch.de
     return [None] * n_parts if rows is None else list(rows.split(chunk))
 
 
-def _run_epoch(model: VAE, data: SubjectBatches, epoch: int, beta: float, device: torch.device,
+def run_pass(model: VAE, data: SubjectBatches, epoch: int, beta: float, device: torch.device,
                bf16: bool, optimizer: torch.optim.Optimizer | None, desc: str,
-               chunk: int | None = None, *, likelihood: str = "sigma",
+               chunk: int | None = None, *, objective: Objective,
                sigma2: float | None = None, baseline: ModalityMeans | None = None,
                mask: torch.Tensor | None = None, free_bits: float = 0.0) -> PassStats:
     """One pass; trains when ``optimizer`` is given. Returns its :class:`PassStats`.
 
     Each batch is one optimizer step on the mean loss of its volumes, computed in chunks of
-    ``chunk`` volumes whose gradients are accumulated (see :func:`chunk_volumes`). With
-    ``likelihood="sigma"`` training uses each batch's calibrated variance, and ``sigma2``
-    (validation: the training epoch's) fixes it instead. ``baseline`` enables R^2 (and, in
-    evaluation passes, the decoder head's dead-channel shares). ``mask`` (the brain mask) is
-    what the ``mask`` and ``volume`` likelihoods count; ``free_bits`` as in ``loss_terms``.
+    ``chunk`` volumes whose gradients are accumulated (see :func:`chunk_volumes`). With a
+    batch-variance likelihood (``objective.likelihood.batch_variance``: ``sigma``, ``mask``)
+    training uses each batch's calibrated variance, and ``sigma2`` (validation: the training
+    epoch's) fixes it instead. ``baseline`` enables R^2 (and, in evaluation passes, the
+    decoder head's dead-channel shares). ``mask`` (the brain mask) is what a masked likelihood
+    counts; ``free_bits`` as in ``loss_terms``.
     """
     train = optimizer is not None
     model.train(train)
     if chunk is None:
         chunk = chunk_volumes(model.grid, model.width, model.latent_dim, device)
     # sums stay on the device: one host sync per pass, not per batch
-    masked = likelihood in MASKED
+    likelihood = objective.likelihood
+    masked = likelihood.masked
     n_voxels = int(mask.sum()) if masked and mask is not None else volume_size(model.grid)
     acc = PassAccumulator(model.latent_dim, n_voxels, beta, device, baseline,
                           box_sse=not masked)
@@ -133,13 +136,13 @@ def _run_epoch(model: VAE, data: SubjectBatches, epoch: int, beta: float, device
             # a voxelwise network standardises each volume by its modality's statistics
             mrows = net_rows(model, names, device, chunk, len(parts))
             s2, noise = sigma2, [None] * len(parts)
-            if train and likelihood in ("sigma", "mask") and len(parts) > 1:
+            if train and likelihood.batch_variance and len(parts) > 1:
                 s2, noise = _batch_sigma2(model, parts, b * n_voxels, device, bf16,
                                           mask if masked else None, mrows)
             if train:
                 optimizer.zero_grad(set_to_none=True)
             for i, (part, eps) in enumerate(zip(parts, noise, strict=True)):
-                with _autocast(device, bf16):
+                with autocast(device, bf16):
                     recon, mu, logvar = model(part, eps=eps, rows=mrows[i])
                 terms = loss_terms(recon, part, mu, logvar, beta, likelihood, s2,
                                    mask if masked else None, free_bits)

@@ -37,12 +37,13 @@ from vaefusion.config import Config, Runtime
 from vaefusion.errors import DataError, VaefusionError
 from vaefusion.model.checkpoint import load_model, save_model
 from vaefusion.model.network import VAE, volume_size
+from vaefusion.model.objective import MODALITY_MAPS
 from vaefusion.training.checkpoints import (
     CHECKPOINT,
-    _load_checkpoint,
-    _save_checkpoint,
-    _signature,
     clear_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    training_signature,
 )
 from vaefusion.training.data import SubjectBatches
 from vaefusion.training.device import (
@@ -55,11 +56,11 @@ from vaefusion.training.device import (
 from vaefusion.training.metrics import PassStats, modality_means, modality_names, modality_sds
 from vaefusion.training.passes import (
     CPU_CHUNK_ACTIVATIONS,
-    _autocast,
-    _modalities,
-    _run_epoch,
+    autocast,
+    cached_modalities,
     chunk_volumes,
     make_optimizer,
+    run_pass,
 )
 from vaefusion.training.results import EpochStats, TrainResult
 from vaefusion.training.speed import apply_switches, resolve_bf16
@@ -70,8 +71,8 @@ LOGGER = logging.getLogger("vaefusion.training")
 # Moved out (issue 18): results, checkpoints and one pass over the data live in their own
 # modules; the names stay importable from here for callers and tests.
 __all__ = ["CHECKPOINT", "CPU_CHUNK_ACTIVATIONS", "EpochStats", "TrainResult", "Trainer",
-           "_autocast", "_run_epoch", "_save_checkpoint", "chunk_volumes", "clear_checkpoint",
-           "make_optimizer", "train_vae"]
+           "autocast", "chunk_volumes", "clear_checkpoint", "make_optimizer", "run_pass",
+           "save_checkpoint", "train_vae"]
 
 
 # --------------------------------------------------------------------------- trainer
@@ -101,14 +102,13 @@ class Trainer:
         val_paths = [Path(p) for p in val_paths]
         self.train_data, self.val_data = self._make_data(train_paths, val_paths,
                                                          runtime.data_budget_bytes)
-        voxelwise = cfg.scaling == "voxelwise"
+        self.objective = cfg.objective()
         self.model = VAE(self.train_data.grid, self.latent_dim, cfg.width,
-                         decoder_head=cfg.decoder_head,
-                         scaling_modalities=modality_names(self.train_data) if voxelwise
-                         else None).to(self.device)
+                         decoder_head=cfg.decoder_head, scaling=self.objective.scaling,
+                         scaling_modalities=modality_names(self.train_data)).to(self.device)
         # the R^2 baseline: training subjects only (no RNG drawn)
         self.baseline = modality_means(self.train_data)
-        if self.model.scaling is not None:  # the fold's training statistics, in the model
+        if MODALITY_MAPS in self.objective.needs:  # the fold's training statistics, in the model
             self.model.scaling.fit(self.baseline.means[:-1].to(self.device),
                                    modality_sds(self.train_data, self.baseline).to(self.device))
         # speed switches (training/speed.py): off by default, no RNG drawn
@@ -133,9 +133,9 @@ class Trainer:
                              cfg.width)
         # fixed for the run: on CUDA free memory shrinks once the caching allocator holds blocks
         self.chunk = chunk_volumes(self.train_data.grid, cfg.width, self.latent_dim, self.device)
-        self.signature = _signature(cfg, self.latent_dim, self.seed, train_paths, val_paths)
+        self.signature = training_signature(cfg, self.latent_dim, self.seed, train_paths, val_paths)
         self._meta_base: dict[str, Any] = {
-            "downsample": int(cfg.downsample), "modalities": _modalities(train_paths),
+            "downsample": int(cfg.downsample), "modalities": cached_modalities(train_paths),
             "version": __version__,
         }
         # progress, all of it in state_dict()
@@ -198,7 +198,7 @@ class Trainer:
         t0 = time.perf_counter()
         beta = self.beta_at(epoch)
         train = self._pass(self.train_data, epoch, self.optimizer, f"epoch {epoch + 1}",
-                           likelihood=cfg.likelihood, baseline=self.baseline, beta=beta,
+                           objective=self.objective, baseline=self.baseline, beta=beta,
                            mask=self.mask, free_bits=cfg.free_bits)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -209,8 +209,9 @@ class Trainer:
         val = train
         if self.val_data is not None:
             # validation NLL under the variance fitted on training data (the model's sigma)
-            val = self._pass(self.val_data, epoch, None, "val", likelihood=cfg.likelihood,
-                             sigma2=None if cfg.likelihood == "volume" else train.sigma ** 2,
+            lik = self.objective.likelihood
+            val = self._pass(self.val_data, epoch, None, "val", objective=self.objective,
+                             sigma2=train.sigma ** 2 if lik.validation_variance else None,
                              baseline=self.baseline, beta=cfg.beta, mask=self.mask)
         stats = EpochStats.from_passes(epoch + 1, train, val, dt, beta)
         self.history.append(stats)
@@ -260,7 +261,7 @@ class Trainer:
               beta: float | None = None, **kw: Any) -> PassStats:
         """One pass over ``data`` (training when ``optimizer`` is given); the hook where
         :class:`vaefusion.training.distributed.DistributedTrainer` shards and reduces."""
-        return _run_epoch(self.model, data, epoch, self.cfg.beta if beta is None else beta,
+        return run_pass(self.model, data, epoch, self.cfg.beta if beta is None else beta,
                           self.device, self.bf16, optimizer, desc, self.chunk, **kw)
 
     def _save_best(self, stats: EpochStats) -> None:
@@ -268,7 +269,7 @@ class Trainer:
         save_model(self.model, self.best_dir, {
             **self._meta_base,
             # the decoder's likelihood: x ~ N(decode(z), sigma^2 I)
-            "likelihood": cfg.likelihood, "sigma": stats.sigma,
+            **self.objective.likelihood.to_meta(stats.sigma),
             "training": {"latent_dim": self.latent_dim, "seed": self.seed,
                          "epoch": stats.epoch, "val_loss": stats.val_loss,
                          "val_kl_per_volume": stats.val_kl, "val_r2": stats.val_r2,
@@ -312,7 +313,7 @@ class Trainer:
             self.log.warning("%s: no active latent unit at the best epoch %d (KL %.3g nats per "
                              "volume): the posterior collapsed to the prior%s.", self.out_dir,
                              result.best_epoch, result.kl_per_volume,
-                             "; try --likelihood sigma" if self.cfg.likelihood == "unit"
+                             f"; try {hint}" if (hint := self.objective.likelihood.collapse_hint)
                              else "")
         if not result.stopped_early and result.best_epoch == result.epochs_run:
             self.log.warning("%s: the best epoch is the last one (%d): training had not "
@@ -364,7 +365,7 @@ class Trainer:
 
     def save_state(self) -> Path:
         """Write :meth:`state_dict` to ``out_dir/last/checkpoint.pt`` atomically."""
-        _save_checkpoint(self.checkpoint_path, self.state_dict())
+        save_checkpoint(self.checkpoint_path, self.state_dict())
         return self.checkpoint_path
 
     def resume(self) -> bool:
@@ -373,7 +374,7 @@ class Trainer:
         An unreadable checkpoint or one of other settings (the signature: everything but
         ``epochs`` and ``patience``) is ignored with a warning; returns whether it resumed.
         """
-        ckpt = _load_checkpoint(self.checkpoint_path)
+        ckpt = load_checkpoint(self.checkpoint_path)
         if ckpt is None:
             return False
         if ckpt.get("signature") != self.signature:

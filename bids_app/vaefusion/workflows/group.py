@@ -1,7 +1,8 @@
-"""The group level: cross-validated VAE folds and PCA baselines as parallel branches.
+"""The group level: cross-validated VAE folds and baselines as parallel branches.
 
-Every (latent dim, seed, repeat, fold) of the VAE and every (baseline, latent dim, seed,
-repeat) is a branch (nipype iterables), so MultiProc or a cluster plugin runs them at the
+Every (method, latent dim, seed, repeat, fold) of a per-fold method (the VAE) and every
+(baseline, latent dim, seed, repeat) is a branch (nipype iterables; the methods are those of
+the registry, vaefusion.evaluation.methods), so MultiProc or a cluster plugin runs them at the
 same time; JoinNodes gather their metrics, and the outputs are written from the joined
 results.
 """
@@ -17,9 +18,11 @@ from nipype.pipeline import engine as pe
 
 from vaefusion.config import Config
 from vaefusion.disk import naming
+from vaefusion.evaluation.group_summary import GroupSummary
 from vaefusion.evaluation.manifest import build_manifest
+from vaefusion.evaluation.methods import selected_methods
 from vaefusion.evaluation.results import FoldResult
-from vaefusion.interfaces.group import GatherResults, PCABaseline, VAEFold
+from vaefusion.interfaces.group import FoldUnit, GatherResults, RepeatUnit
 
 LOG = logging.getLogger("vaefusion.group")
 
@@ -31,31 +34,34 @@ def init_group_wf(cfg: Config, manifest_path: Path, name: str = "vaefusion_group
     common = {"manifest": str(manifest_path),
               "method_json": json.dumps(cfg.method_settings(), sort_keys=True),
               "runtime_json": cfg.runtime().to_json()}
-    if "vae" in cfg.methods:
-        src = pe.Node(IdentityInterface(fields=["latent_dim", "seed", "repeat", "fold"]),
-                      name="vae_src")
-        src.iterables = [("latent_dim", cfg.latent_dims), ("seed", cfg.seeds),
+    methods = selected_methods(cfg.methods)
+    per_fold = [m.name for m in methods if m.per_fold]
+    if per_fold:
+        src = pe.Node(IdentityInterface(fields=["method", "latent_dim", "seed", "repeat",
+                                                "fold"]), name="fold_src")
+        src.iterables = [("method", per_fold), ("latent_dim", cfg.latent_dims),
+                         ("seed", cfg.seeds),
                          ("repeat", list(range(cfg.cv_repeats))),
                          ("fold", list(range(cfg.folds)))]
-        fold = pe.Node(VAEFold(train_root=str(Path(cfg.work_dir) / "training"), **common),
-                       name="vae_fold", n_procs=cfg.omp_nthreads, mem_gb=4.0)
-        join = pe.JoinNode(GatherResults(), joinsource="vae_src", joinfield=["results"],
-                           name="vae_join")
+        fold = pe.Node(FoldUnit(train_root=str(Path(cfg.work_dir) / "training"), **common),
+                       name="fold_unit", n_procs=cfg.omp_nthreads, mem_gb=4.0)
+        join = pe.JoinNode(GatherResults(), joinsource="fold_src", joinfield=["results"],
+                           name="fold_join")
         wf.connect([
-            (src, fold, [("latent_dim", "latent_dim"), ("seed", "seed"), ("repeat", "repeat"),
-                         ("fold", "fold")]),
+            (src, fold, [("method", "method"), ("latent_dim", "latent_dim"), ("seed", "seed"),
+                         ("repeat", "repeat"), ("fold", "fold")]),
             (fold, join, [("result", "results")]),
         ])
-    baselines = [m for m in cfg.methods if m.startswith("pca-")]
+    baselines = [m.name for m in methods if not m.per_fold]
     if baselines:
         src = pe.Node(IdentityInterface(fields=["method", "latent_dim", "seed", "repeat"]),
-                      name="pca_src")
+                      name="repeat_src")
         src.iterables = [("method", baselines), ("latent_dim", cfg.latent_dims),
                          ("seed", cfg.seeds), ("repeat", list(range(cfg.cv_repeats)))]
-        pca = pe.Node(PCABaseline(cache_dir=str(Path(cfg.work_dir) / "pca"),
-                                  **common), name="pca_baseline", mem_gb=2.0)
-        join = pe.JoinNode(GatherResults(), joinsource="pca_src", joinfield=["results"],
-                           name="pca_join")
+        pca = pe.Node(RepeatUnit(cache_dir=str(Path(cfg.work_dir) / "pca"),
+                                 **common), name="repeat_unit", mem_gb=2.0)
+        join = pe.JoinNode(GatherResults(), joinsource="repeat_src", joinfield=["results"],
+                           name="repeat_join")
         wf.connect([
             (src, pca, [("method", "method"), ("latent_dim", "latent_dim"), ("seed", "seed"),
                         ("repeat", "repeat")]),
@@ -70,13 +76,13 @@ def gathered_results(graph) -> list[FoldResult]:
     from vaefusion.workflows.base import node_result
 
     rows: list[FoldResult] = []
-    for name in ("vae_join", "pca_join"):
+    for name in ("fold_join", "repeat_join"):
         for result in node_result(graph, name):
             rows.extend(read_results(result.outputs.result))
     return rows
 
 
-def run_group_level(cfg: Config) -> dict | None:
+def run_group_level(cfg: Config) -> GroupSummary | None:
     """Preprocess (cached), then train and evaluate every fold, or embed with ``--model``."""
     from vaefusion.workflows.base import configure_nipype, run_workflow
     from vaefusion.workflows.participant import embed_with_model, run_participant_level
@@ -85,6 +91,7 @@ def run_group_level(cfg: Config) -> dict | None:
     if cfg.model is not None:
         embed_with_model(cfg, files, group=True)
         return None
+    methods = selected_methods(cfg.methods)
     manifest = build_manifest(files, cfg)
     from vaefusion.evaluation.crossval import partition
 
@@ -92,11 +99,11 @@ def run_group_level(cfg: Config) -> dict | None:
         partition(manifest, cfg, repeat)
     from vaefusion.evaluation.memory import check_group_memory
 
-    check_group_memory(cfg, manifest)  # --mem: refuse what cannot fit before training
+    check_group_memory(cfg, manifest, methods)  # --mem: refuse what cannot fit before training
     manifest_path = Path(cfg.work_dir) / naming.GROUP_MANIFEST
     manifest.write(manifest_path)
     n_units = (len(cfg.latent_dims) * len(cfg.seeds) * cfg.cv_repeats * cfg.folds
-               * ("vae" in cfg.methods))
+               * sum(m.per_fold for m in methods))
     LOG.info("Group level: %d subjects (%d classified: %d %s, %d %s), %d VAE fold(s), "
              "methods %s", len(files), manifest.classified.size, int((manifest.y() == 1).sum()),
              cfg.positive_label, int((manifest.y() == 0).sum()), cfg.negative_label, n_units,
@@ -107,14 +114,14 @@ def run_group_level(cfg: Config) -> dict | None:
 
     results = gathered_results(graph)
     summary = write_group_outputs(cfg, manifest, results, summary_file=False)
-    from vaefusion.evaluation.summary import format_auc
+    from vaefusion.evaluation.group_summary import format_auc
 
-    for method, info in summary["methods"].items():
-        LOG.info("%-10s ROC-AUC %s (latent dim %d)", method, format_auc(info), info["latent_dim"])
-    for comp in summary["comparisons"]:
+    for method, info in summary.methods.items():
+        LOG.info("%-10s ROC-AUC %s (latent dim %d)", method, format_auc(info), info.latent_dim)
+    for comp in summary.comparisons:
         LOG.info("%s - %s: %+.3f, 95%% CI [%.3f, %.3f], p = %.3g (%d paired folds)",
-                 comp["method"], comp["baseline"], comp["mean_difference"], comp["ci"][0],
-                 comp["ci"][1], comp["p_value"], comp["n_pairs"])
+                 comp.method, comp.baseline, comp.mean_difference, comp.ci[0], comp.ci[1],
+                 comp.p_value, comp.n_pairs)
     from vaefusion.reports.group import write_interpretation
 
     write_interpretation(cfg, manifest, results, summary)

@@ -18,7 +18,7 @@ from vaefusion.errors import Interrupted
 from vaefusion.workflows.status import RunStatus
 
 #: The nodes that are units of work: a subject's preprocessing, a VAE fold, a PCA baseline.
-UNIT_NODES = frozenset({"preprocess", "vae_fold", "pca_baseline"})
+UNIT_NODES = frozenset({"preprocess", "fold_unit", "repeat_unit"})
 
 
 def count_units(wf) -> int:
@@ -67,10 +67,11 @@ def unit_label(node, subjects: list[str] | None = None) -> str:
         value = getattr(inputs, name, None)
         return value if isdefined(value) else None
 
-    if node.name == "vae_fold" and None not in (get("latent_dim"), get("seed"), get("fold")):
-        return naming.unit_name("vae", get("latent_dim"), get("seed"), get("repeat") or 0,
-                                get("fold"))
-    if node.name == "pca_baseline" and None not in (get("method"), get("latent_dim")):
+    if node.name == "fold_unit" and None not in (get("method"), get("latent_dim"), get("seed"),
+                                                 get("fold")):
+        return naming.unit_name(get("method"), get("latent_dim"), get("seed"),
+                                get("repeat") or 0, get("fold"))
+    if node.name == "repeat_unit" and None not in (get("method"), get("latent_dim")):
         return naming.unit_name(get("method"), get("latent_dim"), get("seed") or 0,
                                 get("repeat") or 0)
     if get("subject"):
@@ -111,7 +112,7 @@ def status_callback(status: RunStatus | None, train_root: Path, subjects: list[s
             return
         if event == "start":
             name = names[id(node)] = unit_label(node, subjects)
-            progress = (train_root / name / naming.UNIT_PROGRESS if node.name == "vae_fold"
+            progress = (train_root / name / naming.UNIT_PROGRESS if node.name == "fold_unit"
                         else None)
             status.unit_started(name, progress)
             return

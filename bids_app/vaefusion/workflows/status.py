@@ -13,7 +13,6 @@ the exit code, the one-sentence message and, for a crash, the crash file.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vaefusion.disk.io import write_json
+from vaefusion.disk.progress import now, read_unit_progress
 
 LOG = logging.getLogger("vaefusion.status")
 
@@ -34,32 +34,6 @@ REFRESH_S = 1.0
 HEARTBEAT_S = 15.0
 #: A unit that took this long gets its own line; quicker ones one line per this many seconds.
 QUIET_UNIT_S = 5.0
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-# --------------------------------------------------------------------------- unit progress
-def write_unit_progress(path: Path, epoch: int, epochs: int, gpu: int | None = None) -> None:
-    """A training unit's progress (epoch done of epochs, and the GPU it leased), for the
-    parent's status file."""
-    data: dict[str, Any] = {"epoch": int(epoch), "epochs": int(epochs), "pid": os.getpid(),
-                            "updated": _now()}
-    if gpu is not None:
-        data["gpu"] = int(gpu)
-    write_json(path, data)
-
-
-def read_unit_progress(path: Path | None) -> dict[str, Any] | None:
-    """What :func:`write_unit_progress` wrote, or None (not yet, or unreadable)."""
-    if path is None:
-        return None
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 @dataclass
@@ -95,7 +69,7 @@ class RunStatus:
         self.log_file = log_file
         self.heartbeat_s = heartbeat_s
         self.refresh_s = refresh_s
-        self.started = _now()
+        self.started = now()
         self._t0 = time.monotonic()
         self._state = _State()
         self._outcome: dict[str, Any] | None = None
@@ -175,7 +149,7 @@ class RunStatus:
         with self._lock:
             self._outcome = {"state": state, "exit_code": int(code), "message": message,
                              "crash_file": str(crash_file) if crash_file else None,
-                             "finished": _now()}
+                             "finished": now()}
         self.stop()
         self._write()
 
@@ -198,7 +172,7 @@ class RunStatus:
                 "state": "running", "level": self.level, "phase": st.phase,
                 "units_done": st.done, "units_failed": st.failed, "units_total": st.total,
                 "running": running, "pid": os.getpid(), "host": socket.gethostname(),
-                "started": self.started, "updated": _now(),
+                "started": self.started, "updated": now(),
                 "elapsed_s": round(time.monotonic() - self._t0, 1),
                 "log_file": str(self.log_file) if self.log_file else None,
                 "exit_code": None,
