@@ -262,7 +262,7 @@ def fake_run(tmp_path):
 
 def test_group_outputs_are_written_from_typed_results(fake_run):
     cfg, manifest, results = fake_run
-    summary = write_group_outputs(cfg, manifest, results[::-1])  # order must not matter
+    summary = write_group_outputs(cfg, manifest, results[::-1]).to_dict()  # order must not matter
     group = cfg.output_dir / "group"
 
     vae = summary["methods"]["vae"]

@@ -29,7 +29,8 @@ class ModalityMeans(Baseline):
     def describe(self, latent_dim: int, n_modalities: int) -> str:
         return f"{n_modalities} mean values"
 
-    def features(self, load, n_subjects, fit_idx, latent_dim, *, grams=None, seed=0):
+    def features(self, load, n_subjects, fit_idx, latent_dim, *, grams=None, seed=0,
+                 standardise=False):
         return np.stack([load(i).mean(axis=1) for i in range(n_subjects)])
 
 
