@@ -73,9 +73,9 @@ def measure(ds: Path, downsample: int = 1) -> dict[str, object]:
     import nibabel as nib
     import torch
 
+    from vaefusion.bench.calibration import oracle_scores
     from vaefusion.inputs.preprocess import scale_maxabs, stack_subject
     from vaefusion.model.network import downsample_volumes
-    from vaefusion.simulate.calibration import oracle_scores
 
     truth = json.loads((ds / "code" / "simulation.json").read_text())
     stacks = []

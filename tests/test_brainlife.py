@@ -75,7 +75,7 @@ def test_sample_config_maps_to_a_valid_command_line(tmp_path):
         args = build_parser().parse_args(argv[1:])  # exits 64 on any bad option
         assert args.analysis_level == level
         assert args.latent_dims == [128] and args.seeds == [0] and args.folds == 10
-        assert args.methods == ["vae", "pca-early", "pca-late", "pca-shared"]
+        assert args.methods == ["vae", "pca-early", "pca-late", "pca-shared", "pca-gmv"]
         assert args.participant_label is None  # "" means the default: everyone
         assert not args.skip_bids_validation and not args.augment
         assert str(args.output_dir) == str(tmp_path / "job" / "output")

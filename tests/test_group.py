@@ -43,7 +43,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_summary_and_tables(group_run):
     summary = json.loads((group_run / "group" / "summary.json").read_text())
-    assert set(summary["methods"]) == {"vae", "pca-early", "pca-late", "pca-shared"}
+    assert set(summary["methods"]) == {"vae", "pca-early", "pca-late", "pca-shared", "pca-gmv"}
     vae = summary["methods"]["vae"]
     assert vae["latent_dim"] == 4 and 0.0 <= vae["roc_auc_std"] <= 0.5
     # AUC cannot show that a 2-epoch VAE learned (issue 16): the summary carries the
@@ -59,7 +59,7 @@ def test_summary_and_tables(group_run):
     assert {"modality", "domain", "mean", "std"} <= set(imp[0])
 
     metrics = _rows(group_run / "group" / "metrics.tsv")
-    assert len(metrics) == 4 * 2 * 3  # 4 methods x 2 repeats x 3 folds
+    assert len(metrics) == 5 * 2 * 3  # 5 methods x 2 repeats x 3 folds
     assert {r["backend"] for r in metrics} == {"sklearn"}
     assert {(r["seed"], r["repeat"], r["fold"]) for r in metrics} == {
         ("1", str(r), str(f)) for r in range(2) for f in range(3)}
@@ -83,7 +83,7 @@ def test_every_method_sees_the_vae_grid(group_run):
     cached = next((group_run.parent / "work").rglob("sub-01.npy"))
     expected = analysis_grid(read_meta(cached).shape, 2)
     assert {(r["method"], r["grid"]) for r in metrics} == {
-        (m, expected) for m in ("vae", "pca-early", "pca-late", "pca-shared")}
+        (m, expected) for m in ("vae", "pca-early", "pca-late", "pca-shared", "pca-gmv")}
     summary = json.loads((group_run / "group" / "summary.json").read_text())
     assert {info["grid"] for info in summary["methods"].values()} == {expected}
 
@@ -99,14 +99,15 @@ def test_summary_has_cis_and_paired_comparisons(group_run):
     assert {"active_units", "kl_per_volume", "recon_r2"} <= set(vae)
     assert 0 <= vae["active_units"] <= 4
     comps = summary["comparisons"]
-    assert sorted(c["baseline"] for c in comps) == ["pca-early", "pca-late", "pca-shared"]
+    assert sorted(c["baseline"] for c in comps) == ["pca-early", "pca-gmv", "pca-late",
+                                                    "pca-shared"]
     for c in comps:
         assert c["method"] == "vae" and c["n_pairs"] == 6 and c["latent_dim"] == 4
         diff = vae["roc_auc_mean"] - summary["methods"][c["baseline"]]["roc_auc_mean"]
         assert c["mean_difference"] == pytest.approx(diff)
         assert c["ci"][0] <= c["mean_difference"] <= c["ci"][1] and 0 <= c["p_value"] <= 1
     table = _rows(group_run / "group" / "comparisons.tsv")
-    assert [r["baseline"] for r in table] == ["pca-early", "pca-late", "pca-shared"]
+    assert [r["baseline"] for r in table] == ["pca-early", "pca-gmv", "pca-late", "pca-shared"]
     assert {"mean_difference", "ci_low", "ci_high", "p_value", "n_pairs"} <= set(table[0])
 
 

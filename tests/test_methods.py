@@ -35,7 +35,7 @@ class ModalityMeans(Baseline):
 
 
 def test_the_registry_holds_the_vae_and_the_three_baselines():
-    assert list(METHODS) == ["vae", "pca-early", "pca-late", "pca-shared"]
+    assert list(METHODS) == ["vae", "pca-early", "pca-late", "pca-shared", "pca-gmv"]
     assert [m for m in METHODS if METHODS.get(m).per_fold] == ["vae"]
     action = next(a for a in build_parser()._actions if a.dest == "methods")
     assert list(action.choices) == list(METHODS)

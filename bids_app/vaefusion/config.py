@@ -29,7 +29,7 @@ from vaefusion.model.objective import Likelihood, Objective, Registry, Scaling
 
 #: The methods run when ``--methods`` does not choose (each a name registered in
 #: vaefusion.evaluation.methods, which checks the choice).
-DEFAULT_METHODS: tuple[str, ...] = ("vae", "pca-early", "pca-late", "pca-shared")
+DEFAULT_METHODS: tuple[str, ...] = ("vae", "pca-early", "pca-late", "pca-shared", "pca-gmv")
 MISSING_POLICIES: tuple[str, ...] = ("skip", "keep", "error")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 #: Decoder likelihoods by name (vaefusion.model.objective's registry, the choices as they are):
