@@ -160,11 +160,15 @@ def _classification(summary: GroupSummary, results: list[FoldResult]) -> Section
                      "SD over folds": info.roc_auc_std, "folds": info.n_folds,
                      "permutation p": info.permutation_p,
                      "note": info.reason or ("" if info.available else "not available")})
+    null = (f" The permutation p compares the mean AUC with the same mean under "
+            f"{summary.permutations} label permutations (the same for every method); it, not "
+            f"the CI, says whether an AUC is above chance." if summary.permutations else "")
     s.add(html.para(f"Partition: {summary.partition or 'stratified K-fold'}. Mean over "
                     "the test folds of every seed and repeat of the first latent dim; the CI is "
-                    "the corrected resampled t (Nadeau & Bengio)."),
+                    f"the corrected resampled t (Nadeau & Bengio). Classifier: "
+                    f"{summary.classifier}.{null}"),
           html.table(rows, ["method", "latent dim", "ROC-AUC", "95% CI", "SD over folds",
-                            "folds", "note"]))
+                            "folds", "permutation p", "note"]))
     pairs = comparisons(results)
     if pairs:
         wanted = ["method", "baseline", "latent_dim", "n_pairs", "mean_difference", "ci_low",
