@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,7 +177,8 @@ def _permutation_p(observed: float, results: list[FoldResult]) -> float | None:
     nulls = [r.null_auc for r in results if r.available and r.null_auc]
     if not nulls or math.isnan(observed) or len({len(n) for n in nulls}) != 1:
         return None
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # a permutation with no finite fold AUC is NaN, skipped
+        warnings.simplefilter("ignore", RuntimeWarning)
         null_means = np.nanmean(np.asarray(nulls, dtype=np.float64), axis=0)
     p = permutation_p(observed, null_means)
     return None if math.isnan(p) else p
